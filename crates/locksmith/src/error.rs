@@ -1,0 +1,155 @@
+//! The one error type of locksmith.
+
+use std::fmt;
+
+/// What can go wrong in locksmith.
+///
+/// Every variant can be matched, and each has an errno-like code ([`Error::errno`]) for
+/// callers that speak POSIX, such as the `runtime.sync` style placed primitives.
+///
+/// An operation that returns an error changes nothing: the primitive's state is as it
+/// was before the call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A wait ran out of time (`ETIMEDOUT`).
+    ///
+    /// Most timed waits return `Ok(None)` or `Ok(false)` instead; this variant is for
+    /// the forms that report a timeout as an error, like [`crate::shm::Mutex::acquire`].
+    #[error("timed out")]
+    Timeout,
+
+    /// The caller already holds this non-recursive lock; waiting would never end
+    /// (`EDEADLK`).
+    #[error("'{name}' is already held by this owner: acquiring it again would deadlock")]
+    WouldDeadlock {
+        /// The primitive's name.
+        name: String,
+    },
+
+    /// Release of something that is not held (`EPERM`).
+    #[error("'{name}' is not held")]
+    NotHeld {
+        /// The primitive's name.
+        name: String,
+    },
+
+    /// Release by someone who is not the holder (`EPERM`).
+    #[error("'{name}' is held by another owner")]
+    NotOwner {
+        /// The primitive's name.
+        name: String,
+    },
+
+    /// A bounded semaphore was released more often than it was acquired (`EOVERFLOW`).
+    #[error("'{name}' was released too many times")]
+    TooManyReleases {
+        /// The primitive's name.
+        name: String,
+    },
+
+    /// The barrier was reset, aborted, or a party timed out or died (`EPIPE`).
+    #[error("barrier '{name}' is broken")]
+    BrokenBarrier {
+        /// The barrier's name.
+        name: String,
+    },
+
+    /// The holder's lease lapsed (or an operator broke the hold) before it was released;
+    /// somebody else may have held it since (`ENOLCK`).
+    #[error("the lease on '{name}' was lost before release")]
+    LeaseLost {
+        /// The primitive's name.
+        name: String,
+    },
+
+    /// A name is already used by a primitive of another kind or with other parameters
+    /// (`EEXIST`).
+    #[error("'{name}' is {found}, not {wanted}")]
+    Mismatch {
+        /// The primitive's name.
+        name: String,
+        /// What the caller asked for, e.g. "a Lock".
+        wanted: String,
+        /// What the store holds under that name, e.g. "a Semaphore of 3".
+        found: String,
+    },
+
+    /// Bad input: an empty or oversized name, zero parties, a negative timeout… (`EINVAL`).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// The URL names a backend that does not exist or is not built in (`ENOTSUP`).
+    #[error("unsupported store: {0}")]
+    Unsupported(String),
+
+    /// The store failed: I/O, a corrupt or foreign file, a server that is down (`EIO`).
+    #[error("backend error: {0}")]
+    Backend(#[source] BackendError),
+}
+
+impl Error {
+    /// The errno that best matches this error, as the POSIX functions it mirrors
+    /// would report it.
+    ///
+    /// ```
+    /// use locksmith::Error;
+    /// let e = Error::NotHeld { name: "deploy".into() };
+    /// assert_eq!(e.errno(), libc::EPERM);
+    /// ```
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Timeout => libc::ETIMEDOUT,
+            Error::WouldDeadlock { .. } => libc::EDEADLK,
+            Error::NotHeld { .. } | Error::NotOwner { .. } => libc::EPERM,
+            Error::TooManyReleases { .. } => libc::EOVERFLOW,
+            Error::BrokenBarrier { .. } => libc::EPIPE,
+            Error::LeaseLost { .. } => libc::ENOLCK,
+            Error::Mismatch { .. } => libc::EEXIST,
+            Error::InvalidArgument(_) => libc::EINVAL,
+            Error::Unsupported(_) => libc::ENOTSUP,
+            Error::Backend(_) => libc::EIO,
+        }
+    }
+
+    /// A [`Error::Backend`] from anything that explains itself.
+    pub fn backend(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+        Error::Backend(BackendError(err.into()))
+    }
+
+    pub(crate) fn invalid(msg: impl Into<String>) -> Error {
+        Error::InvalidArgument(msg.into())
+    }
+}
+
+/// The cause of an [`Error::Backend`]: the store's own error, kept for its message and
+/// source chain.
+pub struct BackendError(Box<dyn std::error::Error + Send + Sync>);
+
+impl BackendError {
+    /// The store's own error.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// `Result<T, locksmith::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1 @@
+//! Shared-memory primitives (issue 3).
