@@ -1,0 +1,188 @@
+//! The in-process backend: threads and tasks of one process.
+//!
+//! Each name has a slot: its [`Record`] behind a mutex, applied to by the shared state
+//! machine, and event-listener events to wake waiters. Queued waiters each listen on
+//! their own ticket's event, so a release wakes exactly the waiters that can proceed
+//! rather than every waiter of the name. `mem:` opens a private space; `mem:NAME` opens
+//! the process-wide space of that name, shared by every `Space::open("mem:NAME")`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use event_listener::{Event, EventListener, Listener};
+
+use super::model::{self, Ctx, Millis, Op, Record, Reply};
+use super::{Backend, BoxFuture, Key, Watch};
+use crate::{Error, Result};
+
+#[derive(Debug, Default)]
+pub(crate) struct MemBackend {
+    slots: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    inner: Mutex<SlotInner>,
+    /// Wakes watchers without a ticket (event and barrier waiters).
+    changed: Event,
+}
+
+#[derive(Debug, Default)]
+struct SlotInner {
+    record: Record,
+    /// One event per queued ticket (permit waiters, condition sleepers).
+    tickets: HashMap<u64, Arc<Event>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The state machine never panics midway through a change, so a poisoned slot
+    // still holds a consistent record.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+impl MemBackend {
+    /// The process-wide backend called `name`, created on first use.
+    pub(crate) fn named(name: &str) -> Arc<MemBackend> {
+        static NAMED: Mutex<Vec<(String, Weak<MemBackend>)>> = Mutex::new(Vec::new());
+        let mut named = lock(&NAMED);
+        named.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(b) = named
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return b;
+        }
+        let b = Arc::new(MemBackend::default());
+        named.push((name.to_owned(), Arc::downgrade(&b)));
+        b
+    }
+
+    fn slot(&self, key: &Key) -> Arc<Slot> {
+        key.cached(|| {
+            lock(&self.slots)
+                .entry(key.name().into())
+                .or_default()
+                .clone()
+        })
+    }
+}
+
+impl Backend for MemBackend {
+    fn step(&self, key: &Key, op: Op) -> Result<Reply> {
+        let slot = self.slot(key);
+        let mut inner = lock(&slot.inner);
+        let ctx = Ctx {
+            now: now_millis(),
+            is_dead: None,
+            waiter_ttl: None,
+        };
+        let done_ticket = match &op {
+            Op::Acquire(a) => a.ticket,
+            Op::Dequeue { ticket } | Op::CondCancel { ticket } | Op::CondCheck { ticket } => {
+                Some(*ticket)
+            }
+            _ => None,
+        };
+        let (reply, wake) = model::apply(&mut inner.record, key.name(), op, &ctx)?;
+        if let Some(ticket) = done_ticket {
+            let finished = match &reply {
+                Reply::Granted(_) | Reply::Done => true,
+                Reply::Flag(notified) => *notified,
+                _ => false,
+            };
+            if finished {
+                inner.tickets.remove(&ticket);
+            }
+        }
+        if wake.all {
+            slot.changed.notify(usize::MAX);
+            for event in inner.tickets.values() {
+                event.notify(usize::MAX);
+            }
+        } else {
+            for ticket in &wake.tickets {
+                if let Some(event) = inner.tickets.get(ticket) {
+                    event.notify(usize::MAX);
+                }
+            }
+        }
+        Ok(reply)
+    }
+
+    fn watch(&self, key: &Key, ticket: Option<u64>) -> Result<Box<dyn Watch>> {
+        let slot = self.slot(key);
+        let listener = match ticket {
+            Some(ticket) => lock(&slot.inner)
+                .tickets
+                .entry(ticket)
+                .or_default()
+                .listen(),
+            None => slot.changed.listen(),
+        };
+        Ok(Box::new(MemWatch(listener)))
+    }
+
+    fn names(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = lock(&self.slots).keys().map(|k| k.to_string()).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn evict_tag(&self, tag: &str) -> Result<usize> {
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        let mut evicted = 0;
+        for slot in slots {
+            let mut inner = lock(&slot.inner);
+            if inner.record.tag.as_deref() == Some(tag) && inner.record.state.is_some() {
+                inner.record.state = None;
+                inner.record.tag = None;
+                evicted += 1;
+                slot.changed.notify(usize::MAX);
+                for event in inner.tickets.values() {
+                    event.notify(usize::MAX);
+                }
+            }
+        }
+        Ok(evicted)
+    }
+}
+
+struct MemWatch(EventListener);
+
+impl Watch for MemWatch {
+    fn wait(self: Box<Self>, deadline: Option<Instant>) -> Result<()> {
+        match deadline {
+            Some(deadline) => {
+                self.0.wait_deadline(deadline);
+            }
+            None => self.0.wait(),
+        }
+        Ok(())
+    }
+
+    fn wait_async(self: Box<Self>, deadline: Option<Instant>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            match deadline {
+                Some(deadline) => {
+                    if tokio::runtime::Handle::try_current().is_err() {
+                        return Err(Error::Unsupported(
+                            "async waits with a timeout need a tokio runtime".into(),
+                        ));
+                    }
+                    let _ = tokio::time::timeout_at(deadline.into(), self.0).await;
+                }
+                None => self.0.await,
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,105 @@
+//! The backend trait: the small atomic steps every store performs.
+//!
+//! A backend knows nothing of timeouts, guards, re-entrancy rules seen from the caller,
+//! or async. It does one thing: apply an [`Op`] to the state of one named primitive,
+//! atomically, and tell waiters when that state changed. Each `Op` is shaped so that
+//! one SQLite transaction or one Redis Lua script can perform it in one round trip.
+//!
+//! The state machine behind the ops is written once, in [`model`], as a pure function
+//! over a serializable [`model::Record`]; stores that can load and save a record
+//! atomically (mem, sqlite) reuse it, stores that run their own code server-side
+//! (redis) mirror it step for step.
+
+pub(crate) mod mem;
+pub(crate) mod model;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use crate::Result;
+
+pub(crate) use model::{Grant, Mode, Op, PermitKind, Reply};
+
+/// A boxed future, as the trait's async steps return.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The name of one primitive, plus a slot where a backend may cache what it resolved
+/// the name to (a map entry, a shared-memory slot), so that the hot path need not look
+/// it up again.
+pub(crate) struct Key {
+    name: Arc<str>,
+    cache: OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Key {
+    pub(crate) fn new(name: &str) -> Key {
+        Key {
+            name: name.into(),
+            cache: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The backend's cached resolution of this key, computed once by `resolve`.
+    pub(crate) fn cached<T, F>(&self, resolve: F) -> Arc<T>
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Arc<T>,
+    {
+        if let Some(Ok(t)) = self.cache.get().map(|any| any.clone().downcast::<T>()) {
+            return t;
+        }
+        // Two threads may both resolve; both results name the same entry, and the
+        // first one stored is kept.
+        let t = resolve();
+        let _ = self.cache.set(t.clone());
+        t
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Key").field(&self.name).finish()
+    }
+}
+
+/// A store of named primitives.
+pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// Applies `op` to the state of `key`, atomically, and wakes the waiters the change
+    /// concerns.
+    fn step(&self, key: &Key, op: Op) -> Result<Reply>;
+
+    /// [`Backend::step`] for async callers. Stores whose steps never block for long
+    /// keep this default; network stores override it.
+    fn step_async<'a>(&'a self, key: &'a Key, op: Op) -> BoxFuture<'a, Result<Reply>> {
+        Box::pin(std::future::ready(self.step(key, op)))
+    }
+
+    /// Starts listening for changes to `key`: with a `ticket`, for the changes that
+    /// concern that queued waiter; without, for any change. A change made after this
+    /// call returns is never missed by the returned [`Watch`].
+    fn watch(&self, key: &Key, ticket: Option<u64>) -> Result<Box<dyn Watch>>;
+
+    /// The names the store holds state or fencing counters for.
+    fn names(&self) -> Result<Vec<String>>;
+
+    /// Drops the state of every primitive tagged `tag`, keeping fencing counters;
+    /// returns how many were dropped.
+    fn evict_tag(&self, tag: &str) -> Result<usize>;
+}
+
+/// A registration for change notifications, made before re-checking the state.
+pub(crate) trait Watch: Send {
+    /// Blocks until notified or until `deadline`. Spurious returns are allowed: the
+    /// caller re-checks the state either way.
+    fn wait(self: Box<Self>, deadline: Option<Instant>) -> Result<()>;
+
+    /// The async form of [`Watch::wait`]; it never blocks the executor thread.
+    fn wait_async(self: Box<Self>, deadline: Option<Instant>) -> BoxFuture<'static, Result<()>>;
+}

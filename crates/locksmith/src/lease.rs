@@ -1,0 +1,182 @@
+//! Keeping leases alive: one background thread per space renews the leases of live
+//! guards, and tells a guard when its lease was lost.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use event_listener::Event;
+
+use crate::backend::model::Millis;
+use crate::backend::{Backend, Key, Op};
+use crate::Error;
+
+/// The lease of one live hold.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pub key: Arc<Key>,
+    pub token: u64,
+    pub length: Duration,
+    lost: AtomicBool,
+    lost_event: Event,
+}
+
+impl Lease {
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Release);
+        self.lost_event.notify(usize::MAX);
+    }
+
+    /// Resolves once the lease is lost.
+    pub(crate) async fn lost(&self) {
+        loop {
+            let listener = self.lost_event.listen();
+            if self.is_lost() {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Renews registered leases at a third of their length.
+#[derive(Debug)]
+pub(crate) struct Keeper {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    due: BinaryHeap<Reverse<(Instant, u64)>>,
+    leases: std::collections::HashMap<u64, Weak<Lease>>,
+    next_id: u64,
+    running: bool,
+    stop: bool,
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Keeper {
+    pub(crate) fn new() -> Keeper {
+        Keeper {
+            shared: Arc::default(),
+        }
+    }
+
+    /// Starts renewing a hold's lease; the renewals stop when the returned lease is
+    /// dropped.
+    pub(crate) fn register(
+        &self,
+        backend: &Arc<dyn Backend>,
+        key: Arc<Key>,
+        token: u64,
+        length: Duration,
+    ) -> Arc<Lease> {
+        let lease = Arc::new(Lease {
+            key,
+            token,
+            length,
+            lost: AtomicBool::new(false),
+            lost_event: Event::new(),
+        });
+        let mut state = lock(&self.shared);
+        let id = state.next_id;
+        state.next_id += 1;
+        state.leases.insert(id, Arc::downgrade(&lease));
+        state.due.push(Reverse((Instant::now() + length / 3, id)));
+        if !state.running {
+            state.running = true;
+            let shared = self.shared.clone();
+            let backend = backend.clone();
+            let spawned = std::thread::Builder::new()
+                .name("locksmith-lease".into())
+                .spawn(move || renew_loop(&shared, &*backend));
+            if let Err(e) = spawned {
+                state.running = false;
+                tracing::error!(error = %e, "cannot start the lease keeper: leases will not renew");
+            }
+        }
+        drop(state);
+        self.shared.changed.notify_one();
+        lease
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        lock(&self.shared).stop = true;
+        self.shared.changed.notify_one();
+    }
+}
+
+fn renew_loop(shared: &Shared, backend: &dyn Backend) {
+    let mut state = lock(shared);
+    loop {
+        if state.stop {
+            return;
+        }
+        let now = Instant::now();
+        let next = state.due.peek().map(|Reverse((at, id))| (*at, *id));
+        match next {
+            None => {
+                state = shared
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            Some((at, _)) if at > now => {
+                state = shared
+                    .changed
+                    .wait_timeout(state, at - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            Some((_, id)) => {
+                state.due.pop();
+                let Some(lease) = state.leases.get(&id).and_then(Weak::upgrade) else {
+                    state.leases.remove(&id);
+                    continue;
+                };
+                drop(state);
+                let length = lease.length.as_millis().min(u128::from(u64::MAX)) as Millis;
+                let op = Op::Renew {
+                    token: lease.token,
+                    lease: length,
+                };
+                let again = match backend.step(&lease.key, op) {
+                    Ok(_) => Some(lease.length / 3),
+                    Err(Error::NotHeld { .. }) => {
+                        lease.mark_lost();
+                        None
+                    }
+                    Err(e) => {
+                        // The store may come back before the lease ends: try again soon.
+                        tracing::warn!(name = lease.key.name(), error = %e, "lease renewal failed");
+                        Some(lease.length / 10)
+                    }
+                };
+                state = lock(shared);
+                match again {
+                    Some(after) => state.due.push(Reverse((Instant::now() + after, id))),
+                    None => {
+                        state.leases.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Who holds a primitive: a process (host, boot, pid, start time) and a thread or task.
+
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// The identity of a holder or waiter, as stored beside the state it holds.
+///
+/// The process part is `(host, boot, pid, start)`: the pid alone is reused by the
+/// kernel, but a pid with the tick it started at names one process for the life of a
+/// boot, and the boot id tells one boot from the next. `thread` is an id this process
+/// gives each thread (for blocking calls) or each async acquisition, never an OS
+/// thread id, which the kernel reuses too.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) struct Owner {
+    pub host: Arc<str>,
+    pub boot: u64,
+    pub pid: u32,
+    pub start: u64,
+    pub thread: u64,
+}
+
+struct Process {
+    host: Arc<str>,
+    boot: u64,
+    pid: u32,
+    start: u64,
+}
+
+fn process() -> Arc<Process> {
+    static PROCESS: Mutex<Option<Arc<Process>>> = Mutex::new(None);
+    let mut cached = PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+    match &*cached {
+        // A forked child inherits this cache: re-reading when the pid changed keeps
+        // a child from posing as its parent.
+        Some(p) if p.pid == std::process::id() => p.clone(),
+        _ => {
+            let p = Arc::new(read_process());
+            *cached = Some(p.clone());
+            p
+        }
+    }
+}
+
+fn read_process() -> Process {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|b| hash_str(b.trim()))
+        .unwrap_or(0);
+    let pid = std::process::id();
+    Process {
+        host: host.into(),
+        boot,
+        pid,
+        start: start_time(pid).unwrap_or(0),
+    }
+}
+
+fn hash_str(s: &str) -> u64 {
+    // FNV-1a: stable across processes, unlike std's randomly keyed hasher.
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The start time of process `pid` in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`), or `None` if there is no such process.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past its
+    // closing parenthesis, after which field 3 starts.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A random 64-bit id, unique in practice across processes and hosts.
+pub(crate) fn fresh_id() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+impl Owner {
+    fn with_thread(thread: u64) -> Owner {
+        let p = process();
+        Owner {
+            host: p.host.clone(),
+            boot: p.boot,
+            pid: p.pid,
+            start: p.start,
+            thread,
+        }
+    }
+
+    /// The calling thread, as the owner of its blocking acquisitions.
+    pub(crate) fn current_thread() -> Owner {
+        thread_local! {
+            static THREAD: RefCell<Option<Owner>> = const { RefCell::new(None) };
+        }
+        THREAD.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            match &*cell {
+                // After fork the thread-local is the parent's copy: the pid tells.
+                Some(owner) if owner.pid == std::process::id() => owner.clone(),
+                _ => {
+                    let owner = Owner::with_thread(fresh_id());
+                    *cell = Some(owner.clone());
+                    owner
+                }
+            }
+        })
+    }
+
+    /// A new owner for one async acquisition: tasks move between threads, so each
+    /// acquisition is its own owner.
+    pub(crate) fn new_task() -> Owner {
+        Owner::with_thread(fresh_id())
+    }
+
+    /// Whether this owner's process is known to be gone. Only processes of this host
+    /// and boot can be checked; any other owner is presumed alive (its lease decides).
+    pub(crate) fn is_dead(&self) -> bool {
+        let p = process();
+        if *self.host != *p.host {
+            return false;
+        }
+        if self.boot != p.boot {
+            return true;
+        }
+        start_time(self.pid) != Some(self.start)
+    }
+
+    /// A short human description: `host pid 1234 (thread 5f3a…)`.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} pid {} (thread {:08x})",
+            self.host,
+            self.pid,
+            self.thread >> 32
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_bogus_pid_is_dead() {
+        let me = Owner::current_thread();
+        assert!(!me.is_dead());
+        let mut other = me.clone();
+        other.start += 1;
+        assert!(
+            other.is_dead(),
+            "a reused pid with another start time is dead"
+        );
+        let mut remote = other.clone();
+        remote.host = "elsewhere".into();
+        assert!(!remote.is_dead(), "another host's owner is presumed alive");
+    }
+
+    #[test]
+    fn threads_and_tasks_are_distinct_owners() {
+        let a = Owner::current_thread();
+        assert_eq!(a, Owner::current_thread());
+        let b = std::thread::spawn(Owner::current_thread).join().unwrap();
+        assert_ne!(a, b);
+        assert_ne!(Owner::new_task(), Owner::new_task());
+    }
+
+    #[test]
+    fn start_time_parses_a_command_with_spaces() {
+        assert!(start_time(std::process::id()).is_some());
+        assert_eq!(start_time(u32::MAX), None);
+    }
+}

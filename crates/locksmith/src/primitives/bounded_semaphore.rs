@@ -1,0 +1,57 @@
+//! A semaphore that cannot rise above its initial count.
+
+use crate::backend::PermitKind;
+use crate::primitives::handle::{lease_options, Handle};
+use crate::primitives::permit::{self, acquire_methods, run_method};
+use crate::{Error, Result};
+
+/// A [`crate::Semaphore`] whose count never rises above its initial value: a release
+/// that would is refused with [`crate::Error::TooManyReleases`] and changes nothing
+/// (billiard's `ValueError`, diskcache's assertion).
+///
+/// ```
+/// # fn main() -> locksmith::Result<()> {
+/// let space = locksmith::Space::open("mem:")?;
+/// let db = space.bounded_semaphore("db", 3);
+/// let permit = db.acquire()?;
+/// drop(permit);
+/// assert!(matches!(db.release(), Err(locksmith::Error::TooManyReleases { .. })));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct BoundedSemaphore {
+    handle: Handle,
+    max: u32,
+}
+
+impl BoundedSemaphore {
+    pub(crate) fn new(handle: Handle, max: u32) -> BoundedSemaphore {
+        BoundedSemaphore { handle, max }
+    }
+
+    fn kind(&self) -> Result<PermitKind> {
+        if self.max == 0 {
+            return Err(Error::invalid("a BoundedSemaphore needs at least 1 permit"));
+        }
+        Ok(PermitKind::BoundedSemaphore { max: self.max })
+    }
+
+    lease_options!();
+    acquire_methods!("a permit");
+    run_method!();
+
+    /// Gives back a permit: the calling thread's own guardless one if it holds one,
+    /// otherwise the oldest holder's (anyone may release a semaphore), otherwise
+    /// raises the count.
+    ///
+    /// # Errors
+    /// [`crate::Error::TooManyReleases`] if every permit is already free.
+    pub fn release(&self) -> Result<()> {
+        permit::release_owned(&self.handle, self.kind()?)
+    }
+
+    /// The most permits there can be.
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+}

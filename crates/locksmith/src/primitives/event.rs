@@ -1,0 +1,141 @@
+//! A flag that waiters can wait for.
+
+use std::time::{Duration, Instant};
+
+use crate::backend::{Op, Reply};
+use crate::primitives::guard::unexpected;
+use crate::primitives::handle::{deadline_after, Handle, Step};
+use crate::Result;
+
+/// A flag, set or clear, that waiters wait to see set.
+///
+/// A waiter returns `true` if the event was set at any moment during its wait, even if
+/// it was cleared again before the waiter ran (threading's semantics, gh-57711).
+///
+/// ```
+/// # fn main() -> locksmith::Result<()> {
+/// use std::time::Duration;
+/// let space = locksmith::Space::open("mem:")?;
+/// let ready = space.event("ready");
+/// let waiter = std::thread::spawn({
+///     let ready = ready.clone();
+///     move || ready.wait()
+/// });
+/// ready.set()?;
+/// assert!(waiter.join().unwrap()?);
+/// ready.clear()?;
+/// assert!(!ready.wait_timeout(Duration::from_millis(10))?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Event {
+    handle: Handle,
+}
+
+impl Event {
+    pub(crate) fn new(handle: Handle) -> Event {
+        Event { handle }
+    }
+
+    /// Tags the event, so that [`crate::Space::evict_tag`] can drop it.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.handle.opts.tag = Some(tag.into());
+        self
+    }
+
+    /// The event's name.
+    pub fn name(&self) -> &str {
+        self.handle.name()
+    }
+
+    /// Sets the flag and wakes every waiter.
+    pub fn set(&self) -> Result<()> {
+        self.handle.check()?;
+        let tag = self.handle.opts.tag.clone();
+        self.handle.step(Op::EventSet { tag })?;
+        Ok(())
+    }
+
+    /// Clears the flag.
+    pub fn clear(&self) -> Result<()> {
+        self.handle.check()?;
+        self.handle.step(Op::EventClear)?;
+        Ok(())
+    }
+
+    /// Whether the flag is set.
+    pub fn is_set(&self) -> Result<bool> {
+        self.handle.check()?;
+        Ok(self.read()?.0)
+    }
+
+    fn read(&self) -> Result<(bool, u64)> {
+        match self.handle.step(Op::EventRead)? {
+            Reply::Event { set, generation } => Ok((set, generation)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Waits until the flag is set; returns `true`.
+    pub fn wait(&self) -> Result<bool> {
+        self.wait_until(None)
+    }
+
+    /// Waits at most `timeout` for the flag; returns whether it was set.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.wait_until(deadline_after(timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<bool> {
+        self.handle.check()?;
+        let (set, since) = self.read()?;
+        if set {
+            return Ok(true);
+        }
+        let mut judge = |reply| judge(reply, since);
+        let seen = self
+            .handle
+            .block_on(None, deadline, &|| Op::EventRead, &mut judge)?;
+        Ok(seen.is_some())
+    }
+
+    /// Waits from async code until the flag is set; returns `true`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future changes nothing.
+    pub async fn wait_async(&self) -> Result<bool> {
+        self.wait_until_async(None).await
+    }
+
+    /// Waits from async code at most `timeout`; returns whether the flag was set.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future changes nothing.
+    pub async fn wait_timeout_async(&self, timeout: Duration) -> Result<bool> {
+        self.wait_until_async(deadline_after(timeout)).await
+    }
+
+    async fn wait_until_async(&self, deadline: Option<Instant>) -> Result<bool> {
+        self.handle.check()?;
+        let since = match self.handle.step_async(Op::EventRead).await? {
+            Reply::Event { set: true, .. } => return Ok(true),
+            Reply::Event { generation, .. } => generation,
+            other => return Err(unexpected(other)),
+        };
+        let mut judge = |reply| judge(reply, since);
+        let seen = self
+            .handle
+            .wait_on(None, deadline, &|| Op::EventRead, &mut judge)
+            .await?;
+        Ok(seen.is_some())
+    }
+}
+
+/// Done once the flag is set, or was set since generation `since` (and maybe cleared).
+fn judge(reply: Reply, since: u64) -> Result<Step<()>> {
+    match reply {
+        Reply::Event { set, generation } if set || generation != since => Ok(Step::Done(())),
+        Reply::Event { .. } => Ok(Step::Wait(None)),
+        other => Err(unexpected(other)),
+    }
+}

@@ -1,0 +1,182 @@
+//! The guard of a held lock or permit.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::backend::{Grant, Op, Reply};
+use crate::lease::Lease;
+use crate::primitives::handle::Handle;
+use crate::{Error, Result};
+
+/// Proof of a hold on a lock, a semaphore permit, or a read or write side of an RwLock.
+///
+/// Dropping the guard releases the hold; [`Guard::release`] does the same and reports
+/// what went wrong, if anything. A guard is `Send` and `'static`, so it can be kept
+/// across `.await` points and moved between threads and tasks.
+///
+/// ```
+/// # fn main() -> locksmith::Result<()> {
+/// let space = locksmith::Space::open("mem:")?;
+/// let guard = space.lock("deploy").acquire()?;
+/// println!("holding deploy with fencing token {}", guard.token());
+/// guard.release()?;
+/// # Ok(()) }
+/// ```
+#[must_use = "the hold is released as soon as the guard is dropped"]
+pub struct Guard {
+    handle: Handle,
+    grant: Grant,
+    lease: Option<Arc<Lease>>,
+    held: bool,
+}
+
+impl Guard {
+    pub(crate) fn new(handle: &Handle, grant: Grant) -> Guard {
+        let mut guard = Guard {
+            handle: handle.clone(),
+            grant,
+            lease: None,
+            held: true,
+        };
+        guard.keep_lease();
+        guard
+    }
+
+    fn keep_lease(&mut self) {
+        let opts = &self.handle.opts;
+        self.lease = match opts.lease {
+            Some(length) if opts.keep_alive => Some(self.handle.space.keeper.register(
+                &self.handle.space.backend,
+                self.handle.key.clone(),
+                self.grant.token,
+                length,
+            )),
+            _ => None,
+        };
+    }
+
+    /// The fencing token of this hold: strictly greater than the token of every earlier
+    /// hold of the same name, so a resource can refuse a holder whose lease lapsed.
+    /// Re-entrant holds of an RLock share their first hold's token.
+    pub fn token(&self) -> u64 {
+        self.grant.token
+    }
+
+    /// Whether the previous holder died (or its lease lapsed) while holding, so that
+    /// what it protected may be half-done (`EOWNERDEAD`).
+    pub fn previous_owner_died(&self) -> bool {
+        self.grant.previous_owner_died
+    }
+
+    /// The name of the primitive held.
+    pub fn name(&self) -> &str {
+        self.handle.name()
+    }
+
+    /// Asks the store whether this hold still stands: `false` once its lease lapsed or
+    /// an operator broke it.
+    pub fn is_held(&self) -> Result<bool> {
+        if !self.held || self.lease.as_ref().is_some_and(|l| l.is_lost()) {
+            return Ok(false);
+        }
+        match self.handle.step(Op::Check {
+            token: self.grant.token,
+        })? {
+            Reply::Flag(held) => Ok(held),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Resolves when the lease renewal finds the hold gone (it lapsed, the store lost
+    /// it, or an operator broke it). Never resolves for a hold without a kept-alive
+    /// lease.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future changes nothing.
+    pub async fn lease_lost(&self) {
+        match &self.lease {
+            Some(lease) => lease.lost().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Releases the hold.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] if the hold had already ended (its lease lapsed, or it was
+    /// broken or evicted): the critical section may not have been exclusive. The
+    /// store's errors as [`Error::Backend`].
+    pub fn release(mut self) -> Result<()> {
+        self.release_now()
+    }
+
+    /// Keeps holding without a guard: nothing is released on drop and the lease is
+    /// no longer renewed. Release later with the handle's `release()` from the same
+    /// thread, or let the lease lapse. Returns the fencing token.
+    pub fn detach(mut self) -> u64 {
+        self.held = false;
+        self.lease = None;
+        self.grant.token
+    }
+
+    fn release_now(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.held) {
+            return Ok(());
+        }
+        let lost = self.lease.take().is_some_and(|l| l.is_lost());
+        match self.handle.step(Op::Release {
+            token: self.grant.token,
+        }) {
+            Ok(_) if lost => Err(self.lease_lost_error()),
+            Ok(_) => Ok(()),
+            Err(Error::NotHeld { .. }) => Err(self.lease_lost_error()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lease_lost_error(&self) -> Error {
+        Error::LeaseLost {
+            name: self.handle.name().to_owned(),
+        }
+    }
+
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Ends this guard's hold without a release step (the store already ended it).
+    pub(crate) fn forget_hold(&mut self) {
+        self.held = false;
+        self.lease = None;
+    }
+
+    /// Takes up a new hold of the same primitive (a condition re-acquiring its lock).
+    pub(crate) fn rebind(&mut self, grant: Grant) {
+        self.grant = grant;
+        self.held = true;
+        self.keep_lease();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Err(e) = self.release_now() {
+            tracing::warn!(name = self.handle.name(), error = %e, "release on drop failed");
+        }
+    }
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("name", &self.handle.name())
+            .field("token", &self.grant.token)
+            .field("previous_owner_died", &self.grant.previous_owner_died)
+            .field("held", &self.held)
+            .finish()
+    }
+}
+
+pub(crate) fn unexpected(reply: Reply) -> Error {
+    Error::backend(format!("unexpected reply from the store: {reply:?}"))
+}

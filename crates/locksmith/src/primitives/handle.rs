@@ -1,0 +1,242 @@
+//! What every primitive is made of: a space, a key, options; and the one waiting loop.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::mem::now_millis;
+use crate::backend::model::Millis;
+use crate::backend::{Key, Op, Reply};
+use crate::space::SpaceInner;
+use crate::{Error, Result};
+
+/// The longest name a primitive may have, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// A primitive's link to its store.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    pub space: Arc<SpaceInner>,
+    pub key: Arc<Key>,
+    pub opts: Options,
+}
+
+/// The options every primitive may carry.
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    pub lease: Option<Duration>,
+    pub keep_alive: bool,
+    pub tag: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            lease: None,
+            keep_alive: true,
+            tag: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("name", &self.key.name())
+            .field("space", &self.space.url)
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+/// What one attempt found: done, or not yet (retry by the given instant at the latest).
+pub(crate) enum Step<T> {
+    Done(T),
+    Wait(Option<Instant>),
+}
+
+impl Handle {
+    pub(crate) fn new(space: Arc<SpaceInner>, name: &str) -> Handle {
+        Handle {
+            space,
+            key: Arc::new(Key::new(name)),
+            opts: Options::default(),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.key.name()
+    }
+
+    /// Checks the name and options; every operation calls it first, so bad input is
+    /// refused before anything changes.
+    pub(crate) fn check(&self) -> Result<()> {
+        let name = self.name();
+        if name.is_empty() {
+            return Err(Error::invalid("a name must not be empty"));
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(Error::invalid(format!(
+                "a name may have at most {MAX_NAME_LEN} bytes, not {}",
+                name.len()
+            )));
+        }
+        if name.contains('\0') {
+            return Err(Error::invalid("a name must not contain NUL"));
+        }
+        if let Some(lease) = self.opts.lease {
+            if lease.as_millis() == 0 {
+                return Err(Error::invalid("a lease must be at least 1 ms"));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn lease_millis(&self) -> Option<Millis> {
+        self.opts
+            .lease
+            .map(|d| d.as_millis().min(u128::from(u64::MAX)) as Millis)
+    }
+
+    pub(crate) fn step(&self, op: Op) -> Result<Reply> {
+        self.space.backend.step(&self.key, op)
+    }
+
+    pub(crate) async fn step_async(&self, op: Op) -> Result<Reply> {
+        self.space.backend.step_async(&self.key, op).await
+    }
+
+    /// Retries `attempt` until it is done or `deadline` passes (`Ok(None)`), sleeping
+    /// on the store's change notifications in between. The watch is taken before each
+    /// attempt, so a change between an attempt and the sleep is never missed.
+    pub(crate) fn block_on<T>(
+        &self,
+        ticket: Option<u64>,
+        deadline: Option<Instant>,
+        op: &dyn Fn() -> Op,
+        judge: &mut dyn FnMut(Reply) -> Result<Step<T>>,
+    ) -> Result<Option<T>> {
+        loop {
+            let watch = self.space.backend.watch(&self.key, ticket)?;
+            match judge(self.step(op())?)? {
+                Step::Done(t) => return Ok(Some(t)),
+                Step::Wait(retry_at) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(None);
+                    }
+                    watch.wait(earliest(deadline, retry_at))?;
+                }
+            }
+        }
+    }
+
+    /// The async form of [`Handle::block_on`]; dropping the future stops waiting.
+    pub(crate) async fn wait_on<T>(
+        &self,
+        ticket: Option<u64>,
+        deadline: Option<Instant>,
+        op: &(dyn Fn() -> Op + Sync),
+        judge: &mut (dyn FnMut(Reply) -> Result<Step<T>> + Send),
+    ) -> Result<Option<T>> {
+        loop {
+            let watch = self.space.backend.watch(&self.key, ticket)?;
+            match judge(self.step_async(op()).await?)? {
+                Step::Done(t) => return Ok(Some(t)),
+                Step::Wait(retry_at) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(None);
+                    }
+                    watch.wait_async(earliest(deadline, retry_at)).await?;
+                }
+            }
+        }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The deadline `timeout` from now; `None` (wait for ever) if it is too far to represent.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// The instant at which the store's clock reads `at`, as a retry hint.
+pub(crate) fn instant_at(at: Millis) -> Instant {
+    let now = now_millis();
+    // One millisecond past, so that a lease ending at `at` has surely lapsed.
+    Instant::now() + Duration::from_millis(at.saturating_sub(now) + 1)
+}
+
+/// Unwraps the result of a wait that had no deadline.
+pub(crate) fn forever<T>(r: Result<Option<T>>) -> Result<T> {
+    r?.ok_or(Error::Timeout)
+}
+
+/// Runs a step when dropped, unless disarmed: undoes a queued wait that ends by
+/// timeout, error or cancellation.
+pub(crate) struct OnDrop<'a> {
+    handle: &'a Handle,
+    op: Option<Op>,
+}
+
+impl<'a> OnDrop<'a> {
+    pub(crate) fn new(handle: &'a Handle, op: Op) -> OnDrop<'a> {
+        OnDrop {
+            handle,
+            op: Some(op),
+        }
+    }
+
+    pub(crate) fn disarm(mut self) {
+        self.op = None;
+    }
+}
+
+impl Drop for OnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(op) = self.op.take() {
+            if let Err(e) = self.handle.step(op) {
+                tracing::warn!(name = self.handle.name(), error = %e, "could not leave the wait queue");
+            }
+        }
+    }
+}
+
+/// The builder methods every option-carrying primitive offers.
+macro_rules! lease_options {
+    () => {
+        /// Holds taken through this handle expire `lease` after they were taken or
+        /// last renewed (diskcache's `expire`). While the holder's process lives, the
+        /// lease renews itself in the background (see [`Self::keep_alive`]); a holder
+        /// that dies loses the hold when the lease lapses, and the next holder is told
+        /// [`crate::Guard::previous_owner_died`].
+        pub fn lease(mut self, lease: std::time::Duration) -> Self {
+            self.handle.opts.lease = Some(lease);
+            self
+        }
+
+        /// Whether leases renew themselves while the guard lives (default: yes). With
+        /// `false`, a lease is a fixed expiry, as diskcache's `expire` is.
+        pub fn keep_alive(mut self, keep_alive: bool) -> Self {
+            self.handle.opts.keep_alive = keep_alive;
+            self
+        }
+
+        /// Tags the primitive, so that [`crate::Space::evict_tag`] can drop it.
+        pub fn tag(mut self, tag: impl Into<String>) -> Self {
+            self.handle.opts.tag = Some(tag.into());
+            self
+        }
+
+        /// The primitive's name.
+        pub fn name(&self) -> &str {
+            self.handle.name()
+        }
+    };
+}
+
+pub(crate) use lease_options;

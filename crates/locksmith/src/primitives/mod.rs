@@ -1,0 +1,26 @@
+//! The primitives, each written once over the backend trait.
+
+mod averager;
+mod barrier;
+mod bounded_semaphore;
+mod condition;
+mod event;
+mod guard;
+pub(crate) mod handle;
+mod lock;
+mod permit;
+mod rlock;
+mod rwlock;
+mod semaphore;
+
+pub use averager::Averager;
+pub use barrier::Barrier;
+pub use bounded_semaphore::BoundedSemaphore;
+pub use condition::Condition;
+pub use event::Event;
+pub(crate) use guard::unexpected as guard_unexpected;
+pub use guard::Guard;
+pub use lock::Lock;
+pub use rlock::RLock;
+pub use rwlock::RwLock;
+pub use semaphore::Semaphore;

@@ -1,0 +1,271 @@
+//! Taking and giving back permits, written once for Lock, RLock, the semaphores,
+//! RwLock and Condition: a lock is a semaphore of one with an owner, an RLock adds a
+//! count, an RwLock a shared mode.
+
+use std::future::Future;
+use std::time::Instant;
+
+use crate::backend::model::Acquire;
+use crate::backend::{Grant, Mode, Op, PermitKind, Reply};
+use crate::owner::{fresh_id, Owner};
+use crate::primitives::guard::{unexpected, Guard};
+use crate::primitives::handle::{instant_at, Handle, OnDrop, Step};
+use crate::Result;
+
+/// How long an acquisition may wait.
+#[derive(Clone, Copy)]
+pub(crate) enum Wait {
+    /// Never.
+    Try,
+    /// Until the deadline, or for ever.
+    Until(Option<Instant>),
+}
+
+fn acquire_op(
+    handle: &Handle,
+    kind: PermitKind,
+    mode: Mode,
+    owner: &Owner,
+    ticket: Option<u64>,
+) -> Op {
+    Op::Acquire(Acquire {
+        kind,
+        mode,
+        owner: owner.clone(),
+        lease: handle.lease_millis(),
+        tag: handle.opts.tag.clone(),
+        ticket,
+    })
+}
+
+fn judge(reply: Reply) -> Result<Step<Grant>> {
+    match reply {
+        Reply::Granted(grant) => Ok(Step::Done(grant)),
+        Reply::Blocked { retry_at } => Ok(Step::Wait(retry_at.map(instant_at))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Takes a permit for the calling thread, waiting as `wait` allows.
+pub(crate) fn acquire(
+    handle: &Handle,
+    kind: PermitKind,
+    mode: Mode,
+    wait: Wait,
+) -> Result<Option<Guard>> {
+    Ok(acquire_grant(handle, kind, mode, wait)?.map(|g| Guard::new(handle, g)))
+}
+
+/// [`acquire`], answering with the grant rather than a guard.
+pub(crate) fn acquire_grant(
+    handle: &Handle,
+    kind: PermitKind,
+    mode: Mode,
+    wait: Wait,
+) -> Result<Option<Grant>> {
+    handle.check()?;
+    let owner = Owner::current_thread();
+    // The fast path: one step, no queueing, no watch.
+    if let Step::Done(grant) = judge(handle.step(acquire_op(handle, kind, mode, &owner, None))?)? {
+        return Ok(Some(grant));
+    }
+    let Wait::Until(deadline) = wait else {
+        return Ok(None);
+    };
+    let ticket = fresh_id();
+    let leave = OnDrop::new(handle, Op::Dequeue { ticket });
+    let op = || acquire_op(handle, kind, mode, &owner, Some(ticket));
+    let grant = handle.block_on(Some(ticket), deadline, &op, &mut judge)?;
+    if grant.is_some() {
+        leave.disarm();
+    }
+    Ok(grant)
+}
+
+/// Takes a permit for a new async owner, waiting as `wait` allows.
+///
+/// Cancel safe: a dropped future leaves the queue at once and holds nothing.
+pub(crate) async fn acquire_async(
+    handle: &Handle,
+    kind: PermitKind,
+    mode: Mode,
+    wait: Wait,
+) -> Result<Option<Guard>> {
+    let grant = acquire_grant_async(handle, kind, mode, wait).await?;
+    Ok(grant.map(|g| Guard::new(handle, g)))
+}
+
+/// [`acquire_async`], answering with the grant rather than a guard.
+pub(crate) async fn acquire_grant_async(
+    handle: &Handle,
+    kind: PermitKind,
+    mode: Mode,
+    wait: Wait,
+) -> Result<Option<Grant>> {
+    handle.check()?;
+    let owner = Owner::new_task();
+    let first = handle
+        .step_async(acquire_op(handle, kind, mode, &owner, None))
+        .await?;
+    if let Step::Done(grant) = judge(first)? {
+        return Ok(Some(grant));
+    }
+    let Wait::Until(deadline) = wait else {
+        return Ok(None);
+    };
+    let ticket = fresh_id();
+    let leave = OnDrop::new(handle, Op::Dequeue { ticket });
+    let op = || acquire_op(handle, kind, mode, &owner, Some(ticket));
+    let grant = handle
+        .wait_on(Some(ticket), deadline, &op, &mut judge)
+        .await?;
+    if grant.is_some() {
+        leave.disarm();
+    }
+    Ok(grant)
+}
+
+/// Gives back the calling thread's hold without its guard; for a semaphore whose
+/// caller holds nothing, raises the count.
+pub(crate) fn release_owned(handle: &Handle, kind: PermitKind) -> Result<()> {
+    handle.check()?;
+    handle.step(Op::ReleaseOwned {
+        kind,
+        owner: Owner::current_thread(),
+    })?;
+    Ok(())
+}
+
+/// Whether anyone holds the primitive.
+pub(crate) fn is_held(handle: &Handle) -> Result<bool> {
+    handle.check()?;
+    match handle.step(Op::Holders)? {
+        Reply::Holders(holders) => Ok(!holders.is_empty()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Acquires, runs the future `f` returns, and releases whatever happens to it.
+pub(crate) async fn run<F, Fut, T>(handle: &Handle, kind: PermitKind, f: F) -> Result<T>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let guard = acquire_async(handle, kind, Mode::Exclusive, Wait::Until(None))
+        .await?
+        .ok_or(crate::Error::Timeout)?;
+    // The guard is dropped, and so released, if `f` panics or this future is dropped.
+    let out = f().await;
+    guard.release()?;
+    Ok(out)
+}
+
+/// The five ways to acquire, for a primitive with a `handle` field and a
+/// `fn kind(&self) -> Result<PermitKind>` that checks its parameters.
+macro_rules! acquire_methods {
+    ($what:literal) => {
+        #[doc = concat!("Acquires ", $what, ", waiting as long as it takes.")]
+        ///
+        /// # Errors
+        /// [`crate::Error::WouldDeadlock`] if the calling thread already holds a
+        /// non-recursive lock; [`crate::Error::InvalidArgument`] for a bad name or
+        /// option; [`crate::Error::Mismatch`] if the name is another kind of primitive;
+        /// store errors.
+        pub fn acquire(&self) -> crate::Result<crate::Guard> {
+            let wait = crate::primitives::permit::Wait::Until(None);
+            crate::primitives::handle::forever(crate::primitives::permit::acquire(
+                &self.handle,
+                self.kind()?,
+                crate::backend::Mode::Exclusive,
+                wait,
+            ))
+        }
+
+        #[doc = concat!("Acquires ", $what, " if that is possible now; never waits.")]
+        pub fn try_acquire(&self) -> crate::Result<Option<crate::Guard>> {
+            let wait = crate::primitives::permit::Wait::Try;
+            crate::primitives::permit::acquire(
+                &self.handle,
+                self.kind()?,
+                crate::backend::Mode::Exclusive,
+                wait,
+            )
+        }
+
+        #[doc = concat!("Acquires ", $what, ", waiting at most `timeout`; `Ok(None)` if it did not come free.")]
+        pub fn acquire_timeout(
+            &self,
+            timeout: std::time::Duration,
+        ) -> crate::Result<Option<crate::Guard>> {
+            let deadline = crate::primitives::handle::deadline_after(timeout);
+            crate::primitives::permit::acquire(
+                &self.handle,
+                self.kind()?,
+                crate::backend::Mode::Exclusive,
+                crate::primitives::permit::Wait::Until(deadline),
+            )
+        }
+
+        #[doc = concat!("Acquires ", $what, " from async code, without blocking the executor thread.")]
+        ///
+        /// Each async acquisition is its own owner; waiters are served first-come
+        /// first-served.
+        ///
+        /// # Cancel safety
+        /// Cancel safe: a dropped future leaves the queue at once, never holds, and
+        /// passes on any wake-up it was given.
+        pub async fn acquire_async(&self) -> crate::Result<crate::Guard> {
+            let wait = crate::primitives::permit::Wait::Until(None);
+            crate::primitives::handle::forever(
+                crate::primitives::permit::acquire_async(
+                    &self.handle,
+                    self.kind()?,
+                    crate::backend::Mode::Exclusive,
+                    wait,
+                )
+                .await,
+            )
+        }
+
+        #[doc = concat!("Acquires ", $what, " from async code, waiting at most `timeout`.")]
+        ///
+        /// # Cancel safety
+        /// Cancel safe, as `acquire_async`.
+        pub async fn acquire_timeout_async(
+            &self,
+            timeout: std::time::Duration,
+        ) -> crate::Result<Option<crate::Guard>> {
+            let deadline = crate::primitives::handle::deadline_after(timeout);
+            crate::primitives::permit::acquire_async(
+                &self.handle,
+                self.kind()?,
+                crate::backend::Mode::Exclusive,
+                crate::primitives::permit::Wait::Until(deadline),
+            )
+            .await
+        }
+    };
+}
+
+/// Twisted's `run`, for a primitive with a `handle` field and a
+/// `fn kind(&self) -> Result<PermitKind>` that checks its parameters.
+macro_rules! run_method {
+    () => {
+        /// Twisted's `run`: acquires, awaits the future `f` returns, and releases
+        /// whether it completes, panics or is cancelled. Callers are served first-come
+        /// first-served.
+        ///
+        /// # Errors
+        /// [`crate::Error::LeaseLost`] if the hold ended before `f` finished (its
+        /// output is then dropped: the section was not exclusive); store errors.
+        pub async fn run<F, Fut, T>(&self, f: F) -> crate::Result<T>
+        where
+            F: FnOnce() -> Fut,
+            Fut: std::future::Future<Output = T>,
+        {
+            crate::primitives::permit::run(&self.handle, self.kind()?, f).await
+        }
+    };
+}
+
+pub(crate) use {acquire_methods, run_method};
