@@ -21,7 +21,16 @@ use crate::{Error, Result};
 /// | `mem:` | a private space of this process's threads and tasks |
 /// | `mem:NAME` | the space `NAME` shared by this process's `Space::open("mem:NAME")` calls |
 ///
-/// `shm:NAME`, `sqlite:PATH` and `redis://…` are named by the design and refused with
+/// | `sqlite:PATH` | an SQLite file every process on this host may open (feature `sqlite`, on by default) |
+/// | `sqlite:DIR?shards=N` | N SQLite files in `DIR`, names hashed to one of them |
+///
+/// `sqlite:` takes options after a `?`, joined by `&`: `shards=N` (1–256), `timeout=MS`
+/// (how long a step waits for another process's transaction; 5000), `poll=MS` (the
+/// longest a waiter sleeps before re-checking on its own; 250), `sync=normal|full`
+/// (`full` fsyncs every step, so fencing tokens survive power loss too) and
+/// `bell=on|off` (the shared-memory doorbell that wakes waiting processes at once).
+///
+/// `shm:NAME` and `redis://…` are named by the design and refused with
 /// [`Error::Unsupported`] until their backends land.
 ///
 /// A `Space` is cheap to clone; clones share the store and the lease keeper.
@@ -86,10 +95,18 @@ impl Space {
         let backend: Arc<dyn Backend> = match url.split_once(':') {
             Some(("mem", "")) => Arc::new(MemBackend::default()),
             Some(("mem", name)) => MemBackend::named(name),
-            Some((
-                scheme @ ("shm" | "sqlite" | "redis" | "rediss" | "postgres" | "postgresql"),
-                _,
-            )) => {
+            #[cfg(all(unix, feature = "sqlite"))]
+            Some(("sqlite", rest)) => {
+                let opts = crate::backend::sqlite::Options::parse(rest, url)?;
+                Arc::new(crate::backend::sqlite::SqliteBackend::open(&opts)?)
+            }
+            #[cfg(not(all(unix, feature = "sqlite")))]
+            Some(("sqlite", _)) => {
+                return Err(Error::Unsupported(format!(
+                    "this build of locksmith has no sqlite backend (feature `sqlite`), in '{url}'"
+                )))
+            }
+            Some((scheme @ ("shm" | "redis" | "rediss" | "postgres" | "postgresql"), _)) => {
                 return Err(Error::Unsupported(format!(
                     "the {scheme} backend is not built yet (in '{url}')"
                 )))
@@ -114,15 +131,31 @@ impl Space {
         })
     }
 
-    /// Opens the embedded default store: `LOCKSMITH_STORE` if set, otherwise `mem:`
-    /// (the per-user SQLite store becomes the default when that backend lands).
+    /// Opens the embedded default store: the URL in `LOCKSMITH_STORE` if it is set,
+    /// otherwise the per-user SQLite database
+    /// `$XDG_STATE_HOME/locksmith/locks.sqlite` (`~/.local/state/locksmith/locks.sqlite`
+    /// when `XDG_STATE_HOME` is unset or not absolute). The directory is created 0700
+    /// and the file 0600. Without the `sqlite` feature the default is `mem:`.
+    ///
+    /// # Errors
+    /// As [`Space::open`]; [`Error::InvalidArgument`] if neither `XDG_STATE_HOME` nor
+    /// `HOME` names a directory.
     pub fn open_default() -> Result<Space> {
         match std::env::var("LOCKSMITH_STORE") {
             Ok(url) if !url.is_empty() => Space::open(&url),
-            _ => Space::open("mem:"),
+            _ => Space::open(&default_url()?),
         }
     }
 
+    /// The URL [`Space::open_default`] opens when `LOCKSMITH_STORE` is not set,
+    /// creating the per-user state directory (0700) if needed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if there is no home directory to put it in;
+    /// [`Error::Backend`] if the directory cannot be created.
+    pub fn default_url() -> Result<String> {
+        default_url()
+    }
     /// The URL this space was opened with.
     pub fn url(&self) -> &str {
         &self.inner.url
@@ -227,4 +260,43 @@ impl Space {
 
 fn at(millis: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+#[cfg(all(unix, feature = "sqlite"))]
+fn default_url() -> Result<String> {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::path::PathBuf;
+    let absolute = |v: std::ffi::OsString| {
+        let p = PathBuf::from(v);
+        p.is_absolute().then_some(p)
+    };
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .and_then(absolute)
+                .map(|h| h.join(".local").join("state"))
+        })
+        .ok_or_else(|| {
+            Error::invalid(
+                "neither XDG_STATE_HOME nor HOME names a directory for the default store: \
+                 set LOCKSMITH_STORE",
+            )
+        })?;
+    let dir = state.join("locksmith");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Error::backend(format!("cannot create '{}': {e}", dir.display())))?;
+    let file = dir.join("locks.sqlite");
+    let file = file
+        .to_str()
+        .ok_or_else(|| Error::invalid(format!("'{}' is not valid UTF-8", file.display())))?;
+    Ok(format!("sqlite:{file}"))
+}
+
+#[cfg(not(all(unix, feature = "sqlite")))]
+fn default_url() -> Result<String> {
+    Ok("mem:".to_owned())
 }

@@ -12,6 +12,8 @@
 
 pub(crate) mod mem;
 pub(crate) mod model;
+#[cfg(all(unix, feature = "sqlite"))]
+pub(crate) mod sqlite;
 
 use std::fmt;
 use std::future::Future;
