@@ -194,7 +194,7 @@ pub(crate) enum Op {
     Check {
         token: u64,
     },
-    /// List the holders.
+    /// List the holders and count the waiters.
     Holders,
     /// Condition: release the hold `token` and start sleeping as `ticket`, at once.
     CondWait {
@@ -283,7 +283,11 @@ pub(crate) enum Reply {
     Busy,
     Barrier(BarrierView),
     Average(Option<f64>),
-    Holders(Vec<Holder>),
+    Holders {
+        holders: Vec<Holder>,
+        /// Queued waiters and condition sleepers.
+        waiting: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,10 +384,19 @@ pub(crate) fn apply(
         Op::Holders => match permits_held(record, name) {
             Ok(p) => {
                 p.prune(ctx);
-                let holders = p.holders.clone();
-                Ok((Reply::Holders(holders), p.wake(None)))
+                let reply = Reply::Holders {
+                    holders: p.holders.clone(),
+                    waiting: (p.queue.len() + p.sleepers.len()) as u32,
+                };
+                Ok((reply, p.wake(None)))
             }
-            Err(_) => Ok((Reply::Holders(Vec::new()), Wake::default())),
+            Err(_) => Ok((
+                Reply::Holders {
+                    holders: Vec::new(),
+                    waiting: 0,
+                },
+                Wake::default(),
+            )),
         },
         Op::CondWait {
             token,
