@@ -743,8 +743,8 @@ fn acquire(record: &mut Record, name: &str, a: Acquire, ctx: &Ctx<'_>) -> Result
         }
     }
     if !granted {
-        match a.ticket {
-            Some(ticket) => match p.queue.iter_mut().find(|w| w.ticket == ticket) {
+        if let Some(ticket) = a.ticket {
+            match p.queue.iter_mut().find(|w| w.ticket == ticket) {
                 Some(w) => w.seen = ctx.now,
                 None => p.queue.push_back(Waiter {
                     ticket,
@@ -752,8 +752,7 @@ fn acquire(record: &mut Record, name: &str, a: Acquire, ctx: &Ctx<'_>) -> Result
                     mode: a.mode,
                     seen: ctx.now,
                 }),
-            },
-            None => {}
+            }
         }
         let retry_at = p.holders.iter().filter_map(|h| h.until).min();
         return Ok((Reply::Blocked { retry_at }, p.wake(a.ticket)));
@@ -1007,11 +1006,6 @@ impl Record {
             self.tag = None;
         }
     }
-
-    /// Whether the record holds nothing but what fencing needs.
-    pub(crate) fn is_free(&self) -> bool {
-        self.state.is_none()
-    }
 }
 
 #[cfg(test)]
@@ -1065,7 +1059,7 @@ mod tests {
         assert!(t2 > t, "fencing tokens increase");
         apply(&mut r, "n", Op::Release { token: t2 }, &ctx(0)).unwrap();
         assert!(
-            r.is_free() && r.next_token == t2,
+            r.state.is_none() && r.next_token == t2,
             "a free lock keeps only its counter"
         );
     }

@@ -10,12 +10,21 @@ pub fn tests() -> Vec<Test> {
     vec![
         ("async::network_counter_yields_1_then_2", network_counter),
         ("async::waiters_are_served_first_come_first_served", fifo),
-        ("async::cancelled_waiter_mid_queue_never_holds", cancel_mid_queue),
-        ("async::ten_thousand_tasks_count_exactly", ten_thousand_tasks),
+        (
+            "async::cancelled_waiter_mid_queue_never_holds",
+            cancel_mid_queue,
+        ),
+        (
+            "async::ten_thousand_tasks_count_exactly",
+            ten_thousand_tasks,
+        ),
         ("async::timeouts_by_method_and_by_tokio_time", timeouts),
         ("async::run_releases_on_panic_and_cancel", run_releases),
         ("async::semaphore_run_limits_concurrency", semaphore_run),
-        ("async::sync_and_async_holders_exclude_each_other", mixed_holders),
+        (
+            "async::sync_and_async_holders_exclude_each_other",
+            mixed_holders,
+        ),
         ("async::event_condition_barrier_wait_async", other_waits),
     ]
 }
@@ -44,7 +53,10 @@ fn network_counter(store: &Store) {
             .await
             .unwrap()
         };
-        let (a, b) = tokio::join!(next(lock.clone(), value.clone()), next(lock.clone(), value.clone()));
+        let (a, b) = tokio::join!(
+            next(lock.clone(), value.clone()),
+            next(lock.clone(), value.clone())
+        );
         let mut got = [a, b];
         got.sort();
         assert_eq!(got, [1, 2]);
@@ -100,11 +112,19 @@ fn cancel_mid_queue(store: &Store) {
         let last = spawn_queued(&space, "cancel", 2, &order).await;
         middle.abort();
         assert!(middle.await.unwrap_err().is_cancelled());
-        assert_eq!(space.waiting("cancel").unwrap(), 2, "the cancelled waiter left the queue");
+        assert_eq!(
+            space.waiting("cancel").unwrap(),
+            2,
+            "the cancelled waiter left the queue"
+        );
         drop(holder);
         first.await.unwrap();
         last.await.unwrap();
-        assert_eq!(*order.lock().unwrap(), [0, 2], "order kept, the cancelled one never held");
+        assert_eq!(
+            *order.lock().unwrap(),
+            [0, 2],
+            "order kept, the cancelled one never held"
+        );
         assert!(space.holders("cancel").unwrap().is_empty());
         assert_eq!(space.waiting("cancel").unwrap(), 0);
     });
@@ -141,12 +161,23 @@ fn timeouts(store: &Store) {
     runtime().block_on(async {
         let lock = space.lock("t");
         let holder = lock.acquire_async().await.unwrap();
-        assert!(lock.acquire_timeout_async(Duration::from_millis(20)).await.unwrap().is_none());
+        assert!(lock
+            .acquire_timeout_async(Duration::from_millis(20))
+            .await
+            .unwrap()
+            .is_none());
         let composed = tokio::time::timeout(Duration::from_millis(20), lock.acquire_async()).await;
         assert!(composed.is_err(), "tokio's timeout cancels the acquisition");
-        assert_eq!(space.waiting("t").unwrap(), 0, "neither waiter is left queued");
+        assert_eq!(
+            space.waiting("t").unwrap(),
+            0,
+            "neither waiter is left queued"
+        );
         drop(holder);
-        let again = lock.acquire_timeout_async(Duration::from_secs(60)).await.unwrap();
+        let again = lock
+            .acquire_timeout_async(Duration::from_secs(60))
+            .await
+            .unwrap();
         assert!(again.is_some(), "no waiter kept the wake-up");
     });
 }
@@ -217,7 +248,9 @@ fn mixed_holders(store: &Store) {
         let lock = lock.clone();
         async move { lock.acquire_async().await.map(|g| g.token()) }
     });
-    eventually("the async waiter queues", || space.waiting("mixed").unwrap() == 1);
+    eventually("the async waiter queues", || {
+        space.waiting("mixed").unwrap() == 1
+    });
     let first = sync_guard.token();
     drop(sync_guard);
     let second = rt.block_on(task).unwrap().unwrap();
@@ -228,19 +261,32 @@ fn other_waits(store: &Store) {
     let space = store.open();
     runtime().block_on(async {
         let ev = space.event("ready");
-        let waiter = tokio::spawn({ let ev = ev.clone(); async move { ev.wait_async().await } });
+        let waiter = tokio::spawn({
+            let ev = ev.clone();
+            async move { ev.wait_async().await }
+        });
         ev.set().unwrap();
         assert!(waiter.await.unwrap().unwrap());
-        assert!(!space.event("other").wait_timeout_async(Duration::from_millis(10)).await.unwrap());
+        assert!(!space
+            .event("other")
+            .wait_timeout_async(Duration::from_millis(10))
+            .await
+            .unwrap());
 
         let barrier = space.barrier("b", 2);
-        let other = tokio::spawn({ let b = barrier.clone(); async move { b.wait_async().await } });
+        let other = tokio::spawn({
+            let b = barrier.clone();
+            async move { b.wait_async().await }
+        });
         let mine = barrier.wait_async().await.unwrap();
         assert_eq!(mine + other.await.unwrap().unwrap(), 1);
 
         let cond = space.condition("c");
         let mut guard = cond.acquire_async().await.unwrap();
-        assert!(!cond.wait_timeout_async(&mut guard, Duration::from_millis(10)).await.unwrap());
+        assert!(!cond
+            .wait_timeout_async(&mut guard, Duration::from_millis(10))
+            .await
+            .unwrap());
         let sleeper = tokio::spawn({
             let cond = cond.clone();
             async move {
@@ -253,7 +299,10 @@ fn other_waits(store: &Store) {
         // wakes nobody and changes nothing.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while cond.notify(1).unwrap() == 0 {
-            assert!(tokio::time::Instant::now() < deadline, "the sleeper never slept");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the sleeper never slept"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         assert!(sleeper.await.unwrap().is_ok());

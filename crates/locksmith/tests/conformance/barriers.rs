@@ -11,7 +11,10 @@ use crate::{eventually, threads, Store, Test};
 pub fn tests() -> Vec<Test> {
     vec![
         ("barrier::generations_release_together", generations),
-        ("barrier::timeout_breaks_for_everyone_until_reset", timeout_breaks),
+        (
+            "barrier::timeout_breaks_for_everyone_until_reset",
+            timeout_breaks,
+        ),
         ("barrier::reset_breaks_current_waiters", reset_breaks),
         ("barrier::abort_breaks", abort_breaks),
         ("barrier::panicking_action_breaks", panicking_action),
@@ -60,7 +63,10 @@ fn timeout_breaks(store: &Store) {
     assert!(matches!(barrier.wait(), Err(Error::BrokenBarrier { .. })));
     barrier.reset().unwrap();
     assert!(!barrier.is_broken().unwrap());
-    let other = std::thread::spawn({ let b = barrier.clone(); move || b.wait() });
+    let other = std::thread::spawn({
+        let b = barrier.clone();
+        move || b.wait()
+    });
     let mine = barrier.wait().unwrap();
     let theirs = other.join().unwrap().unwrap();
     assert_eq!(mine + theirs, 1, "indices 0 and 1 after the reset");
@@ -69,27 +75,44 @@ fn timeout_breaks(store: &Store) {
 fn reset_breaks(store: &Store) {
     let space = store.open();
     let barrier = space.barrier("resettable", 3);
-    let waiter = std::thread::spawn({ let b = barrier.clone(); move || b.wait() });
+    let waiter = std::thread::spawn({
+        let b = barrier.clone();
+        move || b.wait()
+    });
     eventually("one party waits", || barrier.n_waiting().unwrap() == 1);
     barrier.reset().unwrap();
-    assert!(matches!(waiter.join().unwrap(), Err(Error::BrokenBarrier { .. })));
+    assert!(matches!(
+        waiter.join().unwrap(),
+        Err(Error::BrokenBarrier { .. })
+    ));
     assert_eq!(barrier.n_waiting().unwrap(), 0);
-    assert!(!barrier.is_broken().unwrap(), "reset leaves the barrier usable");
+    assert!(
+        !barrier.is_broken().unwrap(),
+        "reset leaves the barrier usable"
+    );
 }
 
 fn abort_breaks(store: &Store) {
     let space = store.open();
     let barrier = space.barrier("aborted", 2);
-    let waiter = std::thread::spawn({ let b = barrier.clone(); move || b.wait() });
+    let waiter = std::thread::spawn({
+        let b = barrier.clone();
+        move || b.wait()
+    });
     eventually("one party waits", || barrier.n_waiting().unwrap() == 1);
     barrier.abort().unwrap();
-    assert!(matches!(waiter.join().unwrap(), Err(Error::BrokenBarrier { .. })));
+    assert!(matches!(
+        waiter.join().unwrap(),
+        Err(Error::BrokenBarrier { .. })
+    ));
     assert!(barrier.is_broken().unwrap());
 }
 
 fn panicking_action(store: &Store) {
     let space = store.open();
-    let barrier = space.barrier("bad-action", 1).action(|| panic!("the action fails"));
+    let barrier = space
+        .barrier("bad-action", 1)
+        .action(|| panic!("the action fails"));
     assert!(matches!(barrier.wait(), Err(Error::BrokenBarrier { .. })));
     assert!(barrier.is_broken().unwrap());
 }
@@ -97,11 +120,18 @@ fn panicking_action(store: &Store) {
 fn parties_mismatch(store: &Store) {
     let space = store.open();
     let three = space.barrier("b", 3);
-    let waiter = std::thread::spawn({ let b = three.clone(); move || b.wait_timeout(Duration::from_secs(60)) });
+    let waiter = std::thread::spawn({
+        let b = three.clone();
+        move || b.wait_timeout(Duration::from_secs(60))
+    });
     eventually("one party waits", || three.n_waiting().unwrap() == 1);
     let err = space.barrier("b", 4).wait().unwrap_err();
     assert!(matches!(err, Error::Mismatch { .. }), "{err}");
-    assert_eq!(three.n_waiting().unwrap(), 1, "a refused arrival changes nothing");
+    assert_eq!(
+        three.n_waiting().unwrap(),
+        1,
+        "a refused arrival changes nothing"
+    );
     three.abort().unwrap();
     let _ = waiter.join().unwrap();
 }

@@ -11,10 +11,22 @@ use crate::{eventually, Store, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
-        ("condition::notify_n_wakes_n_and_notify_all_the_rest", notify_counts),
-        ("condition::no_lost_wakeups_producer_consumer", producer_consumer),
-        ("condition::wait_timeout_returns_false_holding_the_lock", wait_timeout),
-        ("condition::wait_with_a_foreign_guard_is_refused", foreign_guard),
+        (
+            "condition::notify_n_wakes_n_and_notify_all_the_rest",
+            notify_counts,
+        ),
+        (
+            "condition::no_lost_wakeups_producer_consumer",
+            producer_consumer,
+        ),
+        (
+            "condition::wait_timeout_returns_false_holding_the_lock",
+            wait_timeout,
+        ),
+        (
+            "condition::wait_with_a_foreign_guard_is_refused",
+            foreign_guard,
+        ),
     ]
 }
 
@@ -97,9 +109,14 @@ fn wait_timeout(store: &Store) {
     let cond = space.condition("quiet");
     let mut guard = cond.acquire().unwrap();
     let first = guard.token();
-    assert!(!cond.wait_timeout(&mut guard, Duration::from_millis(30)).unwrap());
+    assert!(!cond
+        .wait_timeout(&mut guard, Duration::from_millis(30))
+        .unwrap());
     assert!(guard.is_held().unwrap());
-    assert!(guard.token() > first, "the lock was released and taken again");
+    assert!(
+        guard.token() > first,
+        "the lock was released and taken again"
+    );
     assert_eq!(space.waiting("quiet").unwrap(), 0);
 }
 

@@ -11,7 +11,10 @@ pub fn tests() -> Vec<Test> {
         ("event::set_clear_is_set", set_clear),
         ("event::set_wakes_every_waiter", set_wakes_all),
         ("event::wait_timeout_on_unset_is_false", wait_timeout_false),
-        ("event::set_then_clear_at_once_still_wakes_with_true", set_then_clear),
+        (
+            "event::set_then_clear_at_once_still_wakes_with_true",
+            set_then_clear,
+        ),
     ]
 }
 
@@ -31,7 +34,12 @@ fn set_wakes_all(store: &Store) {
     let space = store.open();
     let ev = space.event("go");
     let waiters: Vec<_> = (0..4)
-        .map(|_| std::thread::spawn({ let ev = ev.clone(); move || ev.wait_timeout(Duration::from_secs(60)) }))
+        .map(|_| {
+            std::thread::spawn({
+                let ev = ev.clone();
+                move || ev.wait_timeout(Duration::from_secs(60))
+            })
+        })
         .collect();
     ev.set().unwrap();
     for w in waiters {
@@ -41,7 +49,10 @@ fn set_wakes_all(store: &Store) {
 
 fn wait_timeout_false(store: &Store) {
     let space = store.open();
-    assert!(!space.event("never").wait_timeout(Duration::from_millis(30)).unwrap());
+    assert!(!space
+        .event("never")
+        .wait_timeout(Duration::from_millis(30))
+        .unwrap());
 }
 
 fn set_then_clear(store: &Store) {

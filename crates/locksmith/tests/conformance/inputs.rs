@@ -28,7 +28,10 @@ fn bad_names(store: &Store) {
     for name in ["", long.as_str(), "nul\0name"] {
         invalid("lock", space.lock(name).acquire());
         invalid("rlock", space.rlock(name).try_acquire());
-        invalid("semaphore", space.semaphore(name, 1).acquire_timeout(Duration::ZERO));
+        invalid(
+            "semaphore",
+            space.semaphore(name, 1).acquire_timeout(Duration::ZERO),
+        );
         invalid("bounded", space.bounded_semaphore(name, 1).release());
         invalid("event", space.event(name).set());
         invalid("condition", space.condition(name).notify(1));
@@ -37,8 +40,14 @@ fn bad_names(store: &Store) {
         invalid("rwlock", space.rwlock(name).read());
         invalid("holders", space.holders(name));
     }
-    assert!(space.names().unwrap().is_empty(), "refused calls leave nothing behind");
-    let guard = space.lock(&ok).acquire().expect("a name of exactly the limit is fine");
+    assert!(
+        space.names().unwrap().is_empty(),
+        "refused calls leave nothing behind"
+    );
+    let guard = space
+        .lock(&ok)
+        .acquire()
+        .expect("a name of exactly the limit is fine");
     drop(guard);
 }
 
@@ -47,16 +56,25 @@ fn bad_parameters(store: &Store) {
     invalid("zero parties", space.barrier("b", 0).wait());
     invalid("zero parties", space.barrier("b", 0).n_waiting());
     invalid("bounded of 0", space.bounded_semaphore("s", 0).acquire());
-    invalid("zero lease", space.lock("l").lease(Duration::ZERO).acquire());
+    invalid(
+        "zero lease",
+        space.lock("l").lease(Duration::ZERO).acquire(),
+    );
     invalid("NaN", space.averager("a").add(f64::NAN));
     invalid("infinity", space.averager("a").add(f64::INFINITY));
-    assert!(space.names().unwrap().is_empty(), "refused calls leave nothing behind");
+    assert!(
+        space.names().unwrap().is_empty(),
+        "refused calls leave nothing behind"
+    );
     assert_eq!(space.averager("a").get().unwrap(), None);
 }
 
 fn bad_urls(_store: &Store) {
     for url in ["", "nonsense", "ftp://x", "zzz:"] {
         let err = Space::open(url).unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument(_) | Error::Unsupported(_)), "{url}: {err}");
+        assert!(
+            matches!(err, Error::InvalidArgument(_) | Error::Unsupported(_)),
+            "{url}: {err}"
+        );
     }
 }

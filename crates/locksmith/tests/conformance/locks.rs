@@ -10,22 +10,46 @@ use crate::{eventually, threads, Store, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
-        ("lock::threads_times_increments_are_counted_exactly", threads_times_increments),
+        (
+            "lock::threads_times_increments_are_counted_exactly",
+            threads_times_increments,
+        ),
         ("lock::try_acquire_never_waits", try_acquire_never_waits),
-        ("lock::reacquire_by_owner_would_deadlock", reacquire_would_deadlock),
-        ("lock::release_unheld_or_by_other_is_eperm", release_unheld_or_by_other),
+        (
+            "lock::reacquire_by_owner_would_deadlock",
+            reacquire_would_deadlock,
+        ),
+        (
+            "lock::release_unheld_or_by_other_is_eperm",
+            release_unheld_or_by_other,
+        ),
         ("lock::acquire_timeout_gives_up", acquire_timeout_gives_up),
         ("lock::release_wakes_a_blocked_waiter", release_wakes_waiter),
-        ("lock::fencing_tokens_strictly_increase", fencing_tokens_increase),
-        ("lock::lapsed_lease_frees_and_release_reports_lease_lost", lapsed_lease),
-        ("lock::kept_alive_lease_outlives_its_length", kept_alive_lease),
+        (
+            "lock::fencing_tokens_strictly_increase",
+            fencing_tokens_increase,
+        ),
+        (
+            "lock::lapsed_lease_frees_and_release_reports_lease_lost",
+            lapsed_lease,
+        ),
+        (
+            "lock::kept_alive_lease_outlives_its_length",
+            kept_alive_lease,
+        ),
         ("lock::holders_lists_owner_and_lease", holders_listing),
         ("lock::evict_tag_drops_tagged_state_only", evict_tag),
         ("lock::force_release_breaks_the_hold", force_release),
         ("lock::detach_then_release_by_owner", detach_then_release),
         ("lock::name_of_another_kind_is_a_mismatch", kind_mismatch),
-        ("rlock::reenters_and_frees_after_last_release", rlock_reenters),
-        ("rlock::release_unheld_or_by_other_is_eperm", rlock_release_errors),
+        (
+            "rlock::reenters_and_frees_after_last_release",
+            rlock_reenters,
+        ),
+        (
+            "rlock::release_unheld_or_by_other_is_eperm",
+            rlock_release_errors,
+        ),
         ("rlock::full_release_leaves_no_holder", rlock_no_leak),
         ("rwlock::readers_share_writers_exclude", rwlock_sharing),
         ("rwlock::writers_and_readers_count_exactly", rwlock_stress),
@@ -44,7 +68,11 @@ fn threads_times_increments(store: &Store) {
         move |_| {
             for _ in 0..INCREMENTS {
                 let _guard = lock.acquire().unwrap();
-                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                assert_eq!(
+                    inside.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two holders at once"
+                );
                 // A read-modify-write that only the lock makes atomic.
                 let v = counter.load(Ordering::Relaxed);
                 std::thread::yield_now();
@@ -59,7 +87,10 @@ fn threads_times_increments(store: &Store) {
 fn try_acquire_never_waits(store: &Store) {
     let space = store.open();
     let lock = space.lock("busy");
-    let guard = lock.try_acquire().unwrap().expect("a free lock is taken at once");
+    let guard = lock
+        .try_acquire()
+        .unwrap()
+        .expect("a free lock is taken at once");
     let other = threads(1, {
         let lock = lock.clone();
         move |_| lock.try_acquire().unwrap().is_some()
@@ -68,7 +99,10 @@ fn try_acquire_never_waits(store: &Store) {
     assert!(lock.is_locked().unwrap());
     drop(guard);
     assert!(!lock.is_locked().unwrap());
-    assert_eq!(threads(1, move |_| lock.try_acquire().unwrap().is_some()), [true]);
+    assert_eq!(
+        threads(1, move |_| lock.try_acquire().unwrap().is_some()),
+        [true]
+    );
 }
 
 fn reacquire_would_deadlock(store: &Store) {
@@ -100,7 +134,10 @@ fn release_unheld_or_by_other(store: &Store) {
     .remove(0);
     assert!(matches!(err, Error::NotOwner { .. }), "{err}");
     assert_eq!(err.errno(), libc::EPERM);
-    assert!(lock.is_locked().unwrap(), "a refused release changes nothing");
+    assert!(
+        lock.is_locked().unwrap(),
+        "a refused release changes nothing"
+    );
     guard.release().unwrap();
 }
 
@@ -110,10 +147,18 @@ fn acquire_timeout_gives_up(store: &Store) {
     let _guard = lock.acquire().unwrap();
     let got = threads(1, {
         let lock = lock.clone();
-        move |_| lock.acquire_timeout(Duration::from_millis(50)).unwrap().is_some()
+        move |_| {
+            lock.acquire_timeout(Duration::from_millis(50))
+                .unwrap()
+                .is_some()
+        }
     });
     assert_eq!(got, [false]);
-    assert_eq!(space.waiting("slow").unwrap(), 0, "a timed-out waiter leaves the queue");
+    assert_eq!(
+        space.waiting("slow").unwrap(),
+        0,
+        "a timed-out waiter leaves the queue"
+    );
 }
 
 fn release_wakes_waiter(store: &Store) {
@@ -124,7 +169,9 @@ fn release_wakes_waiter(store: &Store) {
         let lock = lock.clone();
         move || lock.acquire().map(|g| g.token())
     });
-    eventually("the waiter queues", || space.waiting("handoff").unwrap() == 1);
+    eventually("the waiter queues", || {
+        space.waiting("handoff").unwrap() == 1
+    });
     let first = guard.token();
     guard.release().unwrap();
     let second = waiter.join().unwrap().unwrap();
@@ -147,18 +194,30 @@ fn fencing_tokens_increase(store: &Store) {
     });
     let tokens = tokens.lock().unwrap();
     assert_eq!(tokens.len(), 60);
-    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens must strictly increase: {tokens:?}");
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens must strictly increase: {tokens:?}"
+    );
 }
 
 fn lapsed_lease(store: &Store) {
     let space = store.open();
-    let short = space.lock("leased").lease(Duration::from_millis(100)).keep_alive(false);
+    let short = space
+        .lock("leased")
+        .lease(Duration::from_millis(100))
+        .keep_alive(false);
     let old = short.acquire().unwrap();
     let new = threads(1, {
         let lock = space.lock("leased");
         move |_| {
-            let g = lock.acquire_timeout(Duration::from_secs(30)).unwrap().expect("the lease lapses");
-            assert!(g.previous_owner_died(), "the next holder is told the last one lapsed");
+            let g = lock
+                .acquire_timeout(Duration::from_secs(30))
+                .unwrap()
+                .expect("the lease lapses");
+            assert!(
+                g.previous_owner_died(),
+                "the next holder is told the last one lapsed"
+            );
             g.detach()
         }
     })
@@ -168,7 +227,11 @@ fn lapsed_lease(store: &Store) {
     let err = old.release().unwrap_err();
     assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
     let holders = space.holders("leased").unwrap();
-    assert_eq!(holders.len(), 1, "the late release must not touch the new holder");
+    assert_eq!(
+        holders.len(),
+        1,
+        "the late release must not touch the new holder"
+    );
     assert_eq!(holders[0].token, new);
 }
 
@@ -178,7 +241,10 @@ fn kept_alive_lease(store: &Store) {
     let guard = lock.acquire().unwrap();
     // Time must pass for a lease to lapse; the keeper renews every 100 ms.
     std::thread::sleep(Duration::from_millis(1000));
-    assert!(guard.is_held().unwrap(), "a kept-alive lease must not lapse while held");
+    assert!(
+        guard.is_held().unwrap(),
+        "a kept-alive lease must not lapse while held"
+    );
     let other = threads(1, move |_| lock.try_acquire().unwrap().is_some());
     assert_eq!(other, [false]);
     guard.release().unwrap();
@@ -187,7 +253,11 @@ fn kept_alive_lease(store: &Store) {
 fn holders_listing(store: &Store) {
     let space = store.open();
     assert!(space.holders("listed").unwrap().is_empty());
-    let guard = space.lock("listed").lease(Duration::from_secs(60)).acquire().unwrap();
+    let guard = space
+        .lock("listed")
+        .lease(Duration::from_secs(60))
+        .acquire()
+        .unwrap();
     let holders = space.holders("listed").unwrap();
     assert_eq!(holders.len(), 1);
     let h = &holders[0];
@@ -238,7 +308,11 @@ fn kind_mismatch(store: &Store) {
     let _guard = space.lock("x").acquire().unwrap();
     let err = space.semaphore("x", 2).try_acquire().unwrap_err();
     assert!(matches!(err, Error::Mismatch { .. }), "{err}");
-    assert_eq!(space.holders("x").unwrap().len(), 1, "a refused call changes nothing");
+    assert_eq!(
+        space.holders("x").unwrap().len(),
+        1,
+        "a refused call changes nothing"
+    );
 }
 
 fn rlock_reenters(store: &Store) {
@@ -246,7 +320,10 @@ fn rlock_reenters(store: &Store) {
     let rlock = space.rlock("re");
     let outer = rlock.acquire().unwrap();
     let inner = rlock.acquire().unwrap();
-    let third = rlock.try_acquire().unwrap().expect("the owner re-enters without waiting");
+    let third = rlock
+        .try_acquire()
+        .unwrap()
+        .expect("the owner re-enters without waiting");
     assert_eq!(outer.token(), inner.token());
     assert_eq!(space.holders("re").unwrap()[0].count, 3);
     let blocked = threads(1, {
@@ -256,9 +333,18 @@ fn rlock_reenters(store: &Store) {
     assert_eq!(blocked, [false]);
     drop(third);
     drop(inner);
-    assert_eq!(threads(1, { let r = rlock.clone(); move |_| r.try_acquire().unwrap().is_some() }), [false]);
+    assert_eq!(
+        threads(1, {
+            let r = rlock.clone();
+            move |_| r.try_acquire().unwrap().is_some()
+        }),
+        [false]
+    );
     drop(outer);
-    assert_eq!(threads(1, move |_| rlock.try_acquire().unwrap().is_some()), [true]);
+    assert_eq!(
+        threads(1, move |_| rlock.try_acquire().unwrap().is_some()),
+        [true]
+    );
 }
 
 fn rlock_release_errors(store: &Store) {
@@ -267,11 +353,18 @@ fn rlock_release_errors(store: &Store) {
     assert!(matches!(rlock.release(), Err(Error::NotHeld { .. })));
     rlock.acquire().unwrap().detach();
     rlock.acquire().unwrap().detach();
-    let err = threads(1, { let r = rlock.clone(); move |_| r.release().unwrap_err() }).remove(0);
+    let err = threads(1, {
+        let r = rlock.clone();
+        move |_| r.release().unwrap_err()
+    })
+    .remove(0);
     assert!(matches!(err, Error::NotOwner { .. }), "{err}");
     rlock.release().unwrap();
     rlock.release().unwrap();
-    assert!(matches!(rlock.release(), Err(Error::NotHeld { .. })), "an extra release is refused");
+    assert!(
+        matches!(rlock.release(), Err(Error::NotHeld { .. })),
+        "an extra release is refused"
+    );
 }
 
 fn rlock_no_leak(store: &Store) {
@@ -284,7 +377,10 @@ fn rlock_no_leak(store: &Store) {
         drop(a);
     }
     assert!(space.holders("leakless").unwrap().is_empty());
-    assert_eq!(threads(1, move |_| rlock.try_acquire().unwrap().is_some()), [true]);
+    assert_eq!(
+        threads(1, move |_| rlock.try_acquire().unwrap().is_some()),
+        [true]
+    );
 }
 
 fn rwlock_sharing(store: &Store) {
@@ -301,10 +397,16 @@ fn rwlock_sharing(store: &Store) {
     .remove(0);
     assert!(read, "readers share");
     assert!(!write, "a writer waits for readers");
-    assert!(matches!(rw.write(), Err(Error::WouldDeadlock { .. })), "upgrading would deadlock");
+    assert!(
+        matches!(rw.write(), Err(Error::WouldDeadlock { .. })),
+        "upgrading would deadlock"
+    );
     drop(r1);
     let w = rw.write().unwrap();
-    let read = threads(1, { let rw = rw.clone(); move |_| rw.try_read().unwrap().is_some() });
+    let read = threads(1, {
+        let rw = rw.clone();
+        move |_| rw.try_read().unwrap().is_some()
+    });
     assert_eq!(read, [false], "a writer excludes readers");
     drop(w);
     assert!(!rw.is_locked().unwrap());
@@ -321,7 +423,11 @@ fn rwlock_stress(store: &Store) {
             for _ in 0..100 {
                 if i % 2 == 0 {
                     let _w = rw.write().unwrap();
-                    assert_eq!(readers_inside.load(Ordering::SeqCst), 0, "a reader inside a write");
+                    assert_eq!(
+                        readers_inside.load(Ordering::SeqCst),
+                        0,
+                        "a reader inside a write"
+                    );
                     let v = value.load(Ordering::Relaxed);
                     std::thread::yield_now();
                     value.store(v + 1, Ordering::Relaxed);

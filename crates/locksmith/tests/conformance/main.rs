@@ -82,9 +82,10 @@ fn main() {
             tests.extend(processes::tests());
         }
         for (name, test) in tests {
-            trials.push(Trial::test(format!("{}::{}", store.name, name), move || {
-                run_guarded(store, test)
-            }));
+            trials.push(Trial::test(
+                format!("{}::{}", store.name, name),
+                move || run_guarded(store, test),
+            ));
         }
     }
     libtest_mimic::run(&args, trials).exit();
@@ -111,7 +112,10 @@ fn run_guarded(store: Store, test: fn(&Store)) -> Result<(), Failed> {
 }
 
 /// Runs `n` threads of `f(i)` and returns their results in order.
-pub fn threads<T: Send + 'static>(n: usize, f: impl Fn(usize) -> T + Send + Sync + Clone + 'static) -> Vec<T> {
+pub fn threads<T: Send + 'static>(
+    n: usize,
+    f: impl Fn(usize) -> T + Send + Sync + Clone + 'static,
+) -> Vec<T> {
     let handles: Vec<_> = (0..n)
         .map(|i| {
             let f = f.clone();
@@ -120,7 +124,10 @@ pub fn threads<T: Send + 'static>(n: usize, f: impl Fn(usize) -> T + Send + Sync
         .collect();
     handles
         .into_iter()
-        .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
         .collect()
 }
 
@@ -129,7 +136,10 @@ pub fn threads<T: Send + 'static>(n: usize, f: impl Fn(usize) -> T + Send + Sync
 pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !check() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }

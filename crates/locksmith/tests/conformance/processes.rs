@@ -62,7 +62,11 @@ pub fn child_main(role: &str) -> i32 {
             let lock = space.lock(name);
             for _ in 0..m.parse::<u32>().unwrap() {
                 let _guard = lock.acquire().unwrap();
-                let v: u64 = std::fs::read_to_string(file).unwrap().trim().parse().unwrap();
+                let v: u64 = std::fs::read_to_string(file)
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
                 std::fs::write(file, (v + 1).to_string()).unwrap();
             }
             0
@@ -84,7 +88,11 @@ pub fn child_main(role: &str) -> i32 {
             0
         }
         ["hold", _, name] => {
-            let guard = space.lock(name).lease(Duration::from_secs(600)).acquire().unwrap();
+            let guard = space
+                .lock(name)
+                .lease(Duration::from_secs(600))
+                .acquire()
+                .unwrap();
             println!("held {}", guard.token());
             // Hold until killed.
             let mut line = String::new();
@@ -92,11 +100,21 @@ pub fn child_main(role: &str) -> i32 {
             0
         }
         ["event", _, name] => {
-            let set = space.event(name).wait_timeout(Duration::from_secs(120)).unwrap();
-            if set { 0 } else { 4 }
+            let set = space
+                .event(name)
+                .wait_timeout(Duration::from_secs(120))
+                .unwrap();
+            if set {
+                0
+            } else {
+                4
+            }
         }
         ["barrier", _, name, parties] => {
-            let index = space.barrier(name, parties.parse().unwrap()).wait().unwrap();
+            let index = space
+                .barrier(name, parties.parse().unwrap())
+                .wait()
+                .unwrap();
             println!("{index}");
             0
         }
@@ -116,7 +134,12 @@ fn counter(store: &Store) {
     std::fs::write(&file, "0").unwrap();
     let m = INCREMENTS.to_string();
     let children: Vec<_> = (0..PROCESSES)
-        .map(|_| spawn(&["counter", &url, "counter", file.to_str().unwrap(), &m], Stdio::null()))
+        .map(|_| {
+            spawn(
+                &["counter", &url, "counter", file.to_str().unwrap(), &m],
+                Stdio::null(),
+            )
+        })
         .collect();
     for c in children {
         wait_ok(c, "counter");
@@ -130,7 +153,12 @@ fn semaphore_limit(store: &Store) {
     let url = (store.fresh_url)();
     let dir = temp_dir("semaphore");
     let children: Vec<_> = (0..4)
-        .map(|_| spawn(&["semaphore", &url, "pool", "2", dir.to_str().unwrap(), "30"], Stdio::null()))
+        .map(|_| {
+            spawn(
+                &["semaphore", &url, "pool", "2", dir.to_str().unwrap(), "30"],
+                Stdio::null(),
+            )
+        })
         .collect();
     for c in children {
         wait_ok(c, "semaphore holder");
@@ -142,8 +170,15 @@ fn sigkill_holder(store: &Store) {
     let url = (store.fresh_url)();
     let mut child = spawn(&["hold", &url, "deploy"], Stdio::piped());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let token: u64 = line.trim().strip_prefix("held ").expect("the child holds").parse().unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let token: u64 = line
+        .trim()
+        .strip_prefix("held ")
+        .expect("the child holds")
+        .parse()
+        .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     let space = Space::open(&url).unwrap();
@@ -165,7 +200,9 @@ fn event_wakes(store: &Store) {
 
 fn barrier_phases(store: &Store) {
     let url = (store.fresh_url)();
-    let children: Vec<_> = (0..3).map(|_| spawn(&["barrier", &url, "phase", "3"], Stdio::piped())).collect();
+    let children: Vec<_> = (0..3)
+        .map(|_| spawn(&["barrier", &url, "phase", "3"], Stdio::piped()))
+        .collect();
     let mut indices: Vec<u32> = children
         .into_iter()
         .map(|c| wait_ok(c, "barrier party").trim().parse().unwrap())

@@ -11,12 +11,27 @@ use crate::{threads, Store, Test};
 pub fn tests() -> Vec<Test> {
     vec![
         ("semaphore::never_more_than_k_holders", never_more_than_k),
-        ("semaphore::release_without_permit_raises_the_count", signalling_release),
+        (
+            "semaphore::release_without_permit_raises_the_count",
+            signalling_release,
+        ),
         ("semaphore::zero_permits_blocks_until_released", zero_blocks),
-        ("semaphore::each_permit_has_its_own_increasing_token", permit_tokens),
-        ("bounded_semaphore::release_at_full_is_refused_and_changes_nothing", bounded_refuses),
-        ("bounded_semaphore::another_thread_may_release", bounded_cross_thread_release),
-        ("bounded_semaphore::leased_permits_come_back", bounded_lease_lapse),
+        (
+            "semaphore::each_permit_has_its_own_increasing_token",
+            permit_tokens,
+        ),
+        (
+            "bounded_semaphore::release_at_full_is_refused_and_changes_nothing",
+            bounded_refuses,
+        ),
+        (
+            "bounded_semaphore::another_thread_may_release",
+            bounded_cross_thread_release,
+        ),
+        (
+            "bounded_semaphore::leased_permits_come_back",
+            bounded_lease_lapse,
+        ),
         ("averager::diskcache_examples", averager_examples),
         ("averager::expire_drops_the_average", averager_expire),
     ]
@@ -42,9 +57,14 @@ fn never_more_than_k(store: &Store) {
             }
         }
     });
-    assert!(most.load(Ordering::SeqCst) <= K as usize, "more than {K} holders at once");
+    assert!(
+        most.load(Ordering::SeqCst) <= K as usize,
+        "more than {K} holders at once"
+    );
     assert_eq!(passes.load(Ordering::SeqCst), 400);
-    let all: Vec<_> = (0..K).map(|_| space.semaphore("pool", K).try_acquire().unwrap()).collect();
+    let all: Vec<_> = (0..K)
+        .map(|_| space.semaphore("pool", K).try_acquire().unwrap())
+        .collect();
     assert!(all.iter().all(Option::is_some), "every permit came back");
 }
 
@@ -56,7 +76,10 @@ fn signalling_release(store: &Store) {
     sem.release().unwrap();
     let a = sem.try_acquire().unwrap();
     let b = sem.try_acquire().unwrap();
-    assert!(a.is_some() && b.is_some(), "two releases raised the count to two");
+    assert!(
+        a.is_some() && b.is_some(),
+        "two releases raised the count to two"
+    );
     assert!(sem.try_acquire().unwrap().is_none());
 }
 
@@ -65,7 +88,10 @@ fn zero_blocks(store: &Store) {
     let sem = space.semaphore("gate", 0);
     let waiter = std::thread::spawn({
         let sem = sem.clone();
-        move || sem.acquire_timeout(Duration::from_secs(60)).map(|g| g.is_some())
+        move || {
+            sem.acquire_timeout(Duration::from_secs(60))
+                .map(|g| g.is_some())
+        }
     });
     crate::eventually("the waiter queues", || space.waiting("gate").unwrap() == 1);
     sem.release().unwrap();
@@ -91,7 +117,11 @@ fn bounded_refuses(store: &Store) {
     drop(a);
     assert!(matches!(sem.release(), Err(Error::TooManyReleases { .. })));
     let held: Vec<_> = (0..3).map(|_| sem.try_acquire().unwrap()).collect();
-    assert_eq!(held.iter().filter(|g| g.is_some()).count(), 2, "still exactly 2 permits");
+    assert_eq!(
+        held.iter().filter(|g| g.is_some()).count(),
+        2,
+        "still exactly 2 permits"
+    );
 }
 
 fn bounded_cross_thread_release(store: &Store) {
@@ -99,16 +129,28 @@ fn bounded_cross_thread_release(store: &Store) {
     let sem = space.bounded_semaphore("handover", 1);
     sem.acquire().unwrap().detach();
     assert!(sem.try_acquire().unwrap().is_none());
-    threads(1, { let sem = sem.clone(); move |_| sem.release().unwrap() });
-    assert!(sem.try_acquire().unwrap().is_some(), "the permit released elsewhere is free");
+    threads(1, {
+        let sem = sem.clone();
+        move |_| sem.release().unwrap()
+    });
+    assert!(
+        sem.try_acquire().unwrap().is_some(),
+        "the permit released elsewhere is free"
+    );
     assert!(matches!(sem.release(), Err(Error::TooManyReleases { .. })));
 }
 
 fn bounded_lease_lapse(store: &Store) {
     let space = store.open();
-    let sem = space.bounded_semaphore("lapsing", 1).lease(Duration::from_millis(100)).keep_alive(false);
+    let sem = space
+        .bounded_semaphore("lapsing", 1)
+        .lease(Duration::from_millis(100))
+        .keep_alive(false);
     let old = sem.acquire().unwrap();
-    let next = sem.acquire_timeout(Duration::from_secs(30)).unwrap().expect("the lapsed permit returns");
+    let next = sem
+        .acquire_timeout(Duration::from_secs(30))
+        .unwrap()
+        .expect("the lapsed permit returns");
     assert!(next.previous_owner_died());
     assert!(matches!(old.release(), Err(Error::LeaseLost { .. })));
     assert_eq!(space.holders("lapsing").unwrap().len(), 1);
@@ -129,7 +171,14 @@ fn averager_examples(store: &Store) {
         avg.add(f64::from(v)).unwrap();
     }
     assert_eq!(avg.get().unwrap(), Some(9.5));
-    threads(4, { let avg = avg.clone(); move |_| for _ in 0..25 { avg.add(9.5).unwrap() } });
+    threads(4, {
+        let avg = avg.clone();
+        move |_| {
+            for _ in 0..25 {
+                avg.add(9.5).unwrap()
+            }
+        }
+    });
     assert_eq!(avg.get().unwrap(), Some(9.5), "concurrent adds are atomic");
 }
 
