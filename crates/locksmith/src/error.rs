@@ -15,7 +15,7 @@ pub enum Error {
     /// A wait ran out of time (`ETIMEDOUT`).
     ///
     /// Most timed waits return `Ok(None)` or `Ok(false)` instead; this variant is for
-    /// the forms that report a timeout as an error, like [`crate::shm::Mutex::acquire`].
+    /// the forms that report a timeout as an error, like the placed shared-memory mutex.
     #[error("timed out")]
     Timeout,
 

@@ -212,22 +212,35 @@ impl Space {
 
     /// Who holds the primitive `name` now, oldest hold first.
     pub fn holders(&self, name: &str) -> Result<Vec<Holder>> {
+        Ok(self.inspect(name)?.0)
+    }
+
+    /// How many callers are queued for the primitive `name` (lock and permit waiters,
+    /// condition sleepers).
+    pub fn waiting(&self, name: &str) -> Result<usize> {
+        Ok(self.inspect(name)?.1)
+    }
+
+    fn inspect(&self, name: &str) -> Result<(Vec<Holder>, usize)> {
         let handle = self.handle(name);
         handle.check()?;
         match handle.step(Op::Holders)? {
-            Reply::Holders(holders) => Ok(holders
-                .into_iter()
-                .map(|h| Holder {
-                    owner: h.owner.describe(),
-                    host: h.owner.host.to_string(),
-                    pid: h.owner.pid,
-                    token: h.token,
-                    since: at(h.since),
-                    until: h.until.map(at),
-                    count: h.count,
-                    shared: h.mode == Mode::Shared,
-                })
-                .collect()),
+            Reply::Holders { holders, waiting } => Ok((
+                holders
+                    .into_iter()
+                    .map(|h| Holder {
+                        owner: h.owner.describe(),
+                        host: h.owner.host.to_string(),
+                        pid: h.owner.pid,
+                        token: h.token,
+                        since: at(h.since),
+                        until: h.until.map(at),
+                        count: h.count,
+                        shared: h.mode == Mode::Shared,
+                    })
+                    .collect(),
+                waiting as usize,
+            )),
             other => Err(crate::primitives::guard_unexpected(other)),
         }
     }

@@ -194,7 +194,7 @@ pub(crate) enum Op {
     Check {
         token: u64,
     },
-    /// List the holders.
+    /// List the holders and count the waiters.
     Holders,
     /// Condition: release the hold `token` and start sleeping as `ticket`, at once.
     CondWait {
@@ -283,7 +283,11 @@ pub(crate) enum Reply {
     Busy,
     Barrier(BarrierView),
     Average(Option<f64>),
-    Holders(Vec<Holder>),
+    Holders {
+        holders: Vec<Holder>,
+        /// Queued waiters and condition sleepers.
+        waiting: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,10 +384,19 @@ pub(crate) fn apply(
         Op::Holders => match permits_held(record, name) {
             Ok(p) => {
                 p.prune(ctx);
-                let holders = p.holders.clone();
-                Ok((Reply::Holders(holders), p.wake(None)))
+                let reply = Reply::Holders {
+                    holders: p.holders.clone(),
+                    waiting: (p.queue.len() + p.sleepers.len()) as u32,
+                };
+                Ok((reply, p.wake(None)))
             }
-            Err(_) => Ok((Reply::Holders(Vec::new()), Wake::default())),
+            Err(_) => Ok((
+                Reply::Holders {
+                    holders: Vec::new(),
+                    waiting: 0,
+                },
+                Wake::default(),
+            )),
         },
         Op::CondWait {
             token,
@@ -730,8 +743,8 @@ fn acquire(record: &mut Record, name: &str, a: Acquire, ctx: &Ctx<'_>) -> Result
         }
     }
     if !granted {
-        match a.ticket {
-            Some(ticket) => match p.queue.iter_mut().find(|w| w.ticket == ticket) {
+        if let Some(ticket) = a.ticket {
+            match p.queue.iter_mut().find(|w| w.ticket == ticket) {
                 Some(w) => w.seen = ctx.now,
                 None => p.queue.push_back(Waiter {
                     ticket,
@@ -739,8 +752,7 @@ fn acquire(record: &mut Record, name: &str, a: Acquire, ctx: &Ctx<'_>) -> Result
                     mode: a.mode,
                     seen: ctx.now,
                 }),
-            },
-            None => {}
+            }
         }
         let retry_at = p.holders.iter().filter_map(|h| h.until).min();
         return Ok((Reply::Blocked { retry_at }, p.wake(a.ticket)));
@@ -994,11 +1006,6 @@ impl Record {
             self.tag = None;
         }
     }
-
-    /// Whether the record holds nothing but what fencing needs.
-    pub(crate) fn is_free(&self) -> bool {
-        self.state.is_none()
-    }
 }
 
 #[cfg(test)]
@@ -1052,7 +1059,7 @@ mod tests {
         assert!(t2 > t, "fencing tokens increase");
         apply(&mut r, "n", Op::Release { token: t2 }, &ctx(0)).unwrap();
         assert!(
-            r.is_free() && r.next_token == t2,
+            r.state.is_none() && r.next_token == t2,
             "a free lock keeps only its counter"
         );
     }

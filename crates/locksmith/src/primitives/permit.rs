@@ -140,7 +140,7 @@ pub(crate) fn release_owned(handle: &Handle, kind: PermitKind) -> Result<()> {
 pub(crate) fn is_held(handle: &Handle) -> Result<bool> {
     handle.check()?;
     match handle.step(Op::Holders)? {
-        Reply::Holders(holders) => Ok(!holders.is_empty()),
+        Reply::Holders { holders, .. } => Ok(!holders.is_empty()),
         other => Err(unexpected(other)),
     }
 }

@@ -1,0 +1,310 @@
+//! The async half: Twisted's DeferredLock parity, FIFO, cancellation, timeouts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::{eventually, Store, Test};
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        ("async::network_counter_yields_1_then_2", network_counter),
+        ("async::waiters_are_served_first_come_first_served", fifo),
+        (
+            "async::cancelled_waiter_mid_queue_never_holds",
+            cancel_mid_queue,
+        ),
+        (
+            "async::ten_thousand_tasks_count_exactly",
+            ten_thousand_tasks,
+        ),
+        ("async::timeouts_by_method_and_by_tokio_time", timeouts),
+        ("async::run_releases_on_panic_and_cancel", run_releases),
+        ("async::semaphore_run_limits_concurrency", semaphore_run),
+        (
+            "async::sync_and_async_holders_exclude_each_other",
+            mixed_holders,
+        ),
+        ("async::event_condition_barrier_wait_async", other_waits),
+    ]
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn network_counter(store: &Store) {
+    // The seed's example: two concurrent next() calls must yield 1 and 2.
+    let space = store.open();
+    runtime().block_on(async {
+        let lock = space.lock("counter");
+        let value = Arc::new(AtomicU64::new(0));
+        let next = |lock: locksmith::Lock, value: Arc<AtomicU64>| async move {
+            lock.run(|| async {
+                let v = value.load(Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                value.store(v + 1, Ordering::SeqCst);
+                v + 1
+            })
+            .await
+            .unwrap()
+        };
+        let (a, b) = tokio::join!(
+            next(lock.clone(), value.clone()),
+            next(lock.clone(), value.clone())
+        );
+        let mut got = [a, b];
+        got.sort();
+        assert_eq!(got, [1, 2]);
+    });
+}
+
+/// Spawns waiter `i` and waits until it is queued, so queue order is spawn order.
+async fn spawn_queued(
+    space: &locksmith::Space,
+    name: &str,
+    i: usize,
+    order: &Arc<Mutex<Vec<usize>>>,
+) -> tokio::task::JoinHandle<()> {
+    let before = space.waiting(name).unwrap();
+    let task = tokio::spawn({
+        let (lock, order) = (space.lock(name), order.clone());
+        async move {
+            let guard = lock.acquire_async().await.unwrap();
+            order.lock().unwrap().push(i);
+            drop(guard);
+        }
+    });
+    while space.waiting(name).unwrap() == before {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    task
+}
+
+fn fifo(store: &Store) {
+    let space = store.open();
+    runtime().block_on(async {
+        let holder = space.lock("fifo").acquire_async().await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            tasks.push(spawn_queued(&space, "fifo", i, &order).await);
+        }
+        drop(holder);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4]);
+    });
+}
+
+fn cancel_mid_queue(store: &Store) {
+    let space = store.open();
+    runtime().block_on(async {
+        let holder = space.lock("cancel").acquire_async().await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let first = spawn_queued(&space, "cancel", 0, &order).await;
+        let middle = spawn_queued(&space, "cancel", 1, &order).await;
+        let last = spawn_queued(&space, "cancel", 2, &order).await;
+        middle.abort();
+        assert!(middle.await.unwrap_err().is_cancelled());
+        assert_eq!(
+            space.waiting("cancel").unwrap(),
+            2,
+            "the cancelled waiter left the queue"
+        );
+        drop(holder);
+        first.await.unwrap();
+        last.await.unwrap();
+        assert_eq!(
+            *order.lock().unwrap(),
+            [0, 2],
+            "order kept, the cancelled one never held"
+        );
+        assert!(space.holders("cancel").unwrap().is_empty());
+        assert_eq!(space.waiting("cancel").unwrap(), 0);
+    });
+}
+
+fn ten_thousand_tasks(store: &Store) {
+    const TASKS: u64 = 10_000;
+    let space = store.open();
+    runtime().block_on(async {
+        let lock = space.lock("many");
+        let value = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let (lock, value) = (lock.clone(), value.clone());
+                tokio::spawn(async move {
+                    lock.run(|| async {
+                        let v = value.load(Ordering::Relaxed);
+                        value.store(v + 1, Ordering::Relaxed);
+                    })
+                    .await
+                    .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(value.load(Ordering::SeqCst), TASKS);
+    });
+}
+
+fn timeouts(store: &Store) {
+    let space = store.open();
+    runtime().block_on(async {
+        let lock = space.lock("t");
+        let holder = lock.acquire_async().await.unwrap();
+        assert!(lock
+            .acquire_timeout_async(Duration::from_millis(20))
+            .await
+            .unwrap()
+            .is_none());
+        let composed = tokio::time::timeout(Duration::from_millis(20), lock.acquire_async()).await;
+        assert!(composed.is_err(), "tokio's timeout cancels the acquisition");
+        assert_eq!(
+            space.waiting("t").unwrap(),
+            0,
+            "neither waiter is left queued"
+        );
+        drop(holder);
+        let again = lock
+            .acquire_timeout_async(Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(again.is_some(), "no waiter kept the wake-up");
+    });
+}
+
+fn run_releases(store: &Store) {
+    let space = store.open();
+    runtime().block_on(async {
+        let lock = space.lock("run");
+        let panicking = tokio::spawn({
+            let lock = lock.clone();
+            async move { lock.run(|| async { panic!("inside run") }).await }
+        });
+        assert!(panicking.await.unwrap_err().is_panic());
+        assert!(!lock.is_locked().unwrap(), "released after a panic");
+        let (entered, inside) = tokio::sync::oneshot::channel();
+        let pending = tokio::spawn({
+            let lock = lock.clone();
+            async move {
+                lock.run(|| async move {
+                    entered.send(()).unwrap();
+                    std::future::pending::<()>().await
+                })
+                .await
+            }
+        });
+        inside.await.unwrap();
+        assert!(lock.is_locked().unwrap());
+        pending.abort();
+        assert!(pending.await.unwrap_err().is_cancelled());
+        assert!(!lock.is_locked().unwrap(), "released after cancellation");
+    });
+}
+
+fn semaphore_run(store: &Store) {
+    let space = store.open();
+    runtime().block_on(async {
+        let sem = space.semaphore("jobs", 2);
+        let inside = Arc::new(AtomicU64::new(0));
+        let most = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (sem, inside, most) = (sem.clone(), inside.clone(), most.clone());
+                tokio::spawn(async move {
+                    sem.run(|| async {
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        tokio::task::yield_now().await;
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+                    .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(most.load(Ordering::SeqCst) <= 2);
+    });
+}
+
+fn mixed_holders(store: &Store) {
+    let space = store.open();
+    let lock = space.lock("mixed");
+    let sync_guard = lock.acquire().unwrap();
+    let rt = runtime();
+    let task = rt.spawn({
+        let lock = lock.clone();
+        async move { lock.acquire_async().await.map(|g| g.token()) }
+    });
+    eventually("the async waiter queues", || {
+        space.waiting("mixed").unwrap() == 1
+    });
+    let first = sync_guard.token();
+    drop(sync_guard);
+    let second = rt.block_on(task).unwrap().unwrap();
+    assert!(second > first);
+}
+
+fn other_waits(store: &Store) {
+    let space = store.open();
+    runtime().block_on(async {
+        let ev = space.event("ready");
+        let waiter = tokio::spawn({
+            let ev = ev.clone();
+            async move { ev.wait_async().await }
+        });
+        ev.set().unwrap();
+        assert!(waiter.await.unwrap().unwrap());
+        assert!(!space
+            .event("other")
+            .wait_timeout_async(Duration::from_millis(10))
+            .await
+            .unwrap());
+
+        let barrier = space.barrier("b", 2);
+        let other = tokio::spawn({
+            let b = barrier.clone();
+            async move { b.wait_async().await }
+        });
+        let mine = barrier.wait_async().await.unwrap();
+        assert_eq!(mine + other.await.unwrap().unwrap(), 1);
+
+        let cond = space.condition("c");
+        let mut guard = cond.acquire_async().await.unwrap();
+        assert!(!cond
+            .wait_timeout_async(&mut guard, Duration::from_millis(10))
+            .await
+            .unwrap());
+        let sleeper = tokio::spawn({
+            let cond = cond.clone();
+            async move {
+                let mut g = cond.acquire_async().await.unwrap();
+                cond.wait_async(&mut g).await.map(|_| g.token())
+            }
+        });
+        drop(guard);
+        // Notify until the sleeper was there to be woken: a notify with no sleeper
+        // wakes nobody and changes nothing.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while cond.notify(1).unwrap() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the sleeper never slept"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(sleeper.await.unwrap().is_ok());
+    });
+}
