@@ -44,11 +44,35 @@ impl Store {
 
 /// Every backend the suite runs against: one line each.
 fn stores() -> Vec<Store> {
-    vec![Store {
-        name: "mem",
-        fresh_url: || format!("mem:conformance-{}", unique()),
-        cross_process: false,
-    }]
+    vec![
+        Store {
+            name: "mem",
+            fresh_url: || format!("mem:conformance-{}", unique()),
+            cross_process: false,
+        },
+        Store {
+            name: "sqlite",
+            fresh_url: || {
+                format!(
+                    "sqlite:{}/conformance-{}.sqlite",
+                    env!("CARGO_TARGET_TMPDIR"),
+                    unique()
+                )
+            },
+            cross_process: true,
+        },
+        Store {
+            name: "sqlite-sharded",
+            fresh_url: || {
+                format!(
+                    "sqlite:{}/conformance-{}?shards=4",
+                    env!("CARGO_TARGET_TMPDIR"),
+                    unique()
+                )
+            },
+            cross_process: true,
+        },
+    ]
 }
 
 /// A number no other call in this process returns.

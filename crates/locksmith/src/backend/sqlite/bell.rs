@@ -41,13 +41,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// How many futex slots a doorbell has.
-pub(crate) const SLOTS: usize = 1024;
+pub(crate) const SLOTS: usize = 508;
 /// Words before the slots.
-const HEADER: usize = 16;
+const HEADER: usize = 8;
 /// The first word of an initialised doorbell: "LSb1".
 const MAGIC: u32 = 0x4C53_6231;
-/// The size of the mapping, in bytes.
+/// The size of the mapping, in bytes: one page.
 const SIZE: usize = (HEADER + 2 * SLOTS) * 4;
+const _: () = assert!(SIZE == 4096);
 
 /// A mapped doorbell file.
 #[derive(Debug)]
