@@ -49,6 +49,8 @@
 
 pub(crate) mod bell;
 
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -56,18 +58,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use event_listener::{EventListener, Listener};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 use self::bell::{slot, stable_hash, Bell};
 use super::mem::now_millis;
 use super::model::{self, Ctx, Millis, Op, Record, Reply, State};
 use super::{Backend, BoxFuture, Key, Watch};
+use crate::owner::Owner;
 use crate::{Error, Result};
 
 /// `PRAGMA application_id` of a locksmith database: "LKSM".
 const APPLICATION_ID: i32 = 0x4C4B_534D;
 /// `PRAGMA user_version`: the schema version this build reads and writes.
 const SCHEMA_VERSION: i32 = 1;
+/// The shortest time-to-live of a queued waiter that stopped retrying, in ms.
+const WAITER_TTL_FLOOR: Millis = 30_000;
 /// The most shards a sharded store may have.
 pub(crate) const MAX_SHARDS: usize = 256;
 
@@ -172,6 +178,7 @@ pub(crate) struct SqliteBackend {
     shards: Vec<Shard>,
     poll: Duration,
     waiter_ttl: Millis,
+    gates: Arc<Gates>,
 }
 
 #[derive(Debug)]
@@ -255,7 +262,12 @@ impl SqliteBackend {
         Ok(SqliteBackend {
             shards,
             poll,
-            waiter_ttl: (poll.as_millis() as Millis).saturating_mul(3).max(1),
+            // Same-host waiters that die are reaped at once by the liveness check; the
+            // time-to-live is for waiters lost in other ways (a dequeue that failed).
+            waiter_ttl: (poll.as_millis() as Millis)
+                .saturating_mul(3)
+                .max(WAITER_TTL_FLOOR),
+            gates: Arc::default(),
         })
     }
 
@@ -472,15 +484,36 @@ fn queued_tickets(record: &Record) -> Vec<u64> {
     }
 }
 
-fn is_dead(owner: &crate::owner::Owner) -> bool {
-    owner.is_dead()
+/// Liveness checks for one step: owners in this process are alive without a look at
+/// `/proc`, and each other process is looked up once per step.
+fn liveness() -> impl Fn(&Owner) -> bool {
+    let memo: RefCell<Vec<(u32, u64, bool)>> = RefCell::new(Vec::new());
+    move |o: &Owner| {
+        if o.pid == std::process::id() {
+            let me = Owner::current_thread();
+            if o.start == me.start && o.boot == me.boot && o.host == me.host {
+                return false;
+            }
+        }
+        if let Some(&(_, _, dead)) = memo
+            .borrow()
+            .iter()
+            .find(|(pid, start, _)| *pid == o.pid && *start == o.start)
+        {
+            return dead;
+        }
+        let dead = o.is_dead();
+        memo.borrow_mut().push((o.pid, o.start, dead));
+        dead
+    }
 }
 
-impl Backend for SqliteBackend {
-    fn step(&self, key: &Key, op: Op) -> Result<Reply> {
-        let info = self.info(key);
+impl SqliteBackend {
+    /// One step as one transaction, and the doorbell rung after the commit.
+    fn step_db(&self, key: &Key, info: &KeyInfo, op: Op) -> Result<Reply> {
         let shard = &self.shards[info.shard];
         let name = key.name();
+        let is_dead = liveness();
         let ctx = Ctx {
             now: now_millis(),
             is_dead: Some(&is_dead),
@@ -542,6 +575,50 @@ impl Backend for SqliteBackend {
         }
         Ok(reply)
     }
+}
+
+impl Backend for SqliteBackend {
+    fn step(&self, key: &Key, op: Op) -> Result<Reply> {
+        let info = self.info(key);
+        let name = key.name();
+        match op {
+            Op::Acquire(a) if a.ticket.is_some() => {
+                let ticket = a.ticket.unwrap_or_default();
+                if !self.gates.admit(name, ticket) {
+                    // Behind another waiter of this process: no need to ask the store.
+                    return Ok(Reply::Blocked { retry_at: None });
+                }
+                let reply = self.step_db(key, &info, Op::Acquire(a));
+                if !matches!(reply, Ok(Reply::Blocked { .. })) {
+                    self.finish_ticket(name, &info, ticket);
+                }
+                reply
+            }
+            Op::Dequeue { ticket } => {
+                if self.finish_ticket(name, &info, ticket) == Finished::Gated {
+                    // It never reached the store's queue.
+                    return Ok(Reply::Done);
+                }
+                self.step_db(key, &info, op)
+            }
+            Op::CondCheck { ticket } | Op::CondCancel { ticket } => {
+                let cancel = matches!(op, Op::CondCancel { .. });
+                let reply = self.step_db(key, &info, op)?;
+                if cancel || matches!(reply, Reply::Flag(true)) {
+                    self.finish_ticket(name, &info, ticket);
+                }
+                Ok(reply)
+            }
+            Op::Holders => match self.step_db(key, &info, op)? {
+                Reply::Holders { holders, waiting } => Ok(Reply::Holders {
+                    holders,
+                    waiting: waiting.saturating_add(self.gates.gated(name) as u32),
+                }),
+                other => Ok(other),
+            },
+            op => self.step_db(key, &info, op),
+        }
+    }
 
     fn watch(&self, key: &Key, ticket: Option<u64>) -> Result<Box<dyn Watch>> {
         let info = self.info(key);
@@ -555,8 +632,15 @@ impl Backend for SqliteBackend {
                 seen,
             }
         });
+        let local = ticket.map(|t| LocalWatch {
+            listener: self.gates.listen(key.name(), t),
+            gates: self.gates.clone(),
+            name: key.name().into(),
+            ticket: t,
+        });
         Ok(Box::new(SqliteWatch {
             reg,
+            local,
             poll: self.poll,
         }))
     }
@@ -631,6 +715,134 @@ impl Backend for SqliteBackend {
     }
 }
 
+/// How a ticket left its gate.
+#[derive(Debug, PartialEq, Eq)]
+enum Finished {
+    /// It was waiting behind another waiter of this process.
+    Gated,
+    /// It was this process's waiter in the store's queue, or unknown here.
+    Store,
+}
+
+impl SqliteBackend {
+    /// Forgets `ticket` (granted, gone or done); if it was this process's waiter in
+    /// the store's queue, lets the next local waiter take its place.
+    fn finish_ticket(&self, name: &str, info: &KeyInfo, ticket: u64) -> Finished {
+        let (finished, promoted) = self.gates.finish(name, ticket);
+        if let Some(next) = promoted {
+            // Its watch may be on the doorbell if it was promoted after it looked.
+            self.shards[info.shard].ring(info.hash, Some(next));
+        }
+        finished
+    }
+}
+
+/// Queued waiters of this process, per name.
+///
+/// Only one waiter per name and process (the *active* one) takes a place in the
+/// store's queue; the others wait here, in order, on a local event, and take its place
+/// when it is granted or leaves. So a process with ten thousand waiters on one lock
+/// puts one entry, not ten thousand, in the record every step reads and writes, and
+/// only one of them sleeps on the doorbell. Across processes the store's queue stays
+/// first-come first-served; within a process, so does this one.
+#[derive(Debug, Default)]
+struct Gates(Mutex<HashMap<Arc<str>, Gate>>);
+
+#[derive(Debug, Default)]
+struct Gate {
+    active: Option<u64>,
+    waiting: VecDeque<u64>,
+    /// Every ticket of this name with a watch or a place here: its event, and whether
+    /// it is waiting (not active).
+    tickets: HashMap<u64, (Arc<event_listener::Event>, bool)>,
+}
+
+impl Gates {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Gate>> {
+        // The gate's invariants hold between statements that cannot panic.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn listen(&self, name: &str, ticket: u64) -> EventListener {
+        let mut gates = self.lock();
+        let gate = match gates.get_mut(name) {
+            Some(g) => g,
+            None => gates.entry(name.into()).or_default(),
+        };
+        gate.tickets
+            .entry(ticket)
+            .or_insert_with(|| (Arc::default(), false))
+            .0
+            .listen()
+    }
+
+    /// Whether `ticket` may go to the store now; if not, it waits in line here.
+    fn admit(&self, name: &str, ticket: u64) -> bool {
+        let mut gates = self.lock();
+        let gate = match gates.get_mut(name) {
+            Some(g) => g,
+            None => gates.entry(name.into()).or_default(),
+        };
+        if gate.active == Some(ticket) {
+            return true;
+        }
+        if gate.active.is_none() {
+            gate.waiting.retain(|&t| t != ticket);
+            gate.active = Some(ticket);
+            gate.tickets.entry(ticket).or_default().1 = false;
+            return true;
+        }
+        let entry = gate.tickets.entry(ticket).or_default();
+        if !entry.1 {
+            entry.1 = true;
+            gate.waiting.push_back(ticket);
+        }
+        false
+    }
+
+    fn is_gated(&self, name: &str, ticket: u64) -> bool {
+        self.lock()
+            .get(name)
+            .and_then(|g| g.tickets.get(&ticket))
+            .is_some_and(|t| t.1)
+    }
+
+    /// How many waiters of `name` wait here.
+    fn gated(&self, name: &str) -> usize {
+        self.lock().get(name).map_or(0, |g| g.waiting.len())
+    }
+
+    /// Removes `ticket`; answers how it left and which ticket became active.
+    fn finish(&self, name: &str, ticket: u64) -> (Finished, Option<u64>) {
+        let mut gates = self.lock();
+        let Some(gate) = gates.get_mut(name) else {
+            return (Finished::Store, None);
+        };
+        let was = gate.tickets.remove(&ticket);
+        let mut promoted = None;
+        let finished = if was.is_some_and(|t| t.1) {
+            gate.waiting.retain(|&t| t != ticket);
+            Finished::Gated
+        } else {
+            if gate.active == Some(ticket) {
+                gate.active = gate.waiting.pop_front();
+                if let Some(next) = gate.active {
+                    if let Some((event, gated)) = gate.tickets.get_mut(&next) {
+                        *gated = false;
+                        event.notify(usize::MAX);
+                    }
+                    promoted = Some(next);
+                }
+            }
+            Finished::Store
+        };
+        if gate.active.is_none() && gate.waiting.is_empty() && gate.tickets.is_empty() {
+            gates.remove(name);
+        }
+        (finished, promoted)
+    }
+}
+
 /// A watcher's place on the doorbell.
 struct Registration {
     bell: Arc<Bell>,
@@ -646,13 +858,46 @@ impl Drop for Registration {
 
 struct SqliteWatch {
     reg: Option<Registration>,
+    local: Option<LocalWatch>,
     poll: Duration,
+}
+
+/// A queued waiter's link to its process-local gate.
+struct LocalWatch {
+    listener: EventListener,
+    gates: Arc<Gates>,
+    name: Arc<str>,
+    ticket: u64,
+}
+
+impl LocalWatch {
+    /// Whether the waiter waits behind another waiter of this process, rather than in
+    /// the store's queue.
+    fn gated(&self) -> bool {
+        self.gates.is_gated(&self.name, self.ticket)
+    }
 }
 
 impl SqliteWatch {
     /// Sleeps until the doorbell rings, `deadline`, or one poll interval, whichever
     /// comes first.
-    fn sleep(&self, deadline: Option<Instant>) {
+    fn sleep(mut self, deadline: Option<Instant>) {
+        if let Some(local) = self.local.take() {
+            if local.gated() {
+                // Only this process can let it through: no polling needed.
+                match deadline {
+                    Some(deadline) => {
+                        local.listener.wait_deadline(deadline);
+                    }
+                    None => local.listener.wait(),
+                }
+                return;
+            }
+            if local.listener.discard() {
+                // Let through since the watch began.
+                return;
+            }
+        }
         let now = Instant::now();
         let mut timeout = self.poll;
         if let Some(deadline) = deadline {
@@ -675,17 +920,40 @@ impl Watch for SqliteWatch {
     }
 
     fn wait_async(self: Box<Self>, deadline: Option<Instant>) -> BoxFuture<'static, Result<()>> {
+        let mut this = self;
+        if let Some(local) = this.local.take() {
+            if local.gated() {
+                // Waiting behind another waiter of this process: a local event, no
+                // thread needed.
+                let has_timer = tokio::runtime::Handle::try_current().is_ok();
+                if deadline.is_none() || has_timer {
+                    return Box::pin(async move {
+                        match deadline {
+                            Some(d) => {
+                                let _ = tokio::time::timeout_at(d.into(), local.listener).await;
+                            }
+                            None => local.listener.await,
+                        }
+                        Ok(())
+                    });
+                }
+                this.local = Some(local);
+            } else if local.listener.discard() {
+                return Box::pin(std::future::ready(Ok(())));
+            }
+        }
+        let this = this;
         // The futex wait blocks a thread: run it on tokio's blocking pool (or a thread
         // of its own outside tokio), and complete this future through an event. If the
         // future is dropped first, the sleeper is rung awake so that it frees its
         // thread at once.
         let done = Arc::new(Done::default());
         let listener = done.event.listen();
-        let ring = self.reg.as_ref().map(|r| (r.bell.clone(), r.slot));
+        let ring = this.reg.as_ref().map(|r| (r.bell.clone(), r.slot));
         let task = {
             let done = done.clone();
             move || {
-                self.sleep(deadline);
+                this.sleep(deadline);
                 done.flag.store(true, Ordering::Release);
                 done.event.notify(usize::MAX);
             }
