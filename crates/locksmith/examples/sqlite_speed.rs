@@ -116,7 +116,7 @@ fn floor(path: &Path, window: Duration) -> rusqlite::Result<f64> {
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch("CREATE TABLE t (name TEXT PRIMARY KEY NOT NULL, v BLOB) WITHOUT ROWID")?;
-    let value = vec![7u8; 120];
+    let value = [7u8; 120];
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < window {
@@ -164,7 +164,7 @@ fn cycles_among(space: &Space, names: usize, window: Duration) -> locksmith::Res
 fn raw_among(path: &Path, names: usize, window: Duration) -> rusqlite::Result<f64> {
     let conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    let value = vec![7u8; 120];
+    let value = [7u8; 120];
     let start = Instant::now();
     let mut n = 0usize;
     while start.elapsed() < window {
