@@ -152,6 +152,9 @@ fn state_and_fencing_tokens_survive_reopening() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// One row of the store: name, token, tag, state.
+type Row = (String, i64, Option<String>, Option<Vec<u8>>);
+
 #[test]
 fn a_free_primitive_leaves_one_small_row() {
     let dir = fresh_dir("row");
@@ -162,7 +165,7 @@ fn a_free_primitive_leaves_one_small_row() {
         guard.release().unwrap();
     }
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let rows: Vec<(String, i64, Option<String>, Option<Vec<u8>>)> = conn
+    let rows: Vec<Row> = conn
         .prepare("SELECT name, token, tag, state FROM prim ORDER BY name")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
