@@ -184,6 +184,7 @@ pub(crate) struct SqliteBackend {
 #[derive(Debug)]
 struct Shard {
     path: PathBuf,
+    busy_timeout: Duration,
     conn: Mutex<Conn>,
     bell: Option<Arc<Bell>>,
 }
@@ -321,9 +322,19 @@ impl Shard {
             true
         }))
         .map_err(err)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(err)?;
+        // Some lock waits bypass the busy handler (switching to WAL, WAL recovery by
+        // another process that opens the file at the same moment): retry those here,
+        // within the same busy timeout.
+        let started = Instant::now();
+        let retry = |e: &rusqlite::Error| is_busy(e) && started.elapsed() < timeout;
+        let mode: String = with_retry(retry, || {
+            let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+            if mode.eq_ignore_ascii_case("wal") {
+                return Ok(mode);
+            }
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        })
+        .map_err(err)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::backend(format!(
                 "the database '{}' cannot use WAL mode (it is in {mode} mode)",
@@ -337,7 +348,7 @@ impl Shard {
             .map_err(err)?;
         conn.pragma_update(None, "mmap_size", 64i64 << 20)
             .map_err(err)?;
-        init_schema(&conn, &canonical, shard)?;
+        init_schema(&conn, &canonical, shard, &retry)?;
         conn.set_prepared_statement_cache_capacity(16);
         let bell = if opts.bell {
             let bell_path = Bell::path_for(&canonical);
@@ -357,6 +368,7 @@ impl Shard {
         };
         Ok(Shard {
             path: canonical,
+            busy_timeout: timeout,
             conn: Mutex::new(Conn(conn)),
             bell,
         })
@@ -372,9 +384,12 @@ impl Shard {
             // A transaction left open by an earlier failure.
             let _ = conn.execute_batch("ROLLBACK");
         }
-        conn.prepare_cached("BEGIN IMMEDIATE")
-            .and_then(|mut s| s.execute([]))
-            .map_err(err)?;
+        let started = Instant::now();
+        with_retry(
+            |e| is_busy(e) && started.elapsed() < self.busy_timeout,
+            || conn.prepare_cached("BEGIN IMMEDIATE")?.execute([]),
+        )
+        .map_err(err)?;
         let out = f(conn).and_then(|t| {
             conn.prepare_cached("COMMIT")
                 .and_then(|mut s| s.execute([]))
@@ -396,10 +411,39 @@ impl Shard {
     }
 }
 
-fn init_schema(conn: &Connection, path: &Path, shard: Option<(usize, usize)>) -> Result<()> {
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Runs `f` again, after a short nap, for as long as it fails and `retry` says so.
+fn with_retry<T>(
+    retry: impl Fn(&rusqlite::Error) -> bool,
+    mut f: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let mut nap = Duration::from_micros(50);
+    loop {
+        match f() {
+            Err(e) if retry(&e) => {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn init_schema(
+    conn: &Connection,
+    path: &Path,
+    shard: Option<(usize, usize)>,
+    retry: &dyn Fn(&rusqlite::Error) -> bool,
+) -> Result<()> {
     let err = |e| store_error(path, e);
     let file = path.display();
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+    with_retry(retry, || conn.execute_batch("BEGIN IMMEDIATE")).map_err(err)?;
     let out = (|| {
         let app: i32 = conn
             .query_row("PRAGMA application_id", [], |r| r.get(0))
