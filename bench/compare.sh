@@ -29,6 +29,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT="$ROOT/bench/out"
 VENV="$ROOT/bench/.venv"
+mkdir -p "$OUT"
 MODE_ARGS=()
 if [ "$QUICK" = 1 ]; then
   MODE_ARGS=(--quick)
@@ -79,7 +80,6 @@ else
 fi
 
 # --- Rust side: locksmith rows and Rust peers ----------------------------------------------
-mkdir -p "$OUT"
 rm -f "$OUT"/*.jsonl
 say "Rust peers and locksmith rows"
 "$BIN" run "${MODE_ARGS[@]}" --out "$OUT" || { echo "warning: some Rust rows failed" >&2; STATUS=1; }

@@ -12,6 +12,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import random
 import sys
 import time
 import traceback
@@ -166,11 +167,14 @@ def _spin_until(value, target, limit=60.0):
         time.sleep(0.00002)
 
 
-def handoff(budget, open_lock, acquire, release, samples=None):
+def handoff(budget, open_lock, acquire, release, samples=None, poll=0.0):
     """Hand-off latency in µs: this process holds, a forked child waits in acquire, this
     process releases; the child notes when its acquire returned. open_lock() runs in each
-    process after the fork."""
+    process after the fork. For a lock whose waiters poll every `poll` seconds, the
+    release comes at a random phase of the poll (a fixed pause would always hit the same
+    phase and show the worst or the best case)."""
     n = samples or budget.latency_samples
+    rng = random.Random(6)
     ctx = multiprocessing.get_context("fork")
     held, ready, done, t0 = (ctx.RawValue("q", 0) for _ in range(4))
     lat = ctx.RawArray("q", n)
@@ -194,7 +198,8 @@ def handoff(budget, open_lock, acquire, release, samples=None):
             acquire(lock)
             held.value = i
             _spin_until(ready, i)
-            time.sleep(budget.pause)  # let the child get into its blocking or polling acquire
+            # Let the child get into its blocking or polling acquire.
+            time.sleep(budget.pause + rng.uniform(0.0, poll))
             t0.value = now_ns()
             release(lock)
             _spin_until(done, i)

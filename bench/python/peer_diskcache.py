@@ -56,7 +56,8 @@ def run(out, budget, scratch):
                     "each process opens the Cache; waiter polls every 1 ms",
                     lambda: handoff(budget, open_lock, lambda l: l.acquire(),
                                     lambda l: l.release(),
-                                    samples=max(10, budget.latency_samples // 4)))
+                                    samples=max(10, budget.latency_samples // 4),
+                                    poll=0.001))
         cache.close()
     finally:
         shutil.rmtree(d, ignore_errors=True)

@@ -58,7 +58,8 @@ def run(out, budget, scratch):
     out.measure("handoff", "redis-py Lock", "Lock",
                 note + "; waiter polls every 100 ms (default sleep=0.1)",
                 lambda: handoff(budget, open_redispy, lambda l: l.acquire(),
-                                lambda l: l.release(), samples=budget.slow_latency_samples))
+                                lambda l: l.release(), samples=budget.slow_latency_samples,
+                                poll=0.1))
 
     def open_rl():
         return redis_lock.Lock(connect(), f"locksmith-bench:rl-h:{pid}", expire=60)

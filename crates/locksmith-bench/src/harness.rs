@@ -293,24 +293,47 @@ impl Ctx {
         });
     }
 
-    /// Two processes contending; total cycles/s over `runs` timed runs.
+    /// Two processes contending; total cycles/s over `runs` timed runs. The note gets the
+    /// share of the slower process (fairness) and, if the lock let two holders in, says so.
     pub fn lock_contention<L: ProcLock>(
         &mut self,
         system: &str,
         note: &str,
         open: impl Fn() -> Result<L>,
     ) {
-        let mut extra = String::new();
-        self.measure(scenario::CONTENTION, system, "Lock", note, |b| {
-            let (s, bad) = contention(b, &open)?;
-            if bad {
-                extra = "EXCLUSION VIOLATED: the counter under the lock lost updates".into();
+        if !self.wants(scenario::CONTENTION, system) {
+            return;
+        }
+        let budget = self.budget;
+        match contention(&budget, &open) {
+            Ok((s, violated, share)) => {
+                let mut parts = Vec::new();
+                if violated {
+                    self.failures += 1;
+                    parts.push(
+                        "EXCLUSION VIOLATED: the counter under the lock lost updates".to_string(),
+                    );
+                }
+                if !note.is_empty() {
+                    parts.push(note.to_string());
+                }
+                if share.is_finite() {
+                    parts.push(format!(
+                        "the slower process did {:.0}% of the cycles",
+                        share * 100.0
+                    ));
+                }
+                self.row(scenario::CONTENTION, system, "Lock", s, &parts.join("; "));
             }
-            Ok(s)
-        });
-        if !extra.is_empty() {
-            self.failures += 1;
-            eprintln!("  {system}: {extra}");
+            Err(e) => {
+                self.failures += 1;
+                self.skip(
+                    scenario::CONTENTION,
+                    system,
+                    "Lock",
+                    &format!("failed: {e:#}"),
+                );
+            }
         }
     }
 
@@ -353,11 +376,16 @@ impl Ctx {
     }
 }
 
-/// Runs the contention scenario; returns cycles/s over runs and whether exclusion broke.
-fn contention<L: ProcLock>(b: &Budget, open: &impl Fn() -> Result<L>) -> Result<(Stats, bool)> {
+/// Runs the contention scenario; returns cycles/s over runs, whether exclusion broke, and
+/// the median share of the cycles done by the process that did fewer (0.5 = fair).
+fn contention<L: ProcLock>(
+    b: &Budget,
+    open: &impl Fn() -> Result<L>,
+) -> Result<(Stats, bool, f64)> {
     let _dog = Watchdog::arm();
     let ctl = Control::new(0)?;
     let mut rates = Vec::new();
+    let mut shares = Vec::new();
     let mut violated = false;
     for _ in 0..b.runs.max(1) {
         for w in [
@@ -419,14 +447,21 @@ fn contention<L: ProcLock>(b: &Budget, open: &impl Fn() -> Result<L>) -> Result<
         if let Some(e) = err {
             return Err(e.context("a contending process failed"));
         }
-        let total =
-            ctl.w(Word::CountA).load(Ordering::SeqCst) + ctl.w(Word::CountB).load(Ordering::SeqCst);
+        let (a, bb) = (
+            ctl.w(Word::CountA).load(Ordering::SeqCst),
+            ctl.w(Word::CountB).load(Ordering::SeqCst),
+        );
+        let total = a + bb;
+        if total > 0 {
+            shares.push(a.min(bb) as f64 / total as f64);
+        }
         if ctl.w(Word::Counter).load(Ordering::SeqCst) != total {
             violated = true;
         }
         rates.push(total as f64 / elapsed);
     }
-    Ok((Stats::of(&rates).context("no runs")?, violated))
+    let share = Stats::of(&shares).map(|s| s.median).unwrap_or(f64::NAN);
+    Ok((Stats::of(&rates).context("no runs")?, violated, share))
 }
 
 /// Runs the hand-off scenario: this process holds, a child waits, this process releases.
