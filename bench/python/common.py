@@ -30,9 +30,9 @@ class Budget:
 
     def __init__(self, quick):
         self.quick = quick
-        self.samples = 5 if quick else 21
+        self.samples = 5 if quick else 31
         self.batch_time = 0.002 if quick else 0.02
-        self.latency_samples = 30 if quick else 400
+        self.latency_samples = 30 if quick else 600
         self.slow_latency_samples = 4 if quick else 20
         self.pause = 0.002
 

@@ -49,6 +49,14 @@ def run(out, budget, scratch):
         out.measure("primitives", "python-diskcache Averager", "Averager",
                     note + "; one add()", lambda: per_op(budget, lambda: avg.add(1.5)))
 
+        def open_store():
+            diskcache.Cache(d).close()
+
+        out.measure("open", "python-diskcache Cache (store) open", "Lock",
+                    "diskcache.Cache(existing dir) + close: what a process pays before "
+                    "diskcache.Lock(cache, name), which itself does no I/O",
+                    lambda: per_op(budget, open_store))
+
         def open_lock():
             return diskcache.Lock(diskcache.Cache(d), "handoff")
 

@@ -27,10 +27,10 @@ impl Budget {
     /// The full run: a few minutes for all Rust peers on 2 cores.
     pub fn full() -> Self {
         Budget {
-            samples: 31,
+            samples: 51,
             batch_time: Duration::from_millis(10),
-            latency_samples: 1000,
-            runs: 5,
+            latency_samples: 2000,
+            runs: 7,
             run_time: Duration::from_millis(400),
             slow_samples: 200,
         }

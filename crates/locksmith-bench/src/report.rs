@@ -190,6 +190,8 @@ pub struct Machine {
     pub kernel: String,
     /// UTC date and time.
     pub date: String,
+    /// Load averages (1, 5, 15 min) from /proc/loadavg: other work sharing the machine.
+    pub load: String,
 }
 
 impl Machine {
@@ -212,6 +214,10 @@ impl Machine {
             cpu,
             kernel: kernel(),
             date: utc_now(),
+            load: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_else(|| "unknown".into()),
         }
     }
 }
@@ -317,12 +323,15 @@ pub fn results_md(
     let _ = writeln!(s, "# locksmith benchmark results\n");
     let _ = writeln!(
         s,
-        "Written by `bench/compare.sh{}` on **{}**. Machine: **{} CPUs ({})**, {}.{}\n",
+        "Written by `bench/compare.sh{}` on **{}**. Machine: **{} CPUs ({})**, {}; load \
+         average (1/5/15 min) when the report was written: {} (the machine is shared, so \
+         compare rows of one run, not numbers across runs).{}\n",
         if quick { " --quick" } else { "" },
         machine.date,
         machine.nproc,
         machine.cpu,
         machine.kernel,
+        machine.load,
         if quick {
             " **Quick smoke run: few samples, numbers are indicative only.**"
         } else {
@@ -621,6 +630,7 @@ mod tests {
             cpu: "cpu".into(),
             kernel: "Linux".into(),
             date: "d".into(),
+            load: "0 0 0".into(),
         };
         let peers = vec![rec(U, "parking_lot::Mutex", 20.0)];
         let md = results_md(&peers, &[], &m, true, "h.svg");
