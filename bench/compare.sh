@@ -16,7 +16,7 @@
 #                            drop below the number of CPUs before measuring (default 300; 0: no wait).
 set -euo pipefail
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 QUICK=0
 for a in "$@"; do

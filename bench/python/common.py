@@ -108,6 +108,8 @@ class Out:
         )
 
     def skip(self, scenario, system, primitive, why):
+        if not self.wants(scenario, system):
+            return
         rec = {
             "scenario": scenario,
             "system": system,
