@@ -7,9 +7,10 @@
 #   bench/compare.sh --quick    smoke run (well under a minute once built): bench/out/RESULTS-quick.md
 #
 # Environment:
-#   LOCKSMITH_REDIS_URL      Redis to measure against; default: 127.0.0.1:6379 if it answers,
-#                            else a private redis-server on a free loopback port if one is
-#                            installed, else the Redis rows are skipped with a note.
+#   LOCKSMITH_REDIS_URL      Redis to measure against; default: a private redis-server on a
+#                            free loopback port (16379-16399) if redis-server is installed,
+#                            else 127.0.0.1:6379 if it answers, else the Redis rows are
+#                            skipped with a note.
 #   LOCKSMITH_BENCH_PYTHON   interpreter for the venv (default: python3.11, else python3).
 #   LOCKSMITH_BENCH_STRICT=1 fail if the Python venv cannot be created (default: warn, skip).
 #   LOCKSMITH_BENCH_WAIT     full run only: seconds to wait for the 1-minute load average to
@@ -57,22 +58,24 @@ trap cleanup EXIT
 answers() { # host port
   (exec 3<>"/dev/tcp/$1/$2" && printf 'PING\r\n' >&3 && timeout 1 head -c 5 <&3 | grep -q PONG) 2>/dev/null
 }
-if [ -z "${LOCKSMITH_REDIS_URL:-}" ]; then
-  if answers 127.0.0.1 6379; then
-    export LOCKSMITH_REDIS_URL="redis://127.0.0.1:6379/"
-  elif command -v redis-server >/dev/null 2>&1; then
-    for port in $(seq 16379 16399); do
-      if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-          --logfile "$OUT/redis.log" --dir /tmp >/dev/null 2>&1 &
-        REDIS_PID=$!
-        for _ in $(seq 50); do answers 127.0.0.1 "$port" && break; sleep 0.1; done
+# A private server by default: a shared one on 6379 may be busy with other people's tests.
+if [ -z "${LOCKSMITH_REDIS_URL:-}" ] && command -v redis-server >/dev/null 2>&1; then
+  for port in $(seq 16379 16399); do
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+        --logfile "$OUT/redis.log" --dir /tmp >/dev/null 2>&1 &
+      REDIS_PID=$!
+      for _ in $(seq 50); do answers 127.0.0.1 "$port" && break; sleep 0.1; done
+      if answers 127.0.0.1 "$port"; then
         export LOCKSMITH_REDIS_URL="redis://127.0.0.1:$port/"
         echo "started a private redis-server on 127.0.0.1:$port (pid $REDIS_PID)" >&2
-        break
       fi
-    done
-  fi
+      break
+    fi
+  done
+fi
+if [ -z "${LOCKSMITH_REDIS_URL:-}" ] && answers 127.0.0.1 6379; then
+  export LOCKSMITH_REDIS_URL="redis://127.0.0.1:6379/"
 fi
 if [ -n "${LOCKSMITH_REDIS_URL:-}" ]; then
   echo "Redis: $LOCKSMITH_REDIS_URL" >&2
