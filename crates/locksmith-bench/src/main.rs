@@ -101,6 +101,11 @@ fn cmd_run(o: Opts) -> Result<ExitCode> {
     let out = o.out.unwrap_or_else(|| "bench/out".into());
     let scratch = out.join("scratch");
     fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
+    // When and under what load the run started: the report quotes these, not its own time.
+    let here = Machine::here();
+    let meta = serde_json::json!({ "date": here.date, "load": here.load, "quick": o.quick });
+    fs::write(out.join("run.json"), meta.to_string())
+        .with_context(|| format!("write {}", out.join("run.json").display()))?;
     let path = out.join("rust.jsonl");
     let file = fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
     let redis = o
@@ -147,7 +152,18 @@ fn cmd_report(o: Opts) -> Result<ExitCode> {
             out.display()
         );
     }
-    let machine = Machine::here();
+    let mut machine = Machine::here();
+    if let Some(meta) = fs::read_to_string(out.join("run.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    {
+        if let Some(d) = meta.get("date").and_then(|v| v.as_str()) {
+            machine.date = d.to_string();
+        }
+        if let Some(l) = meta.get("load").and_then(|v| v.as_str()) {
+            machine.load = l.to_string();
+        }
+    }
     let svg_name = match (svg.parent(), results.parent()) {
         (Some(a), Some(b)) if a == b => svg
             .file_name()
