@@ -343,10 +343,9 @@ impl Shard {
         }
         let sync = if opts.sync_full { "FULL" } else { "NORMAL" };
         conn.pragma_update(None, "synchronous", sync).map_err(err)?;
-        // 64 MiB of page cache and of memory-mapped reads: a million names stay hot.
+        // Up to 64 MiB of page cache: a million names stay hot. (No memory-mapped I/O:
+        // an I/O error on a mapped file arrives as SIGBUS, not as an error.)
         conn.pragma_update(None, "cache_size", -65536)
-            .map_err(err)?;
-        conn.pragma_update(None, "mmap_size", 64i64 << 20)
             .map_err(err)?;
         init_schema(&conn, &canonical, shard, &retry)?;
         conn.set_prepared_statement_cache_capacity(16);
