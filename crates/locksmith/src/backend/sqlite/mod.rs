@@ -54,7 +54,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -72,6 +73,10 @@ use crate::{Error, Result};
 const APPLICATION_ID: i32 = 0x4C4B_534D;
 /// `PRAGMA user_version`: the schema version this build reads and writes.
 const SCHEMA_VERSION: i32 = 1;
+/// Write steps between two background checkpoints.
+const CHECKPOINT_EVERY: u32 = 256;
+/// The WAL size, in pages, at which a step checkpoints by itself.
+const AUTOCHECKPOINT_BACKSTOP: i64 = 4000;
 /// The shortest time-to-live of a queued waiter that stopped retrying, in ms.
 const WAITER_TTL_FLOOR: Millis = 30_000;
 /// The most shards a sharded store may have.
@@ -179,11 +184,14 @@ pub(crate) struct SqliteBackend {
     poll: Duration,
     waiter_ttl: Millis,
     gates: Arc<Gates>,
+    checkpointer: Checkpointer,
 }
 
 #[derive(Debug)]
 struct Shard {
     path: PathBuf,
+    /// Steps that wrote, for the checkpointer.
+    writes: AtomicU32,
     busy_timeout: Duration,
     conn: Mutex<Conn>,
     bell: Option<Arc<Bell>>,
@@ -260,6 +268,10 @@ impl SqliteBackend {
             }
         };
         let poll = opts.poll;
+        let checkpointer = Checkpointer::start(
+            shards.iter().map(|s| s.path.clone()).collect(),
+            opts.busy_timeout,
+        );
         Ok(SqliteBackend {
             shards,
             poll,
@@ -269,6 +281,7 @@ impl SqliteBackend {
                 .saturating_mul(3)
                 .max(WAITER_TTL_FLOOR),
             gates: Arc::default(),
+            checkpointer,
         })
     }
 
@@ -347,6 +360,10 @@ impl Shard {
         // an I/O error on a mapped file arrives as SIGBUS, not as an error.)
         conn.pragma_update(None, "cache_size", -65536)
             .map_err(err)?;
+        // Checkpoints are the checkpointer thread's job (see `Checkpointer`); a step
+        // checkpoints itself only if the WAL grew past this many pages regardless.
+        conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_BACKSTOP)
+            .map_err(err)?;
         init_schema(&conn, &canonical, shard, &retry)?;
         conn.set_prepared_statement_cache_capacity(16);
         let bell = if opts.bell {
@@ -367,6 +384,7 @@ impl Shard {
         };
         Ok(Shard {
             path: canonical,
+            writes: AtomicU32::new(0),
             busy_timeout: timeout,
             conn: Mutex::new(Conn(conn)),
             bell,
@@ -567,7 +585,7 @@ impl SqliteBackend {
             is_dead: Some(&is_dead),
             waiter_ttl: Some(self.waiter_ttl),
         };
-        let (reply, wake, all_tickets) = shard.transact(|conn| {
+        let (reply, wake, all_tickets, wrote) = shard.transact(|conn| {
             let err = |e| store_error(&shard.path, e);
             let mut select = conn.prepare_cached(SELECT).map_err(err)?;
             let row = select
@@ -601,7 +619,8 @@ impl SqliteBackend {
             let token = i64::try_from(record.next_token).map_err(|_| {
                 Error::backend(format!("the fencing counter of '{name}' overflowed"))
             })?;
-            if token != old_token || record.tag != old_tag || new_state != old_state {
+            let wrote = token != old_token || record.tag != old_tag || new_state != old_state;
+            if wrote {
                 conn.prepare_cached(UPSERT)
                     .and_then(|mut s| {
                         s.execute(rusqlite::params![name, token, record.tag, new_state])
@@ -613,8 +632,11 @@ impl SqliteBackend {
             } else {
                 Vec::new()
             };
-            Ok((reply, wake, all_tickets))
+            Ok((reply, wake, all_tickets, wrote))
         })?;
+        if wrote {
+            self.checkpointer.wrote(info.shard, &shard.writes);
+        }
         for &t in wake.tickets.iter().chain(&all_tickets) {
             shard.ring(info.hash, Some(t));
         }
@@ -760,6 +782,67 @@ impl Backend for SqliteBackend {
             }
         }
         Ok(evicted)
+    }
+}
+
+/// Moves WAL checkpoints off the steps' path.
+///
+/// SQLite checkpoints in the thread whose commit pushes the write-ahead log past a
+/// threshold, and a checkpoint waits for the disk (it syncs): that step, and every
+/// process waiting on the database lock behind it, stalls. Here one thread per space
+/// runs a `PASSIVE` checkpoint on its own connection every [`CHECKPOINT_EVERY`] write
+/// steps; a passive checkpoint never blocks writers, and steps keep SQLite's own
+/// checkpoint only as a backstop ([`AUTOCHECKPOINT_BACKSTOP`] pages). Durability is
+/// unchanged: committed steps are in the WAL either way.
+#[derive(Debug)]
+struct Checkpointer {
+    tx: Option<mpsc::SyncSender<usize>>,
+}
+
+impl Checkpointer {
+    fn start(paths: Vec<PathBuf>, timeout: Duration) -> Checkpointer {
+        let (tx, rx) = mpsc::sync_channel::<usize>(paths.len());
+        let spawned = std::thread::Builder::new()
+            .name("locksmith-checkpoint".into())
+            .spawn(move || {
+                let mut conns: Vec<Option<Connection>> = paths.iter().map(|_| None).collect();
+                // Ends when the backend, and with it the sender, is dropped.
+                while let Ok(i) = rx.recv() {
+                    let (Some(path), Some(slot)) = (paths.get(i), conns.get_mut(i)) else {
+                        continue;
+                    };
+                    if slot.is_none() {
+                        let flags =
+                            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                        *slot = Connection::open_with_flags(path, flags)
+                            .and_then(|c| c.busy_timeout(timeout).map(|()| c))
+                            .map_err(|e| {
+                                tracing::debug!(path = %path.display(), error = %e, "no checkpointer")
+                            })
+                            .ok();
+                    }
+                    if let Some(conn) = slot {
+                        if let Err(e) =
+                            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                        {
+                            tracing::debug!(path = %path.display(), error = %e, "checkpoint failed");
+                        }
+                    }
+                }
+            });
+        Checkpointer {
+            tx: spawned.ok().map(|_| tx),
+        }
+    }
+
+    /// Counts a write step on shard `i`; every so often, asks for a checkpoint.
+    fn wrote(&self, i: usize, writes: &AtomicU32) {
+        if writes.fetch_add(1, Ordering::Relaxed) % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1 {
+            if let Some(tx) = &self.tx {
+                // A full channel means checkpoints are already due.
+                let _ = tx.try_send(i);
+            }
+        }
     }
 }
 
