@@ -24,6 +24,9 @@ use locksmith::Space;
 
 const ROLE: &str = "LOCKSMITH_SPEED_CHILD";
 const HANDOFF_ROUNDS: usize = 2000;
+/// Processes, and cycles each, of the contended run.
+const CONTENDERS: usize = 4;
+const CONTEND_CYCLES: usize = 1000;
 /// Timed windows per measurement; the best one counts.
 const ROUNDS: usize = 7;
 
@@ -36,6 +39,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             parts.next().ok_or("bad child args")?,
         );
         let space = Space::open(url)?;
+        if mode == "contend" {
+            let lock = space.lock("contended");
+            for _ in 0..CONTEND_CYCLES {
+                lock.acquire()?.release()?;
+            }
+            return Ok(());
+        }
         let lat = ping_pong(&space, Path::new(file), None, mode == "async")?;
         let mut out = std::io::stdout().lock();
         for l in lat {
@@ -93,6 +103,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             lat.len()
         );
     }
+
+    // 2b. Several processes taking turns on one lock.
+    let url = format!("sqlite:{}", dir.join("contend.sqlite").display());
+    drop(Space::open(&url)?);
+    let t = Instant::now();
+    let children = (0..CONTENDERS)
+        .map(|_| {
+            Command::new(std::env::current_exe()?)
+                .env(ROLE, format!("{url}\u{1f}-\u{1f}contend"))
+                .spawn()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for mut c in children {
+        if !c.wait()?.success() {
+            return Err("a contending child failed".into());
+        }
+    }
+    let total = (CONTENDERS * CONTEND_CYCLES) as f64;
+    println!(
+        "{CONTENDERS} processes x {CONTEND_CYCLES} cycles on one lock:           {:.0} cycles/s, {:.0} us per hand-over",
+        total / t.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64() * 1e6 / total
+    );
 
     // 3. Cost per cycle among few and many names, and the file many names leave.
     // A store of 10 names and one of NAMES names, measured alternately.

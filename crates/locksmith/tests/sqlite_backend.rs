@@ -111,6 +111,10 @@ fn child() {
                 println!("CHILD got {}", guard.token());
             });
         }
+        "set" => {
+            space.event(args[2]).set().unwrap();
+            println!("CHILD set");
+        }
         // Take the lock, say so, and hold it until killed.
         "hold" => {
             let guard = space.lock(args[2]).acquire().unwrap();
@@ -453,5 +457,44 @@ fn a_waiter_killed_in_the_queue_does_not_block_the_next() {
     guard.release().unwrap();
     assert!(child_says(&mut out2).starts_with("got "));
     assert!(second.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Thousands of async waiters on one event share the doorbell's sleeping thread: a
+/// blocking pool of two threads is plenty, and a set in another process wakes them all
+/// (the fallback poll is ten minutes).
+#[test]
+fn thousands_of_async_event_waiters_share_one_sleeping_thread() {
+    const TASKS: usize = 2000;
+    let dir = fresh_dir("asyncevent");
+    let url = format!("{}?poll=600000", url_of(&dir.join("s.sqlite")));
+    let space = Space::open(&url).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = std::sync::Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (event, started) = (space.event("go"), started.clone());
+            rt.spawn(async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                event.wait_timeout_async(HANG_GUARD).await.unwrap()
+            })
+        })
+        .collect();
+    eventually("every task started", || {
+        started.load(Ordering::SeqCst) == TASKS as u64
+    });
+    let (mut child, mut out) = spawn_child(&["set", &url, "go"]);
+    assert_eq!(child_says(&mut out), "set");
+    assert!(child.wait().unwrap().success());
+    rt.block_on(async {
+        for t in tasks {
+            assert!(t.await.unwrap(), "woken with the event set");
+        }
+    });
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -184,6 +184,7 @@ pub(crate) struct SqliteBackend {
     poll: Duration,
     waiter_ttl: Millis,
     gates: Arc<Gates>,
+    sleepers: Sleepers,
     checkpointer: Checkpointer,
 }
 
@@ -281,6 +282,7 @@ impl SqliteBackend {
                 .saturating_mul(3)
                 .max(WAITER_TTL_FLOOR),
             gates: Arc::default(),
+            sleepers: Sleepers::default(),
             checkpointer,
         })
     }
@@ -363,6 +365,9 @@ impl Shard {
         // Checkpoints are the checkpointer thread's job (see `Checkpointer`); a step
         // checkpoints itself only if the WAL grew past this many pages regardless.
         conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_BACKSTOP)
+            .map_err(err)?;
+        // After a checkpoint empties it, the WAL file shrinks back to at most 4 MiB.
+        conn.pragma_update(None, "journal_size_limit", 4i64 << 20)
             .map_err(err)?;
         init_schema(&conn, &canonical, shard, &retry)?;
         conn.set_prepared_statement_cache_capacity(16);
@@ -712,6 +717,7 @@ impl Backend for SqliteBackend {
             reg,
             local,
             poll: self.poll,
+            sleepers: self.sleepers.clone(),
         }))
     }
 
@@ -991,6 +997,68 @@ struct SqliteWatch {
     reg: Option<Registration>,
     local: Option<LocalWatch>,
     poll: Duration,
+    sleepers: Sleepers,
+}
+
+/// The threads that sleep on the doorbell for async watchers, one per (bell, slot,
+/// sequence) at a time.
+#[derive(Clone, Debug, Default)]
+struct Sleepers(Arc<Mutex<SleeperMap>>);
+
+/// Sleepers by (doorbell address, slot).
+type SleeperMap = HashMap<(usize, usize), Arc<Sleeper>>;
+
+#[derive(Debug)]
+struct Sleeper {
+    seen: u32,
+    done: AtomicBool,
+    event: event_listener::Event,
+}
+
+impl Sleepers {
+    fn lock(&self) -> MutexGuard<'_, SleeperMap> {
+        // Plain inserts and removes: a panic cannot leave the map inconsistent.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sleeper for `slot` of `bell` waiting for it to move past `seen`; starts
+    /// one if there is none yet. It sleeps for one poll interval at most.
+    fn join(
+        &self,
+        bell: &Arc<Bell>,
+        slot: usize,
+        seen: u32,
+        poll: Duration,
+        rt: &tokio::runtime::Handle,
+    ) -> Arc<Sleeper> {
+        let key = (Arc::as_ptr(bell) as usize, slot);
+        let mut map = self.lock();
+        if let Some(s) = map.get(&key) {
+            if s.seen == seen && !s.done.load(Ordering::Acquire) {
+                return s.clone();
+            }
+        }
+        let sleeper = Arc::new(Sleeper {
+            seen,
+            done: AtomicBool::new(false),
+            event: event_listener::Event::new(),
+        });
+        map.insert(key, sleeper.clone());
+        drop(map);
+        let (me, bell, sleepers) = (sleeper.clone(), bell.clone(), self.clone());
+        drop(rt.spawn_blocking(move || {
+            bell.wait(slot, seen, poll);
+            {
+                let mut map = sleepers.lock();
+                if map.get(&key).is_some_and(|s| Arc::ptr_eq(s, &me)) {
+                    map.remove(&key);
+                }
+            }
+            me.done.store(true, Ordering::Release);
+            me.event.notify(usize::MAX);
+        }));
+        sleeper
+    }
 }
 
 /// A queued waiter's link to its process-local gate.
@@ -1073,11 +1141,33 @@ impl Watch for SqliteWatch {
                 return Box::pin(std::future::ready(Ok(())));
             }
         }
+        if let (Some(reg), Ok(rt)) = (&this.reg, tokio::runtime::Handle::try_current()) {
+            // The futex wait blocks a thread: one thread of tokio's blocking pool sleeps
+            // for all the async watchers of this slot in this process, and wakes them
+            // through an event.
+            let sleeper = this
+                .sleepers
+                .join(&reg.bell, reg.slot, reg.seen, this.poll, &rt);
+            let listener = sleeper.event.listen();
+            return Box::pin(async move {
+                // The registration stays while the watcher waits, so rings reach the
+                // sleeping thread.
+                let _registered = this;
+                if !sleeper.done.load(Ordering::Acquire) {
+                    match deadline {
+                        Some(d) => {
+                            let _ = tokio::time::timeout_at(d.into(), listener).await;
+                        }
+                        None => listener.await,
+                    }
+                }
+                Ok(())
+            });
+        }
         let this = this;
-        // The futex wait blocks a thread: run it on tokio's blocking pool (or a thread
-        // of its own outside tokio), and complete this future through an event. If the
-        // future is dropped first, the sleeper is rung awake so that it frees its
-        // thread at once.
+        // Outside tokio (or without a doorbell): a thread of its own sleeps, and
+        // completes this future through an event. If the future is dropped first, the
+        // sleeper is rung awake so that it frees its thread at once.
         let done = Arc::new(Done::default());
         let listener = done.event.listen();
         let ring = this.reg.as_ref().map(|r| (r.bell.clone(), r.slot));
@@ -1090,6 +1180,7 @@ impl Watch for SqliteWatch {
             }
         };
         let spawned = match tokio::runtime::Handle::try_current() {
+            // No doorbell: the task only sleeps (bounded by the poll interval).
             Ok(rt) => {
                 drop(rt.spawn_blocking(task));
                 Ok(())
