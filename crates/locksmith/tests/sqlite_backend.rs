@@ -111,6 +111,33 @@ fn child() {
                 println!("CHILD got {}", guard.token());
             });
         }
+        // Hold a lock, then write new names with the file size limited (as a full
+        // disk would) until the store refuses; say what the error was.
+        "fill" => {
+            let held = space.lock("kept").acquire().unwrap();
+            println!("CHILD held {}", held.token());
+            // SAFETY: ignoring SIGXFSZ is always sound; writes past the limit then
+            // fail with EFBIG instead of killing the process.
+            unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+            let limit = libc::rlimit {
+                rlim_cur: 256 * 1024,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: a valid rlimit for this process.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
+            let mut err = None;
+            for i in 0..1_000_000 {
+                let name = format!("{i:0>200}");
+                if let Err(e) = space.lock(&name).acquire().map(drop) {
+                    err = Some(e);
+                    break;
+                }
+            }
+            let e = err.expect("the size limit was hit");
+            assert!(matches!(e, Error::Backend(_)), "{e:?}");
+            println!("CHILD error {e}");
+            std::mem::forget(held);
+        }
         "set" => {
             space.event(args[2]).set().unwrap();
             println!("CHILD set");
@@ -496,5 +523,40 @@ fn thousands_of_async_event_waiters_share_one_sleeping_thread() {
             assert!(t.await.unwrap(), "woken with the event set");
         }
     });
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A full disk (simulated by a file size limit in the child) is a typed error naming
+/// the file, and the store stays intact: what was committed before is still there.
+#[test]
+fn a_full_disk_is_a_typed_error_and_loses_nothing() {
+    let dir = fresh_dir("full");
+    let path = dir.join("s.sqlite");
+    let url = url_of(&path);
+    let (mut child, mut out) = spawn_child(&["fill", &url]);
+    let held: u64 = child_says(&mut out)
+        .strip_prefix("held ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let said = child_says(&mut out);
+    assert!(said.starts_with("error "), "{said}");
+    assert!(said.contains(&path.display().to_string()), "{said}");
+    assert!(child.wait().unwrap().success());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    drop(conn);
+    // The dead child's lock is there (and recovered as a dead holder's).
+    let space = Space::open(&url).unwrap();
+    let guard = space
+        .lock("kept")
+        .try_acquire()
+        .unwrap()
+        .expect("recovered");
+    assert!(guard.previous_owner_died());
+    assert!(guard.token() > held);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -235,6 +235,10 @@ fn store_error(path: &Path, e: rusqlite::Error) -> Error {
         Some(ErrorCode::DiskFull) => Error::backend(format!(
             "the disk holding '{file}' is full; nothing was changed: {e}"
         )),
+        Some(ErrorCode::SystemIoFailure) => Error::backend(format!(
+            "an I/O error on '{file}' (a full disk, a file size limit or a failing \
+             device); the step was rolled back: {e}"
+        )),
         Some(ErrorCode::ReadOnly) => {
             Error::backend(format!("the database '{file}' is read-only: {e}"))
         }
@@ -301,7 +305,17 @@ impl SqliteBackend {
 impl Shard {
     fn open(path: &Path, opts: &Options, shard: Option<(usize, usize)>) -> Result<Shard> {
         // Create the file ourselves, so that it is 0600 whatever SQLite's defaults;
-        // SQLite gives its -wal and -shm files the same mode.
+        // SQLite gives its -wal and -shm files the same mode. A missing directory is
+        // created 0700.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| io_error(dir, "create the directory", e))?;
+            }
+        }
         OpenOptions::new()
             .read(true)
             .write(true)
