@@ -560,3 +560,27 @@ fn a_full_disk_is_a_typed_error_and_loses_nothing() {
     assert!(guard.token() > held);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A record damaged behind the store's back fails the steps on its own name only.
+#[test]
+fn a_corrupt_record_fails_its_own_name_only() {
+    let dir = fresh_dir("corrupt");
+    let path = dir.join("s.sqlite");
+    let space = Space::open(&url_of(&path)).unwrap();
+    let held = space.lock("fine").acquire().unwrap();
+    drop(space.lock("broken").acquire().unwrap().detach());
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE prim SET state = x'00ff' WHERE name = 'broken'", [])
+        .unwrap();
+    match space.lock("broken").try_acquire() {
+        Err(e @ Error::Backend(_)) => {
+            assert!(e.to_string().contains("'broken'"), "{e}");
+            assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(space.holders("fine").unwrap()[0].token, held.token());
+    held.release().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
