@@ -568,7 +568,7 @@ fn a_corrupt_record_fails_its_own_name_only() {
     let path = dir.join("s.sqlite");
     let space = Space::open(&url_of(&path)).unwrap();
     let held = space.lock("fine").acquire().unwrap();
-    drop(space.lock("broken").acquire().unwrap().detach());
+    let _ = space.lock("broken").acquire().unwrap().detach();
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute("UPDATE prim SET state = x'00ff' WHERE name = 'broken'", [])

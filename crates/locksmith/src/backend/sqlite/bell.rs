@@ -13,7 +13,9 @@
 //! | words | name | meaning |
 //! | --- | --- | --- |
 //! | `0` | magic | `MAGIC` once initialised; `0` for the instant between creation and initialisation |
-//! | `1 ..HEADER` | reserved | zero |
+//! | `1` | `tx_seq` | bumped by every transaction that ends (commit or rollback) holding the write lock |
+//! | `2` | `tx_waiters` | how many connections wait in SQLite's busy handler for that lock |
+//! | `3 ..HEADER` | reserved | zero |
 //! | `HEADER + i` for `i < SLOTS` | `seq[i]` | bumped (wrapping) by every change that concerns slot `i`; the futex word waiters sleep on |
 //! | `HEADER + SLOTS + i` | `waiters[i]` | how many watchers may sleep on `seq[i]`; a waker skips the `FUTEX_WAKE` system call while it reads 0 |
 //!
@@ -172,6 +174,25 @@ impl Bell {
         if self.waiters(slot).load(Ordering::SeqCst) > 0 {
             futex_wake(seq);
         }
+    }
+
+    /// Tells connections waiting for the database's write lock that it was released.
+    pub(crate) fn ring_tx(&self) {
+        let seq = self.word(1);
+        seq.fetch_add(1, Ordering::SeqCst);
+        if self.word(2).load(Ordering::SeqCst) > 0 {
+            futex_wake(seq);
+        }
+    }
+
+    /// Waits (at most `timeout`) for a transaction holding the write lock to end.
+    /// A release between the caller's failed attempt and this call is missed: the
+    /// timeout bounds that case.
+    pub(crate) fn wait_tx(&self, timeout: Duration) {
+        self.word(2).fetch_add(1, Ordering::SeqCst);
+        let seen = self.word(1).load(Ordering::SeqCst);
+        futex_wait(self.word(1), seen, timeout);
+        self.word(2).fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Registers a watcher of `slot`; returns the sequence to wait on. Pair with

@@ -74,7 +74,7 @@ const APPLICATION_ID: i32 = 0x4C4B_534D;
 /// `PRAGMA user_version`: the schema version this build reads and writes.
 const SCHEMA_VERSION: i32 = 1;
 /// Write steps between two background checkpoints.
-const CHECKPOINT_EVERY: u32 = 256;
+const CHECKPOINT_EVERY: u32 = 512;
 /// The WAL size, in pages, at which a step checkpoints by itself.
 const AUTOCHECKPOINT_BACKSTOP: i64 = 4000;
 /// The shortest time-to-live of a queued waiter that stopped retrying, in ms.
@@ -330,11 +330,30 @@ impl Shard {
         let err = |e| store_error(&canonical, e);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&canonical, flags).map_err(err)?;
+        let bell = if opts.bell {
+            let bell_path = Bell::path_for(&canonical);
+            match Bell::open(&bell_path) {
+                Ok(bell) => Some(Arc::new(bell)),
+                Err(e) => {
+                    tracing::warn!(
+                        bell = %bell_path.display(),
+                        error = %e,
+                        "no doorbell: waiters on this store will poll"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let timeout = opts.busy_timeout;
         let mut started = Instant::now();
+        let tx_bell = bell.clone();
         conn.busy_handler(Some(move |count: i32| {
             // SQLite's own handler sleeps a whole millisecond at once; locks here are
-            // held for microseconds, so yield first and back off gently.
+            // held for microseconds. Yield first; then sleep until the doorbell says a
+            // transaction ended (with a growing timeout, for a release missed just
+            // before the wait began), or back off gently without a doorbell.
             if count == 0 {
                 started = Instant::now();
             }
@@ -342,11 +361,15 @@ impl Shard {
             if waited >= timeout {
                 return false;
             }
-            if count < 8 {
+            let left = timeout - waited;
+            if count < 4 {
                 std::thread::yield_now();
+            } else if let Some(bell) = &tx_bell {
+                let nap = Duration::from_micros(100u64 << (count - 4).min(5) as u32);
+                bell.wait_tx(nap.min(left));
             } else {
-                let nap = Duration::from_micros(20u64 << (count - 8).min(6) as u32);
-                std::thread::sleep(nap.min(timeout - waited));
+                let nap = Duration::from_micros(20u64 << (count - 4).min(6) as u32);
+                std::thread::sleep(nap.min(left));
             }
             true
         }))
@@ -380,27 +403,13 @@ impl Shard {
         // checkpoints itself only if the WAL grew past this many pages regardless.
         conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_BACKSTOP)
             .map_err(err)?;
-        // After a checkpoint empties it, the WAL file shrinks back to at most 4 MiB.
-        conn.pragma_update(None, "journal_size_limit", 4i64 << 20)
+        // After a checkpoint empties it, a WAL file that grew past 16 MiB (the backstop
+        // above) shrinks back to that; below, it is reused as it is, which is cheaper
+        // than truncating and growing it again.
+        conn.pragma_update(None, "journal_size_limit", 16i64 << 20)
             .map_err(err)?;
         init_schema(&conn, &canonical, shard, &retry)?;
         conn.set_prepared_statement_cache_capacity(16);
-        let bell = if opts.bell {
-            let bell_path = Bell::path_for(&canonical);
-            match Bell::open(&bell_path) {
-                Ok(bell) => Some(Arc::new(bell)),
-                Err(e) => {
-                    tracing::warn!(
-                        bell = %bell_path.display(),
-                        error = %e,
-                        "no doorbell: waiters on this store will poll"
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
         Ok(Shard {
             path: canonical,
             writes: AtomicU32::new(0),
@@ -436,6 +445,9 @@ impl Shard {
             let _ = conn
                 .prepare_cached("ROLLBACK")
                 .and_then(|mut s| s.execute([]));
+        }
+        if let Some(bell) = &self.bell {
+            bell.ring_tx();
         }
         out
     }
