@@ -88,6 +88,13 @@ impl<'a> Event<'a> {
         self.raw.state.load(Ordering::Acquire) & SET != 0
     }
 
+    /// How many threads are inside [`Event::wait`] now (for diagnostics and tests; it
+    /// may change at any moment). A thread counted here has already taken note of the
+    /// state it started waiting in, so a later `set` wakes it with `true`.
+    pub fn waiters(&self) -> u32 {
+        self.raw.waiters.load(Ordering::SeqCst)
+    }
+
     /// Sets the event and wakes every waiter. Setting a set event does nothing.
     pub fn set(&self) -> Result<()> {
         let raw = self.raw;

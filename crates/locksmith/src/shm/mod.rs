@@ -236,6 +236,25 @@ impl Header {
     }
 }
 
+/// A timeout given in seconds as a float (runtime.sync's and billiard's style), checked:
+/// negative, NaN and infinite values are [`Error::InvalidArgument`].
+///
+/// ```
+/// use locksmith::shm::timeout_from_secs;
+/// assert_eq!(timeout_from_secs(0.25)?.as_millis(), 250);
+/// assert_eq!(timeout_from_secs(-1.0).unwrap_err().errno(), libc::EINVAL);
+/// assert!(timeout_from_secs(f64::NAN).is_err() && timeout_from_secs(f64::INFINITY).is_err());
+/// # Ok::<(), locksmith::Error>(())
+/// ```
+pub fn timeout_from_secs(secs: f64) -> Result<Duration> {
+    if secs.is_nan() || secs < 0.0 || secs.is_infinite() {
+        return Err(Error::invalid(format!(
+            "timeout must be a finite, non-negative number of seconds, not {secs}"
+        )));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| Error::invalid(format!("timeout {secs} s: {e}")))
+}
+
 /// A primitive that can be placed in shared memory: its size and alignment.
 pub trait Placed {
     /// Bytes the primitive occupies.

@@ -236,6 +236,15 @@ impl<'a> Mutex<'a> {
         self.acquire_slow(me, timeout)
     }
 
+    /// [`Mutex::acquire`] with runtime.sync's float timeout in seconds: `None` waits
+    /// for ever, `0.0` only tries, a positive number waits at most that long. A
+    /// negative, NaN or infinite timeout is [`Error::InvalidArgument`] and changes
+    /// nothing.
+    pub fn acquire_secs(&self, timeout: Option<f64>) -> Result<Acquired> {
+        let timeout = timeout.map(super::timeout_from_secs).transpose()?;
+        self.acquire(timeout)
+    }
+
     #[cold]
     fn acquire_slow(&self, me: sys::Me, timeout: Option<Duration>) -> Result<Acquired> {
         let raw = self.raw;

@@ -38,7 +38,6 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 /// Bits of a stamp that hold the start time; the id sits above them.
@@ -71,7 +70,8 @@ thread_local! {
     static THREAD_ME: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
 }
 static PROCESS_STAMP: AtomicU64 = AtomicU64::new(0);
-static ATFORK: Once = Once::new();
+/// 0: fork handler not registered · 1: being registered · 2: registered.
+static ATFORK: AtomicU32 = AtomicU32::new(0);
 
 extern "C" fn after_fork_child() {
     // The child is a new process and its only thread is a new thread: forget the
@@ -81,14 +81,33 @@ extern "C" fn after_fork_child() {
     PROCESS_STAMP.store(0, Ordering::Relaxed);
 }
 
-fn register_atfork() {
-    ATFORK.call_once(|| {
-        // SAFETY: registering a plain `extern "C"` function with no captured state; the
-        // handler only resets atomics and a const thread-local.
-        unsafe {
-            libc::pthread_atfork(None, None, Some(after_fork_child));
+/// Registers the fork handler once; true when it is registered, so identities may be
+/// cached (a forked child then forgets them).
+///
+/// Not a `std::sync::Once`: a child forked while another thread is inside `call_once`
+/// would wait for ever on a `Once` that nobody in the child will complete. Here such a
+/// child sees state 1, never caches, and reads its identity afresh each time: slower,
+/// never wrong, never stuck.
+fn atfork_registered() -> bool {
+    match ATFORK.load(Ordering::Acquire) {
+        2 => true,
+        0 if ATFORK
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok() =>
+        {
+            // SAFETY: registering a plain `extern "C"` function with no captured state;
+            // the handler only resets atomics and a const thread-local.
+            let r = unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+            if r == 0 {
+                ATFORK.store(2, Ordering::Release);
+                true
+            } else {
+                ATFORK.store(0, Ordering::Release);
+                false
+            }
         }
-    });
+        _ => false,
+    }
 }
 
 /// The calling thread's identity (cached per thread; the cache is dropped on fork).
@@ -103,7 +122,6 @@ pub(crate) fn thread() -> Me {
 
 #[cold]
 fn thread_slow() -> Me {
-    register_atfork();
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() } as u32;
     let start = read_proc_stat(&format!("/proc/self/task/{tid}/stat"))
@@ -113,7 +131,9 @@ fn thread_slow() -> Me {
         id: tid,
         stamp: stamp(tid, start),
     };
-    THREAD_ME.with(|c| c.set((me.id, me.stamp)));
+    if atfork_registered() {
+        THREAD_ME.with(|c| c.set((me.id, me.stamp)));
+    }
     me
 }
 
@@ -126,13 +146,14 @@ pub(crate) fn process() -> Me {
             stamp: s,
         };
     }
-    register_atfork();
     let pid = std::process::id();
     let start = read_proc_stat("/proc/self/stat")
         .map(|(_, start)| start)
         .unwrap_or(0);
     let s = stamp(pid, start);
-    PROCESS_STAMP.store(s, Ordering::Relaxed);
+    if atfork_registered() {
+        PROCESS_STAMP.store(s, Ordering::Relaxed);
+    }
     Me { id: pid, stamp: s }
 }
 
