@@ -410,6 +410,8 @@ impl<'a> Semaphore<'a> {
     /// Destroys the semaphore; later operations answer `EINVAL`, waiters wake with it.
     pub fn destroy(&self) -> Result<()> {
         self.raw.header.destroy(Kind::Semaphore)?;
+        // No permits left: the fast path of `acquire` fails and finds the header.
+        self.raw.count.store(0, Ordering::SeqCst);
         sys::futex_wake(&self.raw.count, u32::MAX, true);
         sys::futex_wake(&self.raw.count, u32::MAX, false);
         Ok(())
@@ -580,7 +582,9 @@ mod tests {
         assert_eq!(s.value(), 2);
         assert!(s.acquire(None).unwrap());
         assert_eq!(s.held_by_me(), 1);
+        s.release().unwrap();
         s.destroy().unwrap();
+        assert_eq!(s.acquire(None).unwrap_err().errno(), libc::EINVAL);
         assert_eq!(s.release().unwrap_err().errno(), libc::EINVAL);
 
         let mut buf = Buf([0; 128]);
