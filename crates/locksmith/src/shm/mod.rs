@@ -75,7 +75,7 @@ mod region;
 mod semaphore;
 pub(crate) mod sys;
 
-pub use barrier::Barrier;
+pub use barrier::{Barrier, MEMBER_SLOTS};
 pub use condition::Condition;
 pub use event::Event;
 pub use mutex::{Acquired, Mutex, MutexGuard, MutexOptions};

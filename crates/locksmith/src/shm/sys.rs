@@ -10,7 +10,9 @@
 //! boot). A waiter that has seen the same holder for a whole check interval reads
 //! `/proc/ID/stat` of the holder:
 //!
-//! - no such entry, or the entry is a zombie (`Z`) or dead (`X`): the holder is dead;
+//! - no such entry and `kill(id, 0)` answers `ESRCH`, or the entry is a zombie (`Z`)
+//!   or dead (`X`): the holder is dead (an unreadable entry that `kill` still finds, as
+//!   under `hidepid`, counts as alive);
 //! - an entry whose start time differs from the stamp: the id was reused by a new thread
 //!   or process, so the holder is dead;
 //! - otherwise the holder is alive.
@@ -26,6 +28,9 @@
 //!   design the other primitives use.
 //! - *A per-process liveness `flock`*: needs a file per process and a file descriptor
 //!   for every check.
+//!
+//! All processes sharing a primitive must be in the same pid namespace (ids are
+//! compared as numbers), which is the case for processes of one container or host.
 //!
 //! The pid+start-time check costs one small `/proc` read, made only on the slow path (a
 //! waiter that has waited a full check interval on an unchanged holder), never when
@@ -198,17 +203,15 @@ pub(crate) fn alive(id: u32, start: u64, mask: u64, process: bool) -> Liveness {
     }
     match read_proc_stat(&format!("/proc/{id}/stat")) {
         None => {
-            // No /proc entry. If /proc itself is missing, fall back on kill(0).
-            if std::path::Path::new("/proc/self/stat").exists() {
+            // No readable /proc entry: gone, or hidden (procfs mounted with `hidepid`),
+            // or no /proc at all. kill(id, 0) decides; it accepts thread ids too, and
+            // EPERM means the id exists but belongs to another user.
+            // SAFETY: kill with signal 0 only checks for existence; it sends nothing.
+            let r = unsafe { libc::kill(id as libc::pid_t, 0) };
+            if r == -1 && last_errno() == libc::ESRCH {
                 Liveness::Dead
             } else {
-                // SAFETY: kill with signal 0 only checks for existence.
-                let r = unsafe { libc::kill(id as libc::pid_t, 0) };
-                if r == -1 && last_errno() == libc::ESRCH {
-                    Liveness::Dead
-                } else {
-                    Liveness::Alive
-                }
+                Liveness::Alive
             }
         }
         Some((state, found)) => {
