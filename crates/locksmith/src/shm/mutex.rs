@@ -222,6 +222,7 @@ impl<'a> Mutex<'a> {
     ///
     /// Errors as in the table on [`Mutex`]: `WouldDeadlock`, `Timeout`,
     /// `InvalidArgument` after destroy.
+    #[inline]
     pub fn acquire(&self, timeout: Option<Duration>) -> Result<Acquired> {
         let me = sys::thread();
         let raw = self.raw;
@@ -341,6 +342,7 @@ impl<'a> Mutex<'a> {
     /// [`Error::NotHeld`] when the mutex is unlocked, [`Error::NotOwner`] when another
     /// thread holds it (both `EPERM`), `InvalidArgument` after destroy. A failed release
     /// changes nothing.
+    #[inline]
     pub fn release(&self) -> Result<()> {
         let me = sys::thread();
         let raw = self.raw;
@@ -383,6 +385,7 @@ impl<'a> Mutex<'a> {
 
     /// Acquires the mutex, waiting as long as it takes, and returns a guard that
     /// releases it when dropped.
+    #[inline]
     pub fn lock(&self) -> Result<MutexGuard<'a>> {
         let got = self.acquire(None)?;
         Ok(self.guard(got))
@@ -404,6 +407,7 @@ impl<'a> Mutex<'a> {
         self.lock_timeout(Duration::ZERO)
     }
 
+    #[inline]
     fn guard(&self, got: Acquired) -> MutexGuard<'a> {
         MutexGuard {
             mutex: *self,
@@ -496,6 +500,7 @@ impl<'a> MutexGuard<'a> {
 }
 
 impl Drop for MutexGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         let _ = self.mutex.release();
     }

@@ -12,7 +12,8 @@ const NAME: &str = "shm::Semaphore";
 /// How many processes can hold permits of one semaphore at the same time while it
 /// records its holders (the default). One more gets an [`Error::Backend`] explaining
 /// that the holder table is full; [`SemaphoreOptions::track_holders`]`(false)` lifts the
-/// limit at the price of not reclaiming the permits of dead processes.
+/// limit at the price of not reclaiming the permits of dead processes. A process's
+/// slot counts up to 65535 permits; permits beyond that are granted but not recorded.
 pub const HOLDER_SLOTS: usize = 12;
 
 /// The largest value of a semaphore (POSIX's `SEM_VALUE_MAX` on Linux).
@@ -168,6 +169,7 @@ impl<'a> Semaphore<'a> {
     ///
     /// An error ([`Error::Backend`]) when the holder table is full (see
     /// [`HOLDER_SLOTS`]); the permit is then given back.
+    #[inline]
     pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool> {
         let raw = self.raw;
         let c = raw.count.load(Ordering::Relaxed);
@@ -262,7 +264,13 @@ impl<'a> Semaphore<'a> {
         // Our own slot first, then a free one.
         for slot in &self.raw.slots {
             let mut v = slot.load(Ordering::Relaxed);
-            while v & !HELD_MASK == key && v & HELD_MASK < HELD_MASK {
+            while v & !HELD_MASK == key {
+                if v & HELD_MASK == HELD_MASK {
+                    // 65535 permits recorded for this process already: more are granted
+                    // but not recorded (they are not reclaimed if it dies), rather than
+                    // filling the table with one process.
+                    return true;
+                }
                 match slot.compare_exchange(v, v + 1, Ordering::SeqCst, Ordering::Relaxed) {
                     Ok(_) => return true,
                     Err(now) => v = now,
