@@ -566,3 +566,48 @@ fn semaphore_wakes_across_processes_and_counts_events() {
     assert_eq!(got.load(Ordering::SeqCst), 200);
     assert_eq!(sem.value(), 0);
 }
+
+#[test]
+fn racing_open_or_create_initialises_once() {
+    const N: usize = 4;
+    let name = format!("locksmith-test-race-{}", std::process::id());
+    let _ = Region::unlink(&name);
+    let mut layout = Layout::new();
+    let m_at = layout.add::<Mutex>();
+    let counter_at = layout.add_bytes(8, 8);
+    let created_at = layout.add_bytes(8, 8);
+    let size = layout.size();
+    let kids: Vec<_> = (0..N)
+        .map(|_| {
+            let name = name.clone();
+            fork(move || {
+                let opened = Region::open_or_create(&name, size, |r| {
+                    Mutex::init(r.place(m_at)?, &MutexOptions::new()).map(drop)
+                });
+                let Ok((r, created)) = opened else { return 2 };
+                // Whoever opened it finds the mutex initialised: never half-made.
+                let Ok(m) = Mutex::attach(r.place(m_at).unwrap()) else {
+                    return 3;
+                };
+                if created {
+                    word(&r, created_at).fetch_add(1, Ordering::SeqCst);
+                }
+                for _ in 0..500 {
+                    let Ok(g) = m.lock() else { return 4 };
+                    let c = word(&r, counter_at);
+                    let v = c.load(Ordering::Relaxed);
+                    c.store(v + 1, Ordering::Relaxed);
+                    drop(g);
+                }
+                0
+            })
+        })
+        .collect();
+    for pid in kids {
+        assert_eq!(reap(pid), 0);
+    }
+    let r = Region::open(&name).unwrap();
+    assert_eq!(word(&r, created_at).load(Ordering::SeqCst), 1);
+    assert_eq!(word(&r, counter_at).load(Ordering::SeqCst), N as u64 * 500);
+    Region::unlink(&name).unwrap();
+}

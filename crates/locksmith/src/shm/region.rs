@@ -37,6 +37,12 @@ impl RegionOptions {
     }
 }
 
+/// What [`Region::try_create`] found.
+enum Created {
+    Yes(Region),
+    Exists,
+}
+
 #[derive(Debug)]
 enum Map {
     File(memmap2::MmapRaw),
@@ -82,37 +88,89 @@ fn shm_path(name: &str) -> Result<PathBuf> {
 }
 
 impl Region {
-    /// Creates the named region `/dev/shm/NAME` of `size` bytes, mode `0600`; fails if
-    /// it exists.
+    /// Creates the named region `/dev/shm/NAME` of `size` bytes (zeroed), mode `0600`;
+    /// fails if it exists.
     pub fn create(name: &str, size: usize) -> Result<Region> {
-        Region::create_with(name, size, &RegionOptions::new())
+        Region::create_with(name, size, &RegionOptions::new(), |_| Ok(()))
     }
 
-    /// Creates a named region with options; fails if it exists.
-    pub fn create_with(name: &str, size: usize, options: &RegionOptions) -> Result<Region> {
+    /// Creates a named region with options, runs `init` on it (to initialise the
+    /// primitives placed in it), and only then makes it visible under its name, so
+    /// that nobody can open it half-made. Fails, leaving nothing behind, if the name
+    /// exists or `init` fails.
+    ///
+    /// ```
+    /// use locksmith::shm::{Mutex, MutexOptions, Region, RegionOptions};
+    /// let name = format!("locksmith-doc-{}", std::process::id());
+    /// let r = Region::create_with(&name, 4096, &RegionOptions::new(), |r| {
+    ///     Mutex::init(r.place_at(0, Mutex::SIZE)?, &MutexOptions::new()).map(drop)
+    /// })?;
+    /// let other = Region::open(&name)?;
+    /// assert!(Mutex::attach(other.place_at(0, Mutex::SIZE)?).is_ok());
+    /// Region::unlink(&name)?;
+    /// # drop(r);
+    /// # Ok::<(), locksmith::Error>(())
+    /// ```
+    pub fn create_with(
+        name: &str,
+        size: usize,
+        options: &RegionOptions,
+        init: impl FnOnce(&Region) -> Result<()>,
+    ) -> Result<Region> {
+        match Region::try_create(name, size, options, init)? {
+            Created::Yes(r) => Ok(r),
+            Created::Exists => Err(Error::backend(format!(
+                "cannot create {}: it exists",
+                shm_path(name)?.display()
+            ))),
+        }
+    }
+
+    /// Creates the region under a private temporary name, sizes and initialises it,
+    /// then hard-links it to its public name (which fails if that exists, atomically).
+    fn try_create(
+        name: &str,
+        size: usize,
+        options: &RegionOptions,
+        init: impl FnOnce(&Region) -> Result<()>,
+    ) -> Result<Created> {
         let path = shm_path(name)?;
         if size == 0 {
             return Err(Error::invalid("a region needs at least one byte"));
         }
+        if path.exists() {
+            return Ok(Created::Exists);
+        }
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let tmp = PathBuf::from(SHM_DIR).join(format!(
+            ".locksmith-{}-{}.tmp",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let io = |what: &str, e: std::io::Error| {
+            Error::backend(format!("cannot {what} {}: {e}", path.display()))
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .mode(options.mode)
-            .open(&path)
-            .map_err(|e| Error::backend(format!("cannot create {}: {e}", path.display())))?;
-        let setup = || -> std::io::Result<()> {
-            file.set_permissions(std::fs::Permissions::from_mode(options.mode))?;
-            file.set_len(size as u64)
-        };
-        if let Err(e) = setup() {
-            let _ = std::fs::remove_file(&path);
-            return Err(Error::backend(format!(
-                "cannot size {}: {e}",
-                path.display()
-            )));
-        }
-        Region::map_file(&file, path)
+            .open(&tmp)
+            .map_err(|e| io("create", e))?;
+        let made = (|| {
+            file.set_permissions(std::fs::Permissions::from_mode(options.mode))
+                .map_err(|e| io("set the mode of", e))?;
+            file.set_len(size as u64).map_err(|e| io("size", e))?;
+            let region = Region::map_file(&file, path.clone())?;
+            init(&region)?;
+            match std::fs::hard_link(&tmp, &path) {
+                Ok(()) => Ok(Created::Yes(region)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Created::Exists),
+                Err(e) => Err(io("publish", e)),
+            }
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        made
     }
 
     /// Opens the existing named region `/dev/shm/NAME`, mapping all of it.
@@ -126,17 +184,18 @@ impl Region {
         Region::map_file(&file, path)
     }
 
-    /// Opens the named region, or creates it with `size` bytes if it does not exist;
-    /// also says whether it was created (then the caller initialises its primitives).
-    pub fn open_or_create(name: &str, size: usize) -> Result<(Region, bool)> {
-        match Region::create(name, size) {
-            Ok(r) => Ok((r, true)),
-            Err(Error::Backend(e))
-                if shm_path(name)?.exists() && !e.to_string().contains("cannot size") =>
-            {
-                Ok((Region::open(name)?, false))
-            }
-            Err(e) => Err(e),
+    /// Opens the named region, or creates it with `size` bytes and `init` (mode
+    /// `0600`) if it does not exist; says whether this call created it. When several
+    /// processes race, exactly one creates and initialises it and the others open the
+    /// finished region.
+    pub fn open_or_create(
+        name: &str,
+        size: usize,
+        init: impl FnOnce(&Region) -> Result<()>,
+    ) -> Result<(Region, bool)> {
+        match Region::try_create(name, size, &RegionOptions::new(), init)? {
+            Created::Yes(r) => Ok((r, true)),
+            Created::Exists => Ok((Region::open(name)?, false)),
         }
     }
 
@@ -348,7 +407,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(Region::create(&name, 4096).is_err());
-        let (b, created) = Region::open_or_create(&name, 4096).unwrap();
+        let (b, created) = Region::open_or_create(&name, 4096, |_| Ok(())).unwrap();
         assert!(!created);
         let m = Mutex::init(a.place_at(64, Mutex::SIZE).unwrap(), &MutexOptions::new()).unwrap();
         let m2 = Mutex::attach(b.place_at(64, Mutex::SIZE).unwrap()).unwrap();
@@ -357,6 +416,22 @@ mod tests {
         Region::unlink(&name).unwrap();
         assert!(Region::open(&name).is_err());
         assert!(Region::create("a/b", 1).is_err());
+        // A failing initialiser leaves nothing behind.
+        assert!(
+            Region::create_with(&name, 64, &RegionOptions::new(), |_| Err(Error::invalid(
+                "no"
+            )))
+            .is_err()
+        );
+        assert!(Region::open(&name).is_err());
+        let custom =
+            Region::create_with(&name, 64, &RegionOptions::new().mode(0o640), |_| Ok(())).unwrap();
+        let mode = std::fs::metadata(custom.path().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
+        Region::unlink(&name).unwrap();
         assert!(Region::create("", 1).is_err());
     }
 
