@@ -88,7 +88,7 @@ fn condition_wait_releases_every_level_of_a_recursive_mutex() {
     let c = Condition::init(f.region.place(f.c).unwrap(), false).unwrap();
     let flag = AtomicU32::new(0);
     let mut g = m.lock().unwrap();
-    m.acquire(None).unwrap(); // held twice
+    let _ = m.acquire(None).unwrap(); // held twice
     std::thread::scope(|s| {
         s.spawn(|| {
             // Can only get in if the waiter dropped both levels.
