@@ -179,6 +179,11 @@ impl<'a> Barrier<'a> {
         raw.header.check(Kind::Barrier)?;
         self.join();
         let parties = self.parties();
+        if parties == 0 || parties > COUNT_MASK {
+            return Err(Error::invalid(format!(
+                "the barrier's block is corrupt: {parties} parties"
+            )));
+        }
         let mut w = raw.state.load(Ordering::Acquire);
         let index = loop {
             if w & BROKEN != 0 {

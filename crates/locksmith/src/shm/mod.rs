@@ -37,6 +37,42 @@
 //! [`Acquired::previous_owner_died`] is then true (`EOWNERDEAD`); permits held by a dead
 //! process return to the semaphore; a barrier with a dead participant breaks.
 //!
+//! # Differences from runtime.sync and billiard
+//!
+//! - `acquire(timeout)` takes an `Option<Duration>` (`None` = block, zero = try); the
+//!   float form [`Mutex::acquire_secs`] refuses negative, NaN and infinite timeouts
+//!   with `EINVAL` (runtime.sync raises `ValueError`/`OverflowError`). A busy try
+//!   answers [`Error::Timeout`] rather than `EBUSY` (the crate's error type has no
+//!   busy variant); [`Mutex::try_lock`] answers `Ok(None)`.
+//! - A zeroed, never-initialised buffer is refused by `attach` (runtime.sync accepts it,
+//!   since all-zero is glibc's default mutex); initialising a live block twice is an
+//!   error, not undefined behaviour.
+//! - Handles borrow their buffer, so a temporary buffer cannot dangle.
+//! - Dead owners are recovered (runtime.sync and billiard hold for ever): the next
+//!   owner is told [`Acquired::previous_owner_died`].
+//! - [`Event::wait`] answers `true` if the event was set at any moment during the wait
+//!   (billiard may answer `false` when `set` is followed at once by `clear`).
+//! - [`Condition::notify`] takes a count; there is no notify handshake, so wakeups may
+//!   be spurious (use [`Condition::wait_while`]).
+//! - Waiters are woken in the kernel's futex order, not FIFO.
+//!
+//! # Memory ordering
+//!
+//! Acquiring a [`Mutex`] (or a semaphore permit) is an `Acquire` operation and releasing
+//! it a `Release` one, so everything written to shared memory before a release is
+//! visible after the matching acquire, in any process. [`Event::set`] happens before
+//! every `wait` that it makes return `true`; a `notify` happens before the wakeups it
+//! causes; a barrier's releasing arrival happens after every arrival of that
+//! generation.
+//!
+//! # Limits
+//!
+//! - Linux only; all users of a block must share a pid namespace (ids are compared as
+//!   numbers) and, for `shared` blocks, map the same memory.
+//! - A semaphore records the holders of permits for at most [`HOLDER_SLOTS`] processes
+//!   at once; a barrier watches at most [`MEMBER_SLOTS`] processes.
+//! - A killed `create_with` may leave a `/dev/shm/.locksmith-PID-N.tmp` file behind.
+//!
 //! # Example
 //!
 //! ```

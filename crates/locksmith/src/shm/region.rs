@@ -379,15 +379,22 @@ impl Layout {
     /// Reserves `len` bytes aligned to `align` (a power of two; at least 1) for
     /// something of the caller's, and answers their offset.
     pub fn add_bytes(&mut self, len: usize, align: usize) -> usize {
-        let align = align.max(1).next_power_of_two();
-        let offset = self.size.next_multiple_of(align);
-        self.size = offset + len;
+        // Saturating: an absurd layout gives an absurd size, which mapping then refuses,
+        // rather than a panic.
+        let align = align.max(1).checked_next_power_of_two().unwrap_or(ALIGN);
+        let offset = self
+            .size
+            .checked_next_multiple_of(align)
+            .unwrap_or(usize::MAX);
+        self.size = offset.saturating_add(len);
         offset
     }
 
     /// The bytes needed so far, rounded up to [`ALIGN`].
     pub fn size(&self) -> usize {
-        self.size.next_multiple_of(ALIGN)
+        self.size
+            .checked_next_multiple_of(ALIGN)
+            .unwrap_or(usize::MAX)
     }
 }
 
