@@ -170,7 +170,7 @@ pub(crate) const FLAG_TRACK: u8 = 8;
 /// | 0 | `magic` | [`MAGIC`] usable · `MAGIC_INITIALISING` being set up · `MAGIC_DESTROYED` after destroy · anything else: not initialised |
 /// | 4 | `meta` | `version << 16 \| kind << 8 \| flags` |
 /// | 8 | `check_us` | liveness-check interval in microseconds (≥ 1000) |
-/// | 12 | `reserved` | 0 |
+/// | 12 | `last_check` | `CLOCK_MONOTONIC` milliseconds (mod 2^32, never 0) of the last liveness check made by a *try*; 0 never |
 ///
 /// `magic` is written last with `Release` by `init` and read with `Acquire` by
 /// `attach`, so an attacher that sees [`MAGIC`] sees the whole initialised block.
@@ -180,7 +180,7 @@ pub(crate) struct Header {
     magic: AtomicU32,
     meta: AtomicU32,
     check_us: AtomicU32,
-    reserved: AtomicU32,
+    last_check: AtomicU32,
 }
 
 impl Header {
@@ -210,7 +210,7 @@ impl Header {
         self.meta.store(meta, Ordering::Relaxed);
         let us = check.as_micros().clamp(1_000, u128::from(u32::MAX)) as u32;
         self.check_us.store(us, Ordering::Relaxed);
-        self.reserved.store(0, Ordering::Relaxed);
+        self.last_check.store(0, Ordering::Relaxed);
         self.magic.store(MAGIC, Ordering::Release);
     }
 
@@ -265,6 +265,21 @@ impl Header {
 
     pub(crate) fn flags(&self) -> u8 {
         self.meta.load(Ordering::Relaxed) as u8
+    }
+
+    /// Rate-limits the liveness checks made by tries (`acquire(Some(ZERO))`), shared
+    /// by every process: true for at most one caller per check interval. Without it a
+    /// loop of tries on a busy primitive would read `/proc` on every try.
+    pub(crate) fn try_check_due(&self) -> bool {
+        let interval = self.check_interval().as_millis().min(u128::from(u32::MAX)) as u32;
+        let now = sys::monotonic_ms().max(1);
+        let last = self.last_check.load(Ordering::Relaxed);
+        if last != 0 && now.wrapping_sub(last) < interval {
+            return false;
+        }
+        self.last_check
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     pub(crate) fn check_interval(&self) -> Duration {

@@ -143,6 +143,8 @@ impl Acquired {
 /// When the owning thread dies (its process killed, or the thread ended) without
 /// releasing, a waiter takes the mutex over within about the check interval and is
 /// told so by [`Acquired::previous_owner_died`] / [`MutexGuard::previous_owner_died`].
+/// A try (`Some(ZERO)`) on a busy mutex checks the owner too, but at most one try per
+/// check interval among all processes does (so polling never hammers `/proc`).
 /// A recursive mutex taken over this way is held once.
 ///
 /// # Speed
@@ -288,22 +290,25 @@ impl<'a> Mutex<'a> {
                 continue;
             }
             let holder = w & TID_MASK;
-            if try_only || watch.due(u64::from(holder), interval) {
-                if self.owner_is_dead(holder) {
-                    if raw
-                        .state
-                        .compare_exchange(w, me.id | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        raw.count.store(0, Ordering::Relaxed);
-                        raw.owner.store(me.stamp, Ordering::Relaxed);
-                        return Ok(Acquired { died: true });
-                    }
-                    continue;
+            let due = if try_only {
+                raw.header.try_check_due()
+            } else {
+                watch.due(u64::from(holder), interval)
+            };
+            if due && self.owner_is_dead(holder) {
+                if raw
+                    .state
+                    .compare_exchange(w, me.id | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    raw.count.store(0, Ordering::Relaxed);
+                    raw.owner.store(me.stamp, Ordering::Relaxed);
+                    return Ok(Acquired { died: true });
                 }
-                if try_only {
-                    return Err(Error::Timeout);
-                }
+                continue;
+            }
+            if try_only {
+                return Err(Error::Timeout);
             }
             if deadline.passed() {
                 return Err(Error::Timeout);

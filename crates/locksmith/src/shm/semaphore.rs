@@ -218,7 +218,12 @@ impl<'a> Semaphore<'a> {
                 }
                 continue;
             }
-            if track && (try_only || last_check.elapsed() >= interval) {
+            let due = if try_only {
+                raw.header.try_check_due()
+            } else {
+                last_check.elapsed() >= interval
+            };
+            if track && due {
                 last_check = Instant::now();
                 if self.reclaim_dead() > 0 {
                     continue;
@@ -630,6 +635,37 @@ mod tests {
         assert_eq!(s.value(), 1);
         assert_eq!(s.reclaim().unwrap(), 2);
         assert_eq!(s.value(), 3);
+    }
+
+    #[test]
+    fn full_holder_table_is_a_clear_error_that_changes_nothing() {
+        let mut buf = Buf([0; 128]);
+        let s = Semaphore::init(&mut buf.0[..], 5).unwrap();
+        // Fill every slot with a live process (the parent of this test process,
+        // stamped with its real start time), as if 12 other processes held permits.
+        // SAFETY: getppid has no preconditions.
+        let ppid = unsafe { libc::getppid() } as u32;
+        let (_, start) = sys::read_proc_stat(&format!("/proc/{ppid}/stat")).unwrap();
+        let key = slot_key(sys::Me {
+            id: ppid,
+            stamp: sys::stamp(ppid, start),
+        });
+        for slot in &s.raw.slots {
+            slot.store(key | 1, Ordering::Relaxed);
+        }
+        let err = s.acquire(None).unwrap_err();
+        assert!(err.to_string().contains("holder table is full"), "{err}");
+        assert_eq!(s.value(), 5, "the permit was given back");
+        // Untracked semaphores have no such limit.
+        let mut buf = Buf([0; 128]);
+        let u = Semaphore::init_with(
+            &mut buf.0[..],
+            5,
+            &SemaphoreOptions::new().track_holders(false),
+        )
+        .unwrap();
+        assert!(u.acquire(None).unwrap());
+        assert_eq!(u.held_by_me(), 0);
     }
 
     #[test]

@@ -163,7 +163,7 @@ pub(crate) fn process() -> Me {
 }
 
 /// `(state letter, start time)` from a `/proc/…/stat` file.
-fn read_proc_stat(path: &str) -> Option<(u8, u64)> {
+pub(crate) fn read_proc_stat(path: &str) -> Option<(u8, u64)> {
     let text = std::fs::read(path).ok()?;
     // The command name (field 2) is in parentheses and may itself contain ") ";
     // everything after the last ')' is space separated, starting with field 3.
@@ -249,6 +249,20 @@ pub(crate) fn timespec(d: Duration) -> libc::timespec {
         tv_sec: secs,
         tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
     }
+}
+
+/// `CLOCK_MONOTONIC` in milliseconds, modulo 2^32: the same clock in every process of
+/// the host, for time stamps kept in shared memory.
+pub(crate) fn monotonic_ms() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1000)
+        .wrapping_add(ts.tv_nsec as u64 / 1_000_000) as u32
 }
 
 /// How a futex wait ended.
