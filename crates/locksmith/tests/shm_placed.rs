@@ -166,14 +166,22 @@ fn try_lock_takes_over_from_a_dead_thread() {
     let region = Region::anonymous(Mutex::SIZE).unwrap();
     let m = Mutex::init(
         region.place_at(0, Mutex::SIZE).unwrap(),
-        &MutexOptions::new().recursive(false),
+        &MutexOptions::new()
+            .recursive(false)
+            .check_interval(Duration::from_millis(1)),
     )
     .unwrap();
     std::thread::scope(|s| {
         s.spawn(|| m.acquire(None).unwrap());
     });
-    // The owner thread has ended: even a try finds it dead.
-    let g = m.try_lock().unwrap().expect("taken over");
+    // The owner thread has ended (join returns a moment before the kernel removes
+    // it, so the first try may still see it): tries find it dead.
+    let mut taken = None;
+    spin_until("try takes over", || {
+        taken = m.try_lock().unwrap();
+        taken.is_some()
+    });
+    let g = taken.unwrap();
     assert!(g.previous_owner_died());
     g.release().unwrap();
 }
