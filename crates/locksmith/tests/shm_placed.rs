@@ -212,3 +212,38 @@ fn bad_places_are_typed_errors() {
     // SAFETY: null is refused before anything is dereferenced.
     assert!(unsafe { Place::from_raw(std::ptr::null_mut(), 64) }.is_err());
 }
+
+#[test]
+fn barrier_action_runs_once_before_release_and_a_panic_breaks_it() {
+    let region = Region::anonymous(Barrier::SIZE).unwrap();
+    let b = Barrier::init(region.place_at(0, Barrier::SIZE).unwrap(), 3, false).unwrap();
+    let actions = AtomicU32::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                for p in 0..30 {
+                    b.wait_with_action(Some(GUARD), || {
+                        actions.fetch_add(1, Ordering::SeqCst);
+                    })
+                    .unwrap();
+                    // Nobody is released before the action of this phase ran.
+                    assert!(actions.load(Ordering::SeqCst) > p);
+                }
+            });
+        }
+    });
+    assert_eq!(actions.load(Ordering::SeqCst), 30);
+
+    std::thread::scope(|s| {
+        let other = s.spawn(|| b.wait(Some(GUARD)));
+        let other2 = s.spawn(|| b.wait(Some(GUARD)));
+        spin_until("two waiting", || b.n_waiting() == 2);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            b.wait_with_action(Some(GUARD), || panic!("action failed"))
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(other.join().unwrap().unwrap_err().errno(), libc::EPIPE);
+        assert_eq!(other2.join().unwrap().unwrap_err().errno(), libc::EPIPE);
+    });
+    assert!(b.is_broken());
+}

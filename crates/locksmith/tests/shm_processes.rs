@@ -285,6 +285,7 @@ fn barrier_phases_across_processes() {
     let mut layout = Layout::new();
     let b_at = layout.add::<Barrier>();
     let done_at = layout.add_bytes(8, 8);
+    let actions_at = layout.add_bytes(8, 8);
     let idx_at = layout.add_bytes(8 * PARTIES * PHASES, 8);
     let region = Region::anonymous(layout.size()).unwrap();
     let region = &region;
@@ -296,9 +297,17 @@ fn barrier_phases_across_processes() {
                 return 2; // somebody left phase p-1 early
             }
             done.fetch_add(1, Ordering::SeqCst);
-            let Ok(i) = b.wait(Some(GUARD)) else { return 3 };
+            let actions = word(region, actions_at);
+            let Ok(i) = b.wait_with_action(Some(GUARD), || {
+                actions.fetch_add(1, Ordering::SeqCst);
+            }) else {
+                return 3;
+            };
             if done.load(Ordering::SeqCst) < ((p + 1) * PARTIES) as u64 {
                 return 4; // released before everybody arrived
+            }
+            if actions.load(Ordering::SeqCst) < (p + 1) as u64 {
+                return 5; // released before the last arrival's action ran
             }
             word(region, idx_at + 8 * (p * PARTIES + me)).store(u64::from(i), Ordering::SeqCst);
         }
@@ -313,6 +322,10 @@ fn barrier_phases_across_processes() {
     for pid in kids {
         assert_eq!(reap(pid), 0);
     }
+    assert_eq!(
+        word(region, actions_at).load(Ordering::SeqCst),
+        PHASES as u64
+    );
     for p in 0..PHASES {
         let mut got: Vec<u64> = (0..PARTIES)
             .map(|k| word(region, idx_at + 8 * (p * PARTIES + k)).load(Ordering::SeqCst))

@@ -31,7 +31,7 @@ fn epoch(w: u32) -> u32 {
 /// | offset | word | values |
 /// | --- | --- | --- |
 /// | 0 | header | flags: shared |
-/// | 16 | `state` (futex) | `broken << 31 \| epoch << 24 \| generation << 16 \| arrived` |
+/// | 16 | `state` (futex) | `broken << 31 \| epoch << 24 \| generation << 16 \| arrived`; `arrived == parties` while the last arrival runs its action |
 /// | 20 | `parties` | 1 ..= 65535 |
 /// | 24, 28 | reserved | 0 |
 /// | 32 | `members[12]` | `0` free · stamp (`pid << 42 \| start time`) of a process that waits on this barrier |
@@ -148,7 +148,9 @@ impl<'a> Barrier<'a> {
         if w & BROKEN != 0 {
             0
         } else {
-            w & COUNT_MASK
+            // While the last arrival runs its action the count is `parties`; the
+            // others are the ones waiting.
+            (w & COUNT_MASK).min(self.parties().saturating_sub(1))
         }
     }
 
@@ -175,6 +177,35 @@ impl<'a> Barrier<'a> {
     /// [`Error::BrokenBarrier`] (`EPIPE`) when the barrier is or becomes broken, is
     /// reset during the wait, the wait times out, or a member died.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<u32> {
+        self.arrive(timeout, None::<fn()>)
+    }
+
+    /// [`Barrier::wait`], and if this call is the last arrival, runs `action` before
+    /// anybody is released (CPython's `Barrier(action=…)`; the action is this
+    /// caller's, not stored in shared memory).
+    ///
+    /// If `action` panics, the barrier breaks (the others get
+    /// [`Error::BrokenBarrier`]) and the panic goes on in this caller. If the barrier is
+    /// broken or reset while the action runs, this call answers `BrokenBarrier` too.
+    ///
+    /// ```
+    /// use locksmith::shm::{Barrier, Region};
+    /// let region = Region::anonymous(Barrier::SIZE)?;
+    /// let b = Barrier::init(region.place_at(0, Barrier::SIZE)?, 1, false)?;
+    /// let mut ran = false;
+    /// assert_eq!(b.wait_with_action(None, || ran = true)?, 0);
+    /// assert!(ran);
+    /// # Ok::<(), locksmith::Error>(())
+    /// ```
+    pub fn wait_with_action(
+        &self,
+        timeout: Option<Duration>,
+        action: impl FnOnce(),
+    ) -> Result<u32> {
+        self.arrive(timeout, Some(action))
+    }
+
+    fn arrive<F: FnOnce()>(&self, timeout: Option<Duration>, action: Option<F>) -> Result<u32> {
         let raw = self.raw;
         raw.header.check(Kind::Barrier)?;
         self.join();
@@ -184,36 +215,87 @@ impl<'a> Barrier<'a> {
                 "the barrier's block is corrupt: {parties} parties"
             )));
         }
+        let deadline = Deadline::after(timeout);
+        let mut action = action;
         let mut w = raw.state.load(Ordering::Acquire);
         let index = loop {
             if w & BROKEN != 0 {
                 return Err(Barrier::broken());
             }
             let arrived = w & COUNT_MASK;
-            if arrived + 1 >= parties {
-                let new = epoch(w) | (gen(w).wrapping_add(1 << GEN_SHIFT) & GEN_MASK);
-                match raw
-                    .state
-                    .compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => {
-                        self.wake_all();
-                        return Ok(parties - 1);
+            if arrived >= parties {
+                // The last arrival of this generation is running its action: wait for
+                // the generation to end before arriving in the next one.
+                if deadline.passed() {
+                    return Err(Barrier::broken());
+                }
+                let slice = deadline.slice(Duration::from_millis(50));
+                sys::futex_wait(&raw.state, w, Some(slice), self.shared());
+                w = raw.state.load(Ordering::Acquire);
+                continue;
+            }
+            if arrived + 1 == parties {
+                let released = epoch(w) | (gen(w).wrapping_add(1 << GEN_SHIFT) & GEN_MASK);
+                let Some(act) = action.take() else {
+                    match raw.state.compare_exchange(
+                        w,
+                        released,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => {
+                            self.wake_all();
+                            return Ok(parties - 1);
+                        }
+                        Err(now) => {
+                            w = now;
+                            continue;
+                        }
                     }
-                    Err(now) => w = now,
-                }
-            } else {
-                match raw
-                    .state
-                    .compare_exchange(w, w + 1, Ordering::AcqRel, Ordering::Acquire)
+                };
+                // Arrive as "acting" (count == parties), run the action, then release.
+                if let Err(now) =
+                    raw.state
+                        .compare_exchange(w, w + 1, Ordering::AcqRel, Ordering::Acquire)
                 {
-                    Ok(_) => break arrived,
-                    Err(now) => w = now,
+                    action = Some(act);
+                    w = now;
+                    continue;
                 }
+                let acting = w + 1;
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(act));
+                if let Err(panic) = ran {
+                    let _ = raw.state.compare_exchange(
+                        acting,
+                        acting | BROKEN,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    self.wake_all();
+                    std::panic::resume_unwind(panic);
+                }
+                let done = raw.state.compare_exchange(
+                    acting,
+                    released,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                self.wake_all();
+                return match done {
+                    Ok(_) => Ok(parties - 1),
+                    // Broken (a timeout, abort, dead member) or reset meanwhile.
+                    Err(_) => Err(Barrier::broken()),
+                };
+            }
+            match raw
+                .state
+                .compare_exchange(w, w + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break arrived,
+                Err(now) => w = now,
             }
         };
         let (my_gen, my_epoch) = (gen(w), epoch(w));
-        let deadline = Deadline::after(timeout);
         let interval = raw.header.check_interval();
         let mut last_check = Instant::now();
         loop {

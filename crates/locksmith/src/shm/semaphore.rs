@@ -218,12 +218,13 @@ impl<'a> Semaphore<'a> {
                 }
                 continue;
             }
-            let due = if try_only {
-                raw.header.try_check_due()
-            } else {
-                last_check.elapsed() >= interval
-            };
-            if track && due {
+            let due = track
+                && if try_only {
+                    raw.header.try_check_due()
+                } else {
+                    last_check.elapsed() >= interval
+                };
+            if due {
                 last_check = Instant::now();
                 if self.reclaim_dead() > 0 {
                     continue;
