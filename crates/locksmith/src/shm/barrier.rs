@@ -26,21 +26,7 @@ fn epoch(w: u32) -> u32 {
     w & EPOCH_MASK
 }
 
-/// The shared-memory block of a [`Barrier`] (128 bytes).
-///
-/// | offset | word | values |
-/// | --- | --- | --- |
-/// | 0 | header | flags: shared |
-/// | 16 | `state` (futex) | `broken << 31 \| epoch << 24 \| generation << 16 \| arrived`; `arrived == parties` while the last arrival runs its action |
-/// | 20 | `parties` | 1 ..= 65535 |
-/// | 24, 28 | reserved | 0 |
-/// | 32 | `members[12]` | `0` free · stamp (`pid << 42 \| start time`) of a process that waits on this barrier |
-///
-/// An arrival adds one to `arrived`; the last one sets `arrived` to 0 and adds one to
-/// the generation (mod 256), which releases the waiters of that generation. `reset`
-/// adds one to the epoch (mod 128), clears `broken` and `arrived`: waiters of the old
-/// epoch whose generation did not change get `BrokenBarrier`. `abort`, a timeout or
-/// a dead member sets `broken`.
+/// The shared-memory block of a [`Barrier`]: see its "Shared-memory layout" section.
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct RawBarrier {
@@ -81,6 +67,24 @@ unsafe impl AtomicBlock for RawBarrier {}
 /// assert_eq!(b.wait(None)?, 0);
 /// # Ok::<(), locksmith::Error>(())
 /// ```
+///
+/// # Shared-memory layout
+///
+/// 128 bytes, aligned to 8; native-endian words (little-endian on x86_64 and aarch64); no pointers.
+///
+/// | offset | word | values |
+/// | --- | --- | --- |
+/// | 0 | header | flags: shared |
+/// | 16 | `state` (futex) | `broken << 31 \| epoch << 24 \| generation << 16 \| arrived`; `arrived == parties` while the last arrival runs its action |
+/// | 20 | `parties` | 1 ..= 65535 |
+/// | 24, 28 | reserved | 0 |
+/// | 32 | `members[12]` | `0` free · stamp (`pid << 42 \| start time`) of a process that waits on this barrier |
+///
+/// An arrival adds one to `arrived`; the last one sets `arrived` to 0 and adds one to
+/// the generation (mod 256), which releases the waiters of that generation. `reset`
+/// adds one to the epoch (mod 128), clears `broken` and `arrived`: waiters of the old
+/// epoch whose generation did not change get `BrokenBarrier`. `abort`, a timeout or
+/// a dead member sets `broken`.
 #[derive(Clone, Copy, Debug)]
 pub struct Barrier<'a> {
     raw: &'a RawBarrier,

@@ -7,17 +7,7 @@ use super::sys::{self, Deadline, Wake};
 use super::{AtomicBlock, Header, Kind, MutexGuard, Place, Placed, FLAG_SHARED};
 use crate::Result;
 
-/// The shared-memory block of a [`Condition`] (24 bytes).
-///
-/// | offset | word | values |
-/// | --- | --- | --- |
-/// | 0 | header | flags: shared |
-/// | 16 | `seq` (futex) | a counter every `notify`/`notify_all` adds one to (wrapping) |
-/// | 20 | `waiters` | threads inside `wait` (so `notify` can skip the system call) |
-///
-/// A waiter reads `seq` and counts itself in *before* releasing the mutex, then sleeps
-/// while `seq` is unchanged; a notify made after the release changes `seq`, so it
-/// cannot be missed.
+/// The shared-memory block of a [`Condition`]: see its "Shared-memory layout" section.
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct RawCondition {
@@ -50,6 +40,20 @@ unsafe impl AtomicBlock for RawCondition {}
 /// c.notify_all()?;
 /// # Ok::<(), locksmith::Error>(())
 /// ```
+///
+/// # Shared-memory layout
+///
+/// 24 bytes, aligned to 8; native-endian words (little-endian on x86_64 and aarch64); no pointers.
+///
+/// | offset | word | values |
+/// | --- | --- | --- |
+/// | 0 | header | flags: shared |
+/// | 16 | `seq` (futex) | a counter every `notify`/`notify_all` adds one to (wrapping) |
+/// | 20 | `waiters` | threads inside `wait` (so `notify` can skip the system call) |
+///
+/// A waiter reads `seq` and counts itself in *before* releasing the mutex, then sleeps
+/// while `seq` is unchanged; a notify made after the release changes `seq`, so it
+/// cannot be missed.
 #[derive(Clone, Copy, Debug)]
 pub struct Condition<'a> {
     raw: &'a RawCondition,

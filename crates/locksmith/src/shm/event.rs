@@ -9,17 +9,7 @@ use crate::{Error, Result};
 
 const SET: u32 = 1;
 
-/// The shared-memory block of an [`Event`] (24 bytes).
-///
-/// | offset | word | values |
-/// | --- | --- | --- |
-/// | 0 | header | flags: shared |
-/// | 16 | `state` (futex) | `generation << 1 \| set`; `set()` on a clear event adds one to the generation and sets bit 0; `clear()` clears bit 0 only |
-/// | 20 | `waiters` | threads inside `wait` (so `set` can skip the wake) |
-///
-/// A waiter remembers the generation it started in: if the generation has changed when
-/// it looks again, the event was set at some moment during its wait, and it answers
-/// `true` even if the event has been cleared since (gh-57711).
+/// The shared-memory block of a [`Event`]: see its "Shared-memory layout" section.
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct RawEvent {
@@ -49,6 +39,20 @@ unsafe impl AtomicBlock for RawEvent {}
 /// assert!(!ev.is_set());
 /// # Ok::<(), locksmith::Error>(())
 /// ```
+///
+/// # Shared-memory layout
+///
+/// 24 bytes, aligned to 8; native-endian words (little-endian on x86_64 and aarch64); no pointers.
+///
+/// | offset | word | values |
+/// | --- | --- | --- |
+/// | 0 | header | flags: shared |
+/// | 16 | `state` (futex) | `generation << 1 \| set`; `set()` on a clear event adds one to the generation and sets bit 0; `clear()` clears bit 0 only |
+/// | 20 | `waiters` | threads inside `wait` (so `set` can skip the wake) |
+///
+/// A waiter remembers the generation it started in: if the generation has changed when
+/// it looks again, the event was set at some moment during its wait, and it answers
+/// `true` even if the event has been cleared since (gh-57711).
 #[derive(Clone, Copy, Debug)]
 pub struct Event<'a> {
     raw: &'a RawEvent,

@@ -21,6 +21,15 @@
 //! version and kind and answers a typed error ([`Error::InvalidArgument`], `EINVAL`)
 //! instead of undefined behaviour. After `destroy` every operation answers `EINVAL`.
 //!
+//! # Header
+//!
+//! | offset | word (u32) | values |
+//! | --- | --- | --- |
+//! | 0 | magic | `0x4C4B534D` initialised · `0x4C4B5349` being initialised · `0x4C4B5344` destroyed · anything else: not initialised |
+//! | 4 | meta | `version << 16 \| kind << 8 \| flags` (kind: 1 Mutex, 2 Semaphore, 3 Event, 4 Condition, 5 Barrier; flags: 1 shared, 2 recursive, 4 bounded, 8 track holders) |
+//! | 8 | check interval | microseconds between liveness checks of an unchanged holder |
+//! | 12 | last check | monotonic milliseconds of the last liveness check made by a try |
+//!
 //! Buffers come from a [`Region`] (a named file in `/dev/shm`, or an anonymous
 //! `MAP_SHARED` mapping inherited across `fork`), from a caller's `&mut [u8]`, or from a
 //! raw pointer ([`Place::from_raw`]). A handle borrows its buffer, so safe code cannot

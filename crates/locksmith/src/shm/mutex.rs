@@ -17,18 +17,7 @@ const TID_MASK: u32 = sys::ID_MASK;
 /// The state word of a destroyed mutex: no thread id has all these bits.
 const DESTROYED: u32 = u32::MAX;
 
-/// The shared-memory block of a [`Mutex`] (32 bytes).
-///
-/// | offset | word | values |
-/// | --- | --- | --- |
-/// | 0 | header | see the module docs |
-/// | 16 | `state` (futex) | `0` unlocked · `tid` locked by thread `tid`, nobody asleep · `tid \| WAITERS` locked, waiters may sleep · `u32::MAX` destroyed |
-/// | 20 | `count` | extra acquisitions of a recursive mutex by its owner (0 when held once); written only by the owner |
-/// | 24 | `owner` | stamp of the owner: `tid << 42 \| start time of tid`, written just after taking `state`; stale (another tid) until then |
-///
-/// Transitions: lock `0 → tid` (one CAS); contended lock `0 → tid|WAITERS`; a waiter
-/// sets `WAITERS` before sleeping; unlock `tid → 0` (one CAS) or `tid|WAITERS → 0`
-/// (swap, then wake one); takeover from a dead owner `dead|WAITERS → tid|WAITERS`.
+/// The shared-memory block of a [`Mutex`]: see its "Shared-memory layout" section.
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct RawMutex {
@@ -147,6 +136,20 @@ impl Acquired {
 /// check interval among all processes does (so polling never hammers `/proc`).
 /// A recursive mutex taken over this way is held once.
 ///
+/// # Lifetime
+///
+/// A handle borrows its buffer, so it cannot outlive it (runtime.sync's temporary
+/// buffer left a dangling pointer and crashed). This does not compile:
+///
+/// ```compile_fail
+/// use locksmith::shm::{Mutex, MutexOptions, Region};
+/// let m = {
+///     let region = Region::anonymous(Mutex::SIZE).unwrap();
+///     Mutex::init(region.place_at(0, Mutex::SIZE).unwrap(), &MutexOptions::new()).unwrap()
+/// }; // the region is unmapped here…
+/// let _ = m.lock(); // …so the mutex cannot be used here
+/// ```
+///
 /// # Speed
 ///
 /// Uncontended acquire is one compare-and-swap plus one store; release is one
@@ -170,6 +173,21 @@ impl Acquired {
 /// assert_eq!(m.release().unwrap_err().errno(), libc::EPERM);
 /// # Ok::<(), locksmith::Error>(())
 /// ```
+///
+/// # Shared-memory layout
+///
+/// 32 bytes, aligned to 8; native-endian words (little-endian on x86_64 and aarch64); no pointers.
+///
+/// | offset | word | values |
+/// | --- | --- | --- |
+/// | 0 | header | see the module docs, "Header" |
+/// | 16 | `state` (futex) | `0` unlocked · `tid` locked by thread `tid`, nobody asleep · `tid \| WAITERS` (bit 31) locked, waiters may sleep · `u32::MAX` destroyed |
+/// | 20 | `count` | extra acquisitions of a recursive mutex by its owner (0 when held once); written only by the owner |
+/// | 24 | `owner` | stamp of the owner: `tid << 42 \| start time of tid`, written just after taking `state`; stale (another tid) until then |
+///
+/// Transitions: lock `0 → tid` (one CAS); contended lock `0 → tid|WAITERS`; a waiter
+/// sets `WAITERS` before sleeping; unlock `tid → 0` (one CAS) or `tid|WAITERS → 0`
+/// (swap, then wake one); takeover from a dead owner `dead|WAITERS → tid|WAITERS`.
 #[derive(Clone, Copy, Debug)]
 pub struct Mutex<'a> {
     raw: &'a RawMutex,

@@ -30,22 +30,7 @@ fn slot_key(me: sys::Me) -> u64 {
     (u64::from(me.id) << sys::START_BITS) | ((start & TAG_MASK) << HELD_BITS)
 }
 
-/// The shared-memory block of a [`Semaphore`] or [`BoundedSemaphore`] (128 bytes).
-///
-/// | offset | word | values |
-/// | --- | --- | --- |
-/// | 0 | header | flags: shared, bounded, track holders |
-/// | 16 | `count` (futex) | permits available, `0 ..= max` |
-/// | 20 | `max` | the bound (initial value) of a bounded semaphore, else `SEM_VALUE_MAX` |
-/// | 24 | `waiters` | threads in the slow path of `acquire` (so `release` can skip the wake) |
-/// | 28 | `reserved` | 0 |
-/// | 32 | `slots[12]` | `0` free · `pid << 42 \| (start time mod 2^26) << 16 \| held`: process `pid` holds `held` permits |
-///
-/// Acquire takes a permit (`count: c → c-1`) *then* records it in the caller's slot;
-/// release removes it from the slot *then* returns it (`count: c → c+1`). A process
-/// killed between the two steps leaks one permit; no order of events gives out more
-/// permits than exist. Each slot changes by one compare-and-swap, so a reclaimer
-/// (`slot → 0`, `count += held`) and the slot's live owner never both succeed.
+/// The shared-memory block of a [`Semaphore`]: see its "Shared-memory layout" section.
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct RawSemaphore {
@@ -130,6 +115,25 @@ impl SemaphoreOptions {
 /// assert_eq!(sem.value(), 1);
 /// # Ok::<(), locksmith::Error>(())
 /// ```
+///
+/// # Shared-memory layout
+///
+/// 128 bytes, aligned to 8; native-endian words (little-endian on x86_64 and aarch64); no pointers.
+///
+/// | offset | word | values |
+/// | --- | --- | --- |
+/// | 0 | header | flags: shared, bounded, track holders |
+/// | 16 | `count` (futex) | permits available, `0 ..= max` |
+/// | 20 | `max` | the bound (initial value) of a bounded semaphore, else `SEM_VALUE_MAX` |
+/// | 24 | `waiters` | threads in the slow path of `acquire` (so `release` can skip the wake) |
+/// | 28 | `reserved` | 0 |
+/// | 32 | `slots[12]` | `0` free · `pid << 42 \| (start time mod 2^26) << 16 \| held`: process `pid` holds `held` permits |
+///
+/// Acquire takes a permit (`count: c → c-1`) *then* records it in the caller's slot;
+/// release removes it from the slot *then* returns it (`count: c → c+1`). A process
+/// killed between the two steps leaks one permit; no order of events gives out more
+/// permits than exist. Each slot changes by one compare-and-swap, so a reclaimer
+/// (`slot → 0`, `count += held`) and the slot's live owner never both succeed.
 #[derive(Clone, Copy, Debug)]
 pub struct Semaphore<'a> {
     raw: &'a RawSemaphore,
