@@ -41,10 +41,18 @@
 //! A thread or process killed while holding a [`Mutex`] or semaphore permits, or while
 //! taking part in a [`Barrier`], does not block the others for ever. Waiters sleep in
 //! slices of the block's check interval (20 ms unless set at `init`); after a full
-//! interval with the same holder they check whether it is still alive (see the `sys`
-//! module docs for how, and why). A dead mutex owner is replaced by the waiter, whose
-//! [`Acquired::previous_owner_died`] is then true (`EOWNERDEAD`); permits held by a dead
-//! process return to the semaphore; a barrier with a dead participant breaks.
+//! interval with the same holder they check whether it is still alive. A dead mutex
+//! owner is replaced by the waiter, whose [`Acquired::previous_owner_died`] is then true
+//! (`EOWNERDEAD`); permits held by a dead process return to the semaphore; a barrier
+//! with a dead participant breaks.
+//!
+//! How: every holder leaves a stamp in the block, its thread id (mutex owner) or
+//! process id (permits, barrier members) with that thread's or process's start time
+//! (field 22 of `/proc/ID/stat`). The holder is dead when `/proc/ID` is gone (and
+//! `kill(ID, 0)` says `ESRCH`), is a zombie, or belongs to something started at
+//! another time (a reused id). The kernel's robust-futex list cannot be used: glibc owns
+//! each thread's single list head for its own pthread mutexes. The check reads `/proc`
+//! only on the slow path, never when taking or releasing an uncontended primitive.
 //!
 //! # Differences from runtime.sync and billiard
 //!
