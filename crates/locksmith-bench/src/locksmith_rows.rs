@@ -8,7 +8,7 @@
 //! To add a scenario for a backend, give its lock a [`ProcLock`] impl ([`Held`] below
 //! does it for any [`locksmith::Lock`]) and call the runners with an `open` closure that
 //! opens the backend's space: it runs in each process after the fork, so each process
-//! gets its own `Space`. [`mem`] is the worked example for the one-process scenarios;
+//! gets its own `Space`. `mem` below is the worked example for the one-process scenarios;
 //! a cross-process backend adds `ctx.lock_contention`, `ctx.lock_handoff`,
 //! `ctx.ping_pong` (a [`crate::harness::Signal`] impl) and `ctx.barrier2`.
 //!
