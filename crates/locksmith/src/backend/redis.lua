@@ -2,8 +2,8 @@
 --
 -- This is backend/model.rs's `apply`, op for op, in Redis Lua. KEYS[1] is the
 -- primitive's key (`{prefix}{name}`), KEYS[2..4] its queue's; KEYS[1] holds the record as JSON. The same string is
--- the pub/sub channel its waiters are woken on. ARGV[1] is the op, ARGV[2] the waiter
--- time-to-live in ms, ARGV[3..] the op's arguments.
+-- the pub/sub channel its waiters are woken on. ARGV[1] is the waiter time-to-live in
+-- ms, ARGV[2] the op, ARGV[3..] the op's arguments.
 --
 -- Record: { t = next_token, g = tag?, s = state? }
 --   permits: { k='permits', kind='lock'|'rlock'|'sem'|'bsem'|'rw'|'cond', n, av,
@@ -21,8 +21,8 @@ if redis.replicate_commands then pcall(redis.replicate_commands) end
 
 local key = KEYS[1]
 local QK, WK, IK = KEYS[2], KEYS[3], KEYS[4]
-local op = ARGV[1]
-local WAITER_TTL = tonumber(ARGV[2])
+local WAITER_TTL = tonumber(ARGV[1])
+local op = ARGV[2]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
@@ -229,8 +229,11 @@ local function acquire(kind, n, mode, owner, lease, tag, ticket)
       if h.u and (retry < 0 or h.u < retry) then retry = h.u end
     end
     wake_of(p, ticket)
-    -- The holders, for the client's same-host liveness check.
-    local r = { 'blocked', retry }
+    -- The waiter's place (how soon it should look again), then the holders, for the
+    -- client's same-host liveness check.
+    local rank = -1
+    if ticket then rank = redis.call('ZRANK', QK, ticket) or -1 end
+    local r = { 'blocked', retry, rank }
     for _, h in ipairs(p.h) do r[#r + 1] = h.o end
     return r
   end

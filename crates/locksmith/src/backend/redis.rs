@@ -50,6 +50,7 @@ use redis::Value;
 
 use super::model::{Acquire, BarrierView, Holder, Millis, Op, Reply};
 use super::{Backend, BoxFuture, Grant, Key, Mode, PermitKind, Watch};
+use crate::backend::mem::now_millis;
 use crate::owner::Owner;
 use crate::{Error, Result};
 
@@ -59,10 +60,18 @@ pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// A queued waiter that has not tried for this long is dropped from the queue (its
 /// process is presumed gone).
-pub(crate) const WAITER_TTL: Millis = 5_000;
+pub(crate) const WAITER_TTL: Millis = 30_000;
 
-/// The longest a watcher sleeps without re-checking: the fallback for a lost message.
+/// The longest a watcher near the front of a queue, or a watcher of an event or a
+/// barrier, sleeps without re-checking: the fallback for a lost message.
 pub(crate) const POLL: Duration = Duration::from_secs(1);
+
+/// How many queued waiters count as near the front.
+const FRONT: i64 = 16;
+
+/// How often a waiter further back re-checks: often enough to keep its place (a third
+/// of [`WAITER_TTL`]), rarely enough that ten thousand waiters cost little.
+const REFRESH: Duration = Duration::from_millis(WAITER_TTL / 3);
 
 /// Leases longer than this (ten years) are cut to it, so that every time the script
 /// computes fits a Lua number exactly.
@@ -510,7 +519,7 @@ impl Backend for RedisBackend {
         };
         Ok(Box::new(RedisWatch {
             listener,
-            _ticket: ticket_event,
+            ticket: ticket_event,
             _slot: resolved.slot.clone(),
         }))
     }
@@ -751,10 +760,23 @@ fn decode(values: Vec<Value>, name: &str) -> Result<(Reply, Vec<String>)> {
             previous_owner_died: int(v(2))? != 0,
         }),
         "blocked" => {
-            let dead = dead_among(values.get(2..).unwrap_or_default());
+            let dead = dead_among(values.get(3..).unwrap_or_default());
+            // A waiter near the front of the queue looks again within POLL (in case
+            // its wake-up is lost); one further back only needs to keep its place.
+            let rank = int(v(2))?;
+            let look = if (0..FRONT).contains(&rank) {
+                POLL
+            } else {
+                REFRESH
+            };
+            let look = now_millis() + look.as_millis() as Millis;
+            let retry_at = match opt_millis(v(1))? {
+                Some(lease_end) => lease_end.min(look),
+                None => look,
+            };
             return Ok((
                 Reply::Blocked {
-                    retry_at: opt_millis(v(1))?,
+                    retry_at: Some(retry_at),
                 },
                 dead,
             ));
@@ -851,7 +873,7 @@ fn decode(values: Vec<Value>, name: &str) -> Result<(Reply, Vec<String>)> {
 struct Hub {
     client: redis::Client,
     /// Local watchers, by channel (the primitive's key).
-    slots: Mutex<HashMap<String, Weak<Slot>>>,
+    slots: Mutex<WeakMap<String, Slot>>,
     /// Subscribed patterns (one per open prefix), counted.
     patterns: Mutex<HashMap<String, usize>>,
     /// The live subscriber connection's command side.
@@ -860,28 +882,64 @@ struct Hub {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// A map of weak entries, swept of dead ones whenever it doubled since the last
+/// sweep: O(1) amortized per insert.
+struct WeakMap<K, V> {
+    map: HashMap<K, Weak<V>>,
+    sweep_at: usize,
+}
+
+impl<K, V> Default for WeakMap<K, V> {
+    fn default() -> Self {
+        WeakMap {
+            map: HashMap::new(),
+            sweep_at: 64,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> WeakMap<K, V> {
+    fn get<Q>(&self, k: &Q) -> Option<Arc<V>>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.map.get(k).and_then(Weak::upgrade)
+    }
+
+    fn get_or_insert(&mut self, k: K, make: impl FnOnce() -> V) -> Arc<V> {
+        if let Some(v) = self.get(&k) {
+            return v;
+        }
+        if self.map.len() >= self.sweep_at {
+            self.map.retain(|_, w| w.strong_count() > 0);
+            self.sweep_at = (self.map.len() * 2).max(64);
+        }
+        let v = Arc::new(make());
+        self.map.insert(k, Arc::downgrade(&v));
+        v
+    }
+
+    fn live(&self) -> impl Iterator<Item = Arc<V>> + '_ {
+        self.map.values().filter_map(Weak::upgrade)
+    }
+}
+
 #[derive(Default)]
 struct Slot {
     /// Wakes watchers without a ticket.
     changed: Event,
-    tickets: Mutex<HashMap<u64, Weak<Event>>>,
+    tickets: Mutex<WeakMap<u64, Event>>,
 }
 
 impl Slot {
     fn ticket(&self, ticket: u64) -> Arc<Event> {
-        let mut tickets = lock(&self.tickets);
-        if let Some(e) = tickets.get(&ticket).and_then(Weak::upgrade) {
-            return e;
-        }
-        tickets.retain(|_, w| w.strong_count() > 0);
-        let e = Arc::new(Event::new());
-        tickets.insert(ticket, Arc::downgrade(&e));
-        e
+        lock(&self.tickets).get_or_insert(ticket, Event::new)
     }
 
     fn wake_all(&self) {
         self.changed.notify(usize::MAX);
-        for e in lock(&self.tickets).values().filter_map(Weak::upgrade) {
+        for e in lock(&self.tickets).live() {
             e.notify(usize::MAX);
         }
     }
@@ -892,7 +950,7 @@ impl Slot {
         }
         let tickets = lock(&self.tickets);
         for t in payload.split(' ').filter_map(|t| t.parse::<u64>().ok()) {
-            if let Some(e) = tickets.get(&t).and_then(Weak::upgrade) {
+            if let Some(e) = tickets.get(&t) {
                 e.notify(usize::MAX);
             }
         }
@@ -926,23 +984,11 @@ impl Hub {
     }
 
     fn slot(&self, channel: &str) -> Arc<Slot> {
-        let mut slots = lock(&self.slots);
-        if let Some(s) = slots.get(channel).and_then(Weak::upgrade) {
-            return s;
-        }
-        if slots.len() >= 64 {
-            slots.retain(|_, w| w.strong_count() > 0);
-        }
-        let s = Arc::new(Slot::default());
-        slots.insert(channel.to_owned(), Arc::downgrade(&s));
-        s
+        lock(&self.slots).get_or_insert(channel.to_owned(), Slot::default)
     }
 
     fn wake_everyone(&self) {
-        let slots: Vec<Arc<Slot>> = lock(&self.slots)
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).live().collect();
         for s in slots {
             s.wake_all();
         }
@@ -1036,7 +1082,7 @@ async fn subscriber(hub: Weak<Hub>) {
         while let Some(msg) = stream.next().await {
             let Some(h) = hub.upgrade() else { return };
             let channel = msg.get_channel_name();
-            let slot = lock(&h.slots).get(channel).and_then(Weak::upgrade);
+            let slot = lock(&h.slots).get(channel);
             if let Some(slot) = slot {
                 slot.wake(&String::from_utf8_lossy(msg.get_payload_bytes()));
             }
@@ -1050,19 +1096,24 @@ async fn subscriber(hub: Weak<Hub>) {
 /// A registration on a primitive's slot, taken before the caller re-checks.
 struct RedisWatch {
     listener: EventListener,
-    _ticket: Option<Arc<Event>>,
+    ticket: Option<Arc<Event>>,
     _slot: Arc<Slot>,
 }
 
-fn capped(deadline: Option<Instant>) -> Instant {
-    let poll = Instant::now() + POLL;
+/// The watch's deadline: the caller's, cut to the fallback poll. A queued waiter's
+/// caller passes its retry hint (within [`POLL`] near the front of the queue, else
+/// [`REFRESH`]), so its watch may sleep that long.
+fn capped(deadline: Option<Instant>, ticket: bool) -> Instant {
+    let poll = Instant::now() + if ticket { REFRESH } else { POLL };
     deadline.map_or(poll, |d| d.min(poll))
 }
 
 impl Watch for RedisWatch {
     fn wait(self: Box<Self>, deadline: Option<Instant>) -> Result<()> {
-        let RedisWatch { listener, .. } = *self;
-        listener.wait_deadline(capped(deadline));
+        let RedisWatch {
+            listener, ticket, ..
+        } = *self;
+        listener.wait_deadline(capped(deadline, ticket.is_some()));
         Ok(())
     }
 
@@ -1070,12 +1121,15 @@ impl Watch for RedisWatch {
         Box::pin(async move {
             let RedisWatch {
                 mut listener,
-                _ticket,
+                ticket,
                 _slot,
             } = *self;
-            let until = capped(deadline);
+            let until = capped(deadline, ticket.is_some());
             // The timer runs on the Redis runtime, so any executor can wait.
-            let mut timer = runtime()?.spawn(tokio::time::sleep_until(until.into()));
+            // (made inside the task: a timer belongs to the runtime it is made in).
+            let mut timer = runtime()?.spawn(async move {
+                tokio::time::sleep_until(until.into()).await;
+            });
             std::future::poll_fn(|cx| {
                 if Pin::new(&mut listener).poll(cx).is_ready()
                     || Pin::new(&mut timer).poll(cx).is_ready()
