@@ -251,9 +251,8 @@ impl RedisBackend {
                 redact(url)
             )));
         }
-        let client = redis::Client::open(server.as_str()).map_err(|e| {
-            Error::invalid(format!("'{}' is not a Redis URL: {e}", redact(url)))
-        })?;
+        let client = redis::Client::open(server.as_str())
+            .map_err(|e| Error::invalid(format!("'{}' is not a Redis URL: {e}", redact(url))))?;
         let hub = Hub::for_server(&server, &client)?;
         let pattern = format!("{}*", glob_escape(&prefix));
         let inner = Inner {

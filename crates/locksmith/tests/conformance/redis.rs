@@ -21,8 +21,14 @@ pub fn tests() -> Vec<Test> {
             "redis::server_restart_gives_typed_errors_never_a_false_grant",
             restart,
         ),
-        ("redis::two_spaces_of_one_server_exclude_each_other", two_spaces),
-        ("redis::idle_primitives_leave_only_their_counter", no_key_leak),
+        (
+            "redis::two_spaces_of_one_server_exclude_each_other",
+            two_spaces,
+        ),
+        (
+            "redis::idle_primitives_leave_only_their_counter",
+            no_key_leak,
+        ),
         ("redis::waiter_is_woken_by_push_not_by_poll", push_wakeup),
     ]
 }
@@ -66,10 +72,9 @@ fn free_port() -> u16 {
 /// that the server, told to die with its parent thread, dies with the process; returns
 /// once it accepts connections. Returns the server's pid.
 fn start_server(port: u16) -> Result<u32, String> {
-    static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<(u16, mpsc::Sender<Result<u32, String>>)>>> =
-        OnceLock::new();
+    static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<(u16, mpsc::Sender<Result<u32, String>>)>();
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
         std::thread::spawn(move || {
             let mut children: Vec<Child> = Vec::new();
             for (port, reply) in rx {
@@ -109,6 +114,9 @@ fn start_server(port: u16) -> Result<u32, String> {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A port to start a server on, and where to say how that went.
+type SpawnRequest = (u16, mpsc::Sender<Result<u32, String>>);
 
 fn spawn_server(port: u16) -> Result<Child, String> {
     let mut cmd = Command::new("redis-server");
@@ -218,7 +226,10 @@ fn restart(_: &Store) {
     // Wake-ups work again too (the subscriber reconnected).
     let woken = std::thread::spawn({
         let lock = space.lock("x");
-        move || lock.acquire_timeout(Duration::from_secs(60)).map(|g| g.is_some())
+        move || {
+            lock.acquire_timeout(Duration::from_secs(60))
+                .map(|g| g.is_some())
+        }
     });
     eventually_waiting(&space, "x");
     guard.release().unwrap();
