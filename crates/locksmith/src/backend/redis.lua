@@ -8,7 +8,8 @@
 -- Record: { t = next_token, g = tag?, s = state? }
 --   permits: { k='permits', kind='lock'|'rlock'|'sem'|'bsem'|'rw'|'cond', n, av,
 --              h = holders { tk, o, m='x'|'s', c, since, u? },
---              sl = sleepers { tk (string), o, nt }, od = owner_died, qs = arrivals }
+--              sl = sleepers { tk (string), o, nt }, od = owner_died, qs = arrivals,
+--              ql = queued waiters }
 --            and its queue in KEYS[2..4] (see enqueue below)
 --   event:   { k='event', set }
 --   barrier: { k='barrier', p, ar = owners, br, lb? }
@@ -17,20 +18,11 @@
 -- server's clock (TIME), in ms. Replies are flat arrays whose first element names the
 -- reply; errors are { 'err', kind, ... } and leave the record untouched.
 
-if redis.replicate_commands then pcall(redis.replicate_commands) end
-
-local key = KEYS[1]
-local QK, WK, IK = KEYS[2], KEYS[3], KEYS[4]
-local WAITER_TTL = tonumber(ARGV[1])
-local op = ARGV[2]
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-
-local raw = redis.call('GET', key)
-local rec
-if raw then rec = cjson.decode(raw) else rec = { t = 0 } end
-local wake_all = false
-local wake = {}
+-- The code below defines `step`; the client appends either a FUNCTION library
+-- registration (Redis 7: the definitions run once, at load) or `return step(KEYS, ARGV)`
+-- (EVAL, older servers). The state of one step lives in these upvalues, set by `step`:
+-- Redis runs one script or function at a time.
+local key, QK, WK, IK, WAITER_TTL, now, raw, rec, wake_all, wake
 
 local function fail(...)
   error({ ... })
@@ -91,7 +83,7 @@ end
 
 local function new_permits(kind, n)
   local p = { k = 'permits', kind = kind, n = n, av = initial(kind, n), h = {}, sl = {},
-              od = false, qs = 0 }
+              od = false, qs = 0, ql = 0 }
   rec.s = p
   return p
 end
@@ -115,10 +107,13 @@ end
 -- length rather than O(n): KEY:q orders tickets (score: arrival number), KEY:w says when
 -- each last tried (score: ms), KEY:i gives each ticket's mode and owner ("x owner").
 
-local function qlen() return redis.call('ZCARD', QK) end
+-- The record counts its queued waiters (ql), so that a primitive without a queue
+-- never touches the queue's keys.
+local function qlen(p) return p.ql or 0 end
 
-local function dequeue(tk)
-  redis.call('ZREM', QK, tk)
+local function dequeue(p, tk)
+  if qlen(p) == 0 then return end
+  if redis.call('ZREM', QK, tk) == 1 then p.ql = p.ql - 1 end
   redis.call('ZREM', WK, tk)
   redis.call('HDEL', IK, tk)
 end
@@ -129,6 +124,7 @@ local function enqueue(p, tk, owner, mode)
     return
   end
   p.qs = (p.qs or 0) + 1
+  p.ql = qlen(p) + 1
   redis.call('ZADD', QK, p.qs, tk)
   redis.call('ZADD', WK, now, tk)
   redis.call('HSET', IK, tk, mode .. ' ' .. owner)
@@ -138,6 +134,7 @@ end
 -- they would take, whether one of them is exclusive, and their tickets.
 local function grantable_prefix(p)
   local count, excl, tickets = 0, false, {}
+  if qlen(p) == 0 then return count, excl, tickets end
   local start = 0
   while true do
     local chunk = redis.call('ZRANGE', QK, start, start + 15)
@@ -156,11 +153,11 @@ end
 
 local function may_grant(p, ticket, mode)
   local prefix, excl = grantable_prefix(p)
-  if ticket then
+  if ticket and qlen(p) > 0 then
     local rank = redis.call('ZRANK', QK, ticket)
     if rank then return rank < prefix end
   end
-  return prefix == qlen() and fits(p, mode, prefix, excl)
+  return prefix == qlen(p) and fits(p, mode, prefix, excl)
 end
 
 local function release_at(p, i)
@@ -183,8 +180,9 @@ local function prune(p)
     p.od = true
     if is_sem(p.kind) then p.av = p.av + freed end
   end
+  if qlen(p) == 0 then return end
   local stale = redis.call('ZRANGEBYSCORE', WK, '-inf', '(' .. (now - WAITER_TTL))
-  for _, tk in ipairs(stale) do dequeue(tk) end
+  for _, tk in ipairs(stale) do dequeue(p, tk) end
 end
 
 local function wake_of(p, caller)
@@ -237,7 +235,7 @@ local function acquire(kind, n, mode, owner, lease, tag, ticket)
     for _, h in ipairs(p.h) do r[#r + 1] = h.o end
     return r
   end
-  if ticket then dequeue(ticket) end
+  if ticket then dequeue(p, ticket) end
   rec.t = rec.t + 1
   local token = rec.t
   local h = { tk = token, o = owner, m = mode, c = 1, since = now }
@@ -355,7 +353,7 @@ end
 ops.deq = function(a)
   local p = rec.s
   if p == nil or p.k ~= 'permits' then return { 'done' } end
-  dequeue(a[1])
+  dequeue(p, a[1])
   wake_of(p, nil)
   return { 'done' }
 end
@@ -384,7 +382,7 @@ ops.holders = function()
   local p = rec.s
   if p == nil or p.k ~= 'permits' then return { 'holders', 0 } end
   prune(p)
-  local r = { 'holders', qlen() + #p.sl }
+  local r = { 'holders', qlen(p) + #p.sl }
   for _, h in ipairs(p.h) do
     r[#r + 1] = h.tk
     r[#r + 1] = h.o
@@ -570,7 +568,7 @@ ops.reap = function(a)
     end
     local infos = redis.call('HGETALL', IK)
     for i = 1, #infos, 2 do
-      if dead[string.sub(infos[i + 1], 3)] then dequeue(infos[i]) end
+      if dead[string.sub(infos[i + 1], 3)] then dequeue(s, infos[i]) end
     end
     local sl = {}
     for _, w in ipairs(s.sl) do
@@ -607,8 +605,19 @@ end
 
 -- Dispatch, tidy, store, wake -------------------------------------------------------------
 
-local handler = ops[op]
-if handler == nil then return { 'err', 'bug', 'unknown op ' .. tostring(op) } end
+local function step(KEYS, ARGV)
+key = KEYS[1]
+QK, WK, IK = KEYS[2], KEYS[3], KEYS[4]
+WAITER_TTL = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+raw = redis.call('GET', key)
+if raw then rec = cjson.decode(raw) else rec = { t = 0 } end
+wake_all = false
+wake = {}
+
+local handler = ops[ARGV[2]]
+if handler == nil then return { 'err', 'bug', 'unknown op ' .. tostring(ARGV[2]) } end
 local args = {}
 for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
 local ok, reply = pcall(handler, args)
@@ -626,7 +635,7 @@ local s = rec.s
 local idle = true
 if s ~= nil then
   if s.k == 'permits' then
-    idle = #s.h == 0 and qlen() == 0 and #s.sl == 0 and not s.od and s.av == initial(s.kind, s.n)
+    idle = #s.h == 0 and qlen(s) == 0 and #s.sl == 0 and not s.od and s.av == initial(s.kind, s.n)
   elseif s.k == 'event' then
     idle = not s.set
   elseif s.k == 'barrier' then
@@ -653,3 +662,4 @@ elseif #wake > 0 then
   redis.call('PUBLISH', key, table.concat(wake, ' '))
 end
 return reply
+end

@@ -3,9 +3,11 @@
 //!
 //! # One step, one round trip
 //!
-//! Every [`Op`] is one `EVALSHA` of one Lua script (`redis.lua`, loaded again with
-//! `EVAL` after a server restart): the script is [`model::apply`](super::model) ported
-//! op for op, run atomically by the server, on the server's clock (`TIME`). A
+//! Every [`Op`] is one call of one Lua function (`redis.lua`): an `FCALL` of a Redis 7
+//! function library (loaded at open, and again if a restarted server forgot it), or,
+//! on older servers, an `EVALSHA` of the same code as a script. It is
+//! [`model::apply`](super::model) ported op for op, run atomically by the server, on
+//! the server's clock (`TIME`). A
 //! primitive's record is JSON in the key `{prefix}{name}`; its waiter queue, when it has
 //! one, sits beside it in `{prefix}{name}:q`, `:w` and `:i` (a sorted set of tickets in
 //! arrival order, a sorted set of when each last tried, a hash of their modes and
@@ -80,10 +82,52 @@ const MAX_LEASE: Millis = 10 * 365 * 24 * 3600 * 1000;
 /// How long one request may take before it is a [`Error::Backend`].
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+/// The step function's Lua source (see `redis.lua`).
+const SOURCE: &str = include_str!("redis.lua");
 
+/// The name of the function library and of its one function: versioned by a hash of
+/// the source, so processes running different versions of locksmith each find theirs.
+fn function_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let hash = SOURCE.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("locksmith_{hash:016x}")
+    })
+}
+
+/// The source as a Redis 7 function library: the definitions run once, at load.
+fn library() -> String {
+    let name = function_name();
+    format!("#!lua name={name}\n{SOURCE}\nredis.register_function('{name}', step)\n")
+}
+
+/// The source as an EVAL script, for servers without functions (before Redis 7).
 fn script() -> &'static redis::Script {
-    SCRIPT.get_or_init(|| redis::Script::new(include_str!("redis.lua")))
+    static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(&format!("{SOURCE}\nreturn step(KEYS, ARGV)\n")))
+}
+
+fn load_library_cmd() -> redis::Cmd {
+    let mut cmd = redis::cmd("FUNCTION");
+    cmd.arg("LOAD").arg("REPLACE").arg(library());
+    cmd
+}
+
+fn fcall_cmd(keys: &[String; 4], args: &[String]) -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(function_name())
+        .arg(keys.len())
+        .arg(keys)
+        .arg(WAITER_TTL)
+        .arg(args);
+    cmd
+}
+
+/// Whether the server forgot the function (it restarted without persistence).
+fn no_function(e: &redis::RedisError) -> bool {
+    e.to_string().contains("Function not found")
 }
 
 fn backend_err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
@@ -222,6 +266,8 @@ struct Inner {
     manager: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
     hub: Arc<Hub>,
     pattern: String,
+    /// Whether the server has functions (Redis 7): FCALL, else EVALSHA.
+    functions: bool,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -255,7 +301,7 @@ impl RedisBackend {
             .map_err(|e| Error::invalid(format!("'{}' is not a Redis URL: {e}", redact(url))))?;
         let hub = Hub::for_server(&server, &client)?;
         let pattern = format!("{}*", glob_escape(&prefix));
-        let inner = Inner {
+        let mut inner = Inner {
             url: redact(url),
             prefix,
             client,
@@ -263,9 +309,14 @@ impl RedisBackend {
             manager: tokio::sync::OnceCell::new(),
             hub: hub.clone(),
             pattern: pattern.clone(),
+            functions: false,
         };
         // A first connection: a server that is down is an error now, not later.
-        let conn = inner.connect()?;
+        let mut conn = inner.connect()?;
+        // LOCKSMITH_REDIS_EVAL=1 forces the EVALSHA path (how older servers are
+        // served), so that it can be tested on Redis 7.
+        let force_eval = std::env::var_os("LOCKSMITH_REDIS_EVAL").is_some_and(|v| v == "1");
+        inner.functions = !force_eval && load_library_cmd().query::<String>(&mut conn).is_ok();
         lock(&inner.pool).push(conn);
         let subscribed = block_on({
             let hub = hub.clone();
@@ -379,6 +430,17 @@ impl Inner {
     }
 
     fn eval(&self, keys: &[String; 4], args: &[String]) -> Result<Vec<Value>> {
+        if self.functions {
+            let cmd = fcall_cmd(keys, args);
+            let value: Value = self.with_conn(|c| match cmd.query(c) {
+                Err(e) if no_function(&e) => {
+                    load_library_cmd().query::<String>(c)?;
+                    cmd.query(c)
+                }
+                other => other,
+            })?;
+            return into_array(value);
+        }
         let mut call = script().prepare_invoke();
         for k in keys {
             call.key(k);
@@ -410,6 +472,21 @@ impl Inner {
     /// [`Inner::eval`] on the async connection; runs on the Redis runtime.
     async fn eval_async(&self, keys: &[String; 4], args: &[String]) -> Result<Vec<Value>> {
         let mut conn = self.manager().await?;
+        if self.functions {
+            let cmd = fcall_cmd(keys, args);
+            let value: Value = match cmd.query_async(&mut conn).await {
+                Err(e) if no_function(&e) => {
+                    load_library_cmd()
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .map_err(|e| backend_err(format!("{}: {e}", self.url)))?;
+                    cmd.query_async(&mut conn).await
+                }
+                other => other,
+            }
+            .map_err(|e| backend_err(format!("{}: {e}", self.url)))?;
+            return into_array(value);
+        }
         let mut call = script().prepare_invoke();
         for k in keys {
             call.key(k);
@@ -437,14 +514,28 @@ impl Inner {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let inner = self.clone();
         let resolved = resolved.clone();
+        let done = Arc::new(Done::default());
+        let finished = done.clone();
         runtime()?.spawn(async move {
             let out = inner.eval_async(&resolved.keys, &args).await;
             if let Err(Ok(values)) = tx.send(out) {
                 inner.undo(&resolved, undo, &values).await;
             }
+            finished
+                .flag
+                .store(true, std::sync::atomic::Ordering::Release);
+            finished.event.notify(usize::MAX);
         });
-        rx.await
-            .map_err(|_| backend_err("the redis runtime stopped"))?
+        // Dropped mid-flight, an acquisition waits (one round trip or two) until the
+        // step and its undo are done, so that the caller finds the state settled: not
+        // queued, not holding.
+        let mut settle = Settle {
+            done,
+            armed: matches!(undo, Undo::Acquire(_)),
+        };
+        let out = rx.await;
+        settle.armed = false;
+        out.map_err(|_| backend_err("the redis runtime stopped"))?
     }
 
     async fn undo(&self, resolved: &Resolved, undo: Undo, values: &[Value]) {
@@ -460,6 +551,37 @@ impl Inner {
         };
         if let Err(e) = self.eval_async(&resolved.keys, &args).await {
             tracing::warn!(error = %e, "could not undo a cancelled acquisition");
+        }
+    }
+}
+
+/// Whether a detached step (and its undo) finished.
+#[derive(Default)]
+struct Done {
+    flag: std::sync::atomic::AtomicBool,
+    event: Event,
+}
+
+/// Waits, when dropped while armed, until the detached step is done.
+struct Settle {
+    done: Arc<Done>,
+    armed: bool,
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let deadline = Instant::now() + 2 * IO_TIMEOUT;
+        loop {
+            let listener = self.done.event.listen();
+            if self.done.flag.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            if listener.wait_deadline(deadline).is_none() {
+                return;
+            }
         }
     }
 }
