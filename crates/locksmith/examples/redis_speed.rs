@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use locksmith::Space;
 
-const CYCLES: u32 = 5_000;
+const CYCLES: u32 = 10_000;
+const ROUNDS: u32 = 20;
 const HANDOFFS: usize = 300;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,43 +30,62 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let sep = if server.contains('?') { '&' } else { '?' };
     let url = format!("{server}{sep}prefix=speed{}:", std::process::id());
-    println!("redis_speed: {server}, {CYCLES} cycles, {HANDOFFS} hand-offs");
+    println!(
+        "redis_speed: {server}, {CYCLES} cycles in {ROUNDS} interleaved rounds, {HANDOFFS} hand-offs"
+    );
 
     let mut conn = redis::Client::open(server.as_str())?.get_connection()?;
-    let two_pings = per_op(|| {
-        redis::cmd("PING").query::<String>(&mut conn).unwrap();
-        redis::cmd("PING").query::<String>(&mut conn).unwrap();
-    });
-    let set_del = per_op(|| {
-        redis::cmd("SET")
-            .arg("speed:raw")
-            .arg("1")
-            .query::<()>(&mut conn)
-            .unwrap();
-        redis::cmd("DEL")
-            .arg("speed:raw")
-            .query::<()>(&mut conn)
-            .unwrap();
-    });
-    report("two PINGs (raw round trips)", two_pings, None);
-    report("SET + DEL (raw round trips)", set_del, None);
-
     let space = Space::open(&url)?;
     let lock = space.lock("speed");
-    let sync = per_op(|| drop(lock.acquire().unwrap()));
-    report("Lock acquire+release", sync, Some(two_pings));
-
+    let lock_async = space.lock("speed-async");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let lock_async = space.lock("speed-async");
-    let start = Instant::now();
-    rt.block_on(async {
-        for _ in 0..CYCLES {
-            lock_async.acquire_async().await.unwrap().release().unwrap();
+    // Interleaved rounds, so that a machine busy with other work slows the baseline
+    // and the locks alike; each figure is the median over the rounds.
+    let mut rounds: [Vec<Duration>; 4] = Default::default();
+    for round in 0..=ROUNDS {
+        let batch = [
+            per_op(|| {
+                redis::cmd("PING").query::<String>(&mut conn).unwrap();
+                redis::cmd("PING").query::<String>(&mut conn).unwrap();
+            }),
+            per_op(|| {
+                redis::cmd("SET")
+                    .arg("speed:raw")
+                    .arg("1")
+                    .query::<()>(&mut conn)
+                    .unwrap();
+                redis::cmd("DEL")
+                    .arg("speed:raw")
+                    .query::<()>(&mut conn)
+                    .unwrap();
+            }),
+            per_op(|| drop(lock.acquire().unwrap())),
+            {
+                let start = Instant::now();
+                rt.block_on(async {
+                    for _ in 0..CYCLES / ROUNDS {
+                        lock_async.acquire_async().await.unwrap().release().unwrap();
+                    }
+                });
+                start.elapsed() / (CYCLES / ROUNDS)
+            },
+        ];
+        // Round 0 warms up.
+        if round > 0 {
+            for (all, one) in rounds.iter_mut().zip(batch) {
+                all.push(one);
+            }
         }
+    }
+    let [two_pings, set_del, sync, asynch] = rounds.map(|mut r| {
+        r.sort();
+        r[r.len() / 2]
     });
-    let asynch = start.elapsed() / CYCLES;
+    report("two PINGs (raw round trips)", two_pings, None);
+    report("SET + DEL (raw round trips)", set_del, None);
+    report("Lock acquire+release", sync, Some(two_pings));
     report("Lock acquire_async+release", asynch, Some(two_pings));
 
     let ping = two_pings / 2;
@@ -84,16 +104,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The mean time of one call of `f`, over [`CYCLES`] calls after a warm-up.
+/// The mean time of one call of `f`, over one round's share of [`CYCLES`].
 fn per_op(mut f: impl FnMut()) -> Duration {
-    for _ in 0..CYCLES / 10 {
-        f();
-    }
     let start = Instant::now();
-    for _ in 0..CYCLES {
+    for _ in 0..CYCLES / ROUNDS {
         f();
     }
-    start.elapsed() / CYCLES
+    start.elapsed() / (CYCLES / ROUNDS)
 }
 
 fn micros(d: Duration) -> f64 {
