@@ -20,6 +20,7 @@ use crate::{Error, Result};
 /// | --- | --- |
 /// | `mem:` | a private space of this process's threads and tasks |
 /// | `mem:NAME` | the space `NAME` shared by this process's `Space::open("mem:NAME")` calls |
+/// | `redis://[user:password@]host[:port][/db][?prefix=P]` | every process, on any machine, that opens the same server, database and key prefix (default prefix `locksmith:`); `rediss://` for TLS (feature `redis-tls`) |
 ///
 /// | `sqlite:PATH` | an SQLite file every process on this host may open (feature `sqlite`, on by default) |
 /// | `sqlite:DIR?shards=N` | N SQLite files in `DIR`, names hashed to one of them |
@@ -30,7 +31,10 @@ use crate::{Error, Result};
 /// (`full` fsyncs every step, so fencing tokens survive power loss too) and
 /// `bell=on|off` (the shared-memory doorbell that wakes waiting processes at once).
 ///
-/// `shm:NAME` and `redis://…` are named by the design and refused with
+/// On Redis, a hold taken without a lease gets a 30 s one that renews itself while the
+/// holder lives, so a holder that dies on another machine is recovered when it lapses.
+///
+/// `shm:NAME` is named by the design and refused with
 /// [`Error::Unsupported`] until their backends land.
 ///
 /// A `Space` is cheap to clone; clones share the store and the lease keeper.
@@ -106,7 +110,17 @@ impl Space {
                     "this build of locksmith has no sqlite backend (feature `sqlite`), in '{url}'"
                 )))
             }
-            Some((scheme @ ("shm" | "redis" | "rediss" | "postgres" | "postgresql"), _)) => {
+            #[cfg(feature = "redis")]
+            Some(("redis" | "rediss", _)) => {
+                Arc::new(crate::backend::redis::RedisBackend::open(url)?)
+            }
+            #[cfg(not(feature = "redis"))]
+            Some((scheme @ ("redis" | "rediss"), _)) => {
+                return Err(Error::Unsupported(format!(
+                    "the {scheme} backend is not built in (in '{url}'): enable the redis feature"
+                )))
+            }
+            Some((scheme @ ("shm" | "postgres" | "postgresql"), _)) => {
                 return Err(Error::Unsupported(format!(
                     "the {scheme} backend is not built yet (in '{url}')"
                 )))

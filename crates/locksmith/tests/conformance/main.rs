@@ -13,6 +13,8 @@ mod events;
 mod inputs;
 mod locks;
 mod processes;
+#[cfg(feature = "redis")]
+mod redis;
 mod semaphores;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -72,6 +74,12 @@ fn stores() -> Vec<Store> {
             },
             cross_process: true,
         },
+        #[cfg(feature = "redis")]
+        Store {
+            name: "redis",
+            fresh_url: redis::fresh_url,
+            cross_process: true,
+        },
     ]
 }
 
@@ -104,6 +112,10 @@ fn main() {
         tests.extend(asyncs::tests());
         if store.cross_process {
             tests.extend(processes::tests());
+        }
+        #[cfg(feature = "redis")]
+        if store.name == "redis" {
+            tests.extend(redis::tests());
         }
         for (name, test) in tests {
             trials.push(Trial::test(
