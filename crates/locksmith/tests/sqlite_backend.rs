@@ -299,6 +299,10 @@ fn foreign_corrupt_and_newer_files_are_refused_and_left_alone() {
     let c = rusqlite::Connection::open(&other).unwrap();
     let x: i64 = c.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
     assert_eq!(x, 1);
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete", "not even switched to WAL");
     // A locksmith store of a newer schema.
     let newer = dir.join("newer.sqlite");
     drop(Space::open(&url_of(&newer)).unwrap());

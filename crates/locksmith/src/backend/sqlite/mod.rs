@@ -379,6 +379,9 @@ impl Shard {
         // within the same busy timeout.
         let started = Instant::now();
         let retry = |e: &rusqlite::Error| is_busy(e) && started.elapsed() < timeout;
+        // Look before changing anything: a foreign file must be left as it is (not
+        // even switched to WAL mode).
+        check_header(&conn, &canonical)?;
         let mode: String = with_retry(retry, || {
             let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
             if mode.eq_ignore_ascii_case("wal") {
@@ -483,6 +486,36 @@ fn with_retry<T>(
     }
 }
 
+/// Refuses a file that is not a locksmith store of this schema version; answers
+/// whether it is empty (a store still to be created).
+fn check_header(conn: &Connection, path: &Path) -> Result<bool> {
+    let err = |e| store_error(path, e);
+    let file = path.display();
+    let app: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(err)?;
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(err)?;
+    if app == 0 && version == 0 && tables == 0 {
+        Ok(true)
+    } else if app != APPLICATION_ID {
+        Err(Error::invalid(format!(
+            "'{file}' is an SQLite database of another program, not a locksmith store"
+        )))
+    } else if version != SCHEMA_VERSION {
+        Err(Error::invalid(format!(
+            "'{file}' is a locksmith store of schema version {version}; this build \
+             reads version {SCHEMA_VERSION} only"
+        )))
+    } else {
+        Ok(false)
+    }
+}
+
 fn init_schema(
     conn: &Connection,
     path: &Path,
@@ -493,16 +526,7 @@ fn init_schema(
     let file = path.display();
     with_retry(retry, || conn.execute_batch("BEGIN IMMEDIATE")).map_err(err)?;
     let out = (|| {
-        let app: i32 = conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(err)?;
-        let version: i32 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(err)?;
-        let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-            .map_err(err)?;
-        if app == 0 && version == 0 && tables == 0 {
+        if check_header(conn, path)? {
             conn.execute_batch(&format!(
                 "CREATE TABLE prim (name TEXT PRIMARY KEY NOT NULL, token INTEGER NOT NULL, \
                      tag TEXT, state BLOB) WITHOUT ROWID;
@@ -519,15 +543,6 @@ fn init_schema(
                 )
                 .map_err(err)?;
             }
-        } else if app != APPLICATION_ID {
-            return Err(Error::invalid(format!(
-                "'{file}' is an SQLite database of another program, not a locksmith store"
-            )));
-        } else if version != SCHEMA_VERSION {
-            return Err(Error::invalid(format!(
-                "'{file}' is a locksmith store of schema version {version}; this build \
-                 reads version {SCHEMA_VERSION} only"
-            )));
         }
         let meta = |k: &str| -> Result<Option<i64>> {
             conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
