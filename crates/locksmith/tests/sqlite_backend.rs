@@ -217,7 +217,11 @@ fn the_database_is_created_owner_only() {
     let path = dir.join("s.sqlite");
     let space = Space::open(&url_of(&path)).unwrap();
     drop(space.lock("x").acquire().unwrap());
-    for file in [path.clone(), dir.join("s.sqlite-wal")] {
+    for file in [
+        path.clone(),
+        dir.join("s.sqlite-wal"),
+        dir.join("s.sqlite-bell"),
+    ] {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", file.display());
     }

@@ -1,10 +1,14 @@
 //! The doorbell: a small shared-memory file of futex words through which a step that
 //! changed a primitive wakes the processes on this host that wait for it.
 //!
-//! One doorbell serves one database file; its path is derived from the database's
-//! canonical path, so every process that opens the same file rings the same bell:
-//! `/dev/shm/locksmith-<hash>.bell` (or the temporary directory where there is no
-//! `/dev/shm`), created 0600.
+//! One doorbell serves one database file and lives beside it, as SQLite's own `-shm`
+//! index does: `<canonical database path>-bell`, created 0600. Every process that
+//! opens the same file rings the same bell. Beside the database rather than in
+//! `/dev/shm`, it goes away with the database's directory, and nobody who cannot
+//! write that directory can plant a doorbell for it (in the world-writeable
+//! `/dev/shm`, another user could create the predictable name first and force every
+//! waiter back to polling). It is one page; the kernel writes it back to disk now and
+//! then, which costs nothing measurable.
 //!
 //! # Layout
 //!
@@ -85,14 +89,9 @@ pub(crate) fn slot(hash: u64, ticket: Option<u64>) -> usize {
 impl Bell {
     /// The doorbell of the database at `db` (a canonical path).
     pub(crate) fn path_for(db: &Path) -> PathBuf {
-        let dir = Path::new("/dev/shm");
-        let dir = if dir.is_dir() {
-            dir.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        let hash = stable_hash(db.as_os_str().as_encoded_bytes());
-        dir.join(format!("locksmith-{hash:016x}.bell"))
+        let mut name = db.as_os_str().to_owned();
+        name.push("-bell");
+        PathBuf::from(name)
     }
 
     /// Opens (creating if needed) and maps the doorbell at `path`. A file that another

@@ -33,12 +33,21 @@
 //! # Waking
 //!
 //! A step whose change concerns waiters rings the [`bell::Bell`] of its file after the
-//! commit: a futex word per (name, ticket) slot in a shared-memory file, so waiting
-//! processes on this host wake at once. Waiters also re-check at least every `poll`
-//! interval (250 ms unless `?poll=MS`), which is what finds holders that died while
-//! others waited, and waiters that cannot map the doorbell. Queued waiters that stop
-//! retrying for three poll intervals are dropped from the queue, so a waiter killed
-//! mid-wait cannot block the queue.
+//! commit: a futex word per (name, ticket) slot in a small file mapped shared beside
+//! the database (`PATH-bell`), so the waiting processes on this host that the change
+//! concerns wake at once, and only they. Waiters also re-check at least every `poll`
+//! interval (250 ms unless `?poll=MS`): that is what finds holders that died while
+//! others waited, and it serves waiters that cannot map the doorbell. A waiter killed
+//! in the queue is reaped by the liveness check below; any queued waiter that stopped
+//! retrying for `max(3 × poll, 30 s)` is dropped too (a dequeue that failed).
+//!
+//! The same doorbell carries a word bumped whenever a transaction ends: a step that
+//! finds the database locked by another process sleeps on it (after a few yields)
+//! instead of SQLite's fixed one-millisecond naps.
+//!
+//! Only one waiter per name and process queues in the store (see [`Gates`]); async
+//! waiters of one slot share one sleeping thread of tokio's blocking pool (see
+//! [`Sleepers`]). WAL checkpoints run on a background thread (see [`Checkpointer`]).
 //!
 //! # Liveness
 //!
@@ -381,7 +390,12 @@ impl Shard {
         let retry = |e: &rusqlite::Error| is_busy(e) && started.elapsed() < timeout;
         // Look before changing anything: a foreign file must be left as it is (not
         // even switched to WAL mode).
-        check_header(&conn, &canonical)?;
+        // One read transaction, so that the header and the table count are one
+        // snapshot (another process may be creating the store at this moment).
+        with_retry(retry, || conn.execute_batch("BEGIN")).map_err(err)?;
+        let header = check_header(&conn, &canonical);
+        let _ = conn.execute_batch("COMMIT");
+        header?;
         let mode: String = with_retry(retry, || {
             let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
             if mode.eq_ignore_ascii_case("wal") {
