@@ -45,6 +45,40 @@ fn wait_ok(mut child: Child, what: &str) -> String {
     out
 }
 
+/// The child processes of one test. Any still running when the test ends, a failed
+/// assertion included, are killed and reaped, so no child outlives its test (a barrier
+/// party whose sibling failed would otherwise wait for ever).
+struct Kids(Vec<Child>);
+
+impl Kids {
+    fn spawn(n: usize, role: &[&str], stdout: impl Fn() -> Stdio) -> Kids {
+        Kids((0..n).map(|_| spawn(role, stdout())).collect())
+    }
+
+    fn add(&mut self, role: &[&str], stdout: Stdio) -> &mut Kids {
+        self.0.push(spawn(role, stdout));
+        self
+    }
+
+    /// Waits for each child in turn; each must succeed. Returns what each printed.
+    fn wait_all(&mut self, what: &str) -> Vec<String> {
+        let mut outs = Vec::new();
+        while !self.0.is_empty() {
+            outs.push(wait_ok(self.0.remove(0), what));
+        }
+        outs
+    }
+}
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("locksmith-{tag}-{}", unique()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -53,6 +87,9 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 /// The child side: `role` names what to do; returns the exit code.
 pub fn child_main(role: &str) -> i32 {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and changes only this process's
+    // own death signal: if the test process dies, so does this child.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let args: Vec<&str> = role.split(SEP).collect();
     let space = match Space::open(args.get(1).copied().unwrap_or("")) {
         Ok(space) => space,
@@ -173,17 +210,8 @@ fn counter(store: &Store) {
     let file = dir.join("n");
     std::fs::write(&file, "0").unwrap();
     let m = INCREMENTS.to_string();
-    let children: Vec<_> = (0..PROCESSES)
-        .map(|_| {
-            spawn(
-                &["counter", &url, "counter", file.to_str().unwrap(), &m],
-                Stdio::null(),
-            )
-        })
-        .collect();
-    for c in children {
-        wait_ok(c, "counter");
-    }
+    let role = ["counter", &url, "counter", file.to_str().unwrap(), &m];
+    Kids::spawn(PROCESSES, &role, Stdio::null).wait_all("counter");
     let total: u64 = std::fs::read_to_string(&file).unwrap().parse().unwrap();
     assert_eq!(total, PROCESSES as u64 * u64::from(INCREMENTS));
     let _ = std::fs::remove_dir_all(dir);
@@ -196,14 +224,11 @@ fn mixed_counter(store: &Store) {
     let file = dir.join("n");
     std::fs::write(&file, "0").unwrap();
     let (path, m) = (file.to_str().unwrap(), INCREMENTS.to_string());
-    let children = [
-        spawn(&["counter", &url, "counter", path, &m], Stdio::null()),
-        spawn(&["async-counter", &url, "counter", path, &m], Stdio::null()),
-        spawn(&["async-counter", &url, "counter", path, &m], Stdio::null()),
-    ];
-    for c in children {
-        wait_ok(c, "counter");
-    }
+    Kids(Vec::new())
+        .add(&["counter", &url, "counter", path, &m], Stdio::null())
+        .add(&["async-counter", &url, "counter", path, &m], Stdio::null())
+        .add(&["async-counter", &url, "counter", path, &m], Stdio::null())
+        .wait_all("counter");
     let total: u64 = std::fs::read_to_string(&file).unwrap().parse().unwrap();
     assert_eq!(total, 3 * u64::from(INCREMENTS));
     let _ = std::fs::remove_dir_all(dir);
@@ -212,23 +237,15 @@ fn mixed_counter(store: &Store) {
 fn semaphore_limit(store: &Store) {
     let url = (store.fresh_url)();
     let dir = temp_dir("semaphore");
-    let children: Vec<_> = (0..4)
-        .map(|_| {
-            spawn(
-                &["semaphore", &url, "pool", "2", dir.to_str().unwrap(), "30"],
-                Stdio::null(),
-            )
-        })
-        .collect();
-    for c in children {
-        wait_ok(c, "semaphore holder");
-    }
+    let role = ["semaphore", &url, "pool", "2", dir.to_str().unwrap(), "30"];
+    Kids::spawn(4, &role, Stdio::null).wait_all("semaphore holder");
     let _ = std::fs::remove_dir_all(dir);
 }
 
 fn sigkill_holder(store: &Store) {
     let url = (store.fresh_url)();
-    let mut child = spawn(&["hold", &url, "deploy"], Stdio::piped());
+    let mut kids = Kids::spawn(1, &["hold", &url, "deploy"], Stdio::piped);
+    let child = &mut kids.0[0];
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -253,19 +270,17 @@ fn sigkill_holder(store: &Store) {
 
 fn event_wakes(store: &Store) {
     let url = (store.fresh_url)();
-    let child = spawn(&["event", &url, "ready"], Stdio::null());
+    let mut kids = Kids::spawn(1, &["event", &url, "ready"], Stdio::null);
     Space::open(&url).unwrap().event("ready").set().unwrap();
-    wait_ok(child, "event waiter");
+    kids.wait_all("event waiter");
 }
 
 fn barrier_phases(store: &Store) {
     let url = (store.fresh_url)();
-    let children: Vec<_> = (0..3)
-        .map(|_| spawn(&["barrier", &url, "phase", "3"], Stdio::piped()))
-        .collect();
-    let mut indices: Vec<u32> = children
-        .into_iter()
-        .map(|c| wait_ok(c, "barrier party").trim().parse().unwrap())
+    let mut indices: Vec<u32> = Kids::spawn(3, &["barrier", &url, "phase", "3"], Stdio::piped)
+        .wait_all("barrier party")
+        .iter()
+        .map(|out| out.trim().parse().unwrap())
         .collect();
     indices.sort();
     assert_eq!(indices, [0, 1, 2]);
