@@ -146,7 +146,7 @@ fn work(space: &Space, plan: &Plan) -> Result<Vec<(String, u128)>, Failure> {
     let mut rw_log = open_log(&plan.dir, "rwlock.log")?;
     let start = Instant::now();
     for round in 0..ROUNDS {
-        let write = (round + plan.index) % 4 == 0;
+        let write = (round + plan.index).is_multiple_of(4);
         let (guard, side) = if write {
             (rw.write_timeout(PATIENCE)?, "W")
         } else {
@@ -535,7 +535,7 @@ pub fn demo(space: &Space, a: DemoArgs) -> Outcome {
             format!("Semaphore({PERMITS})"),
             format!("{rounds} sections"),
             format!("at most {sem_max} inside (limit {PERMITS})"),
-            sem_sane && sem_max <= PERMITS && sem_max >= 1,
+            sem_sane && (1..=PERMITS).contains(&sem_max),
             fmt_time(slowest("semaphore")),
             rate(rounds, slowest("semaphore")),
         ),

@@ -18,9 +18,12 @@ pub fn locksmith() -> Command {
 }
 
 /// A fresh directory, removed on drop.
+#[derive(Debug)]
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// Makes a fresh, empty directory.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> TempDir {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -33,6 +36,7 @@ impl TempDir {
         TempDir(dir)
     }
 
+    /// The directory.
     pub fn path(&self) -> &Path {
         &self.0
     }
@@ -67,7 +71,9 @@ pub fn wait_guarded(child: &mut Child) -> ExitStatus {
 
 /// A `locksmith run` whose command says `inside` on stdout, then waits for a line on
 /// stdin before it ends: the test knows exactly when it holds and lets it go.
+#[derive(Debug)]
 pub struct Holder {
+    /// The `locksmith run` process.
     pub child: Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
@@ -77,10 +83,20 @@ impl Holder {
     /// Starts `locksmith --store STORE run ARGS -- sh -c SCRIPT` and waits until the
     /// command is inside. `script` runs before `echo inside; read x`.
     pub fn start(store: &str, args: &[&str], script: &str) -> Holder {
+        Holder::start_around(store, args, script, "")
+    }
+
+    /// As [`Holder::start`], with `after` run once the test lets the command go.
+    pub fn start_around(store: &str, args: &[&str], script: &str, after: &str) -> Holder {
         let mut child = locksmith()
             .args(["--store", store, "run"])
             .args(args)
-            .args(["--", "sh", "-c", &format!("{script} echo inside; read x")])
+            .args([
+                "--",
+                "sh",
+                "-c",
+                &format!("{script} echo inside; read x; {after}"),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
