@@ -29,6 +29,10 @@ const PERMITS: u32 = 2;
 const ROUNDS: u32 = 8;
 /// Barrier phases.
 const PHASES: u32 = 3;
+/// The prefix of the demo's names, and their tag.
+const PREFIX: &str = "locksmith-demo";
+/// The lock one demo holds while it runs.
+const RUN_LOCK: &str = "locksmith-demo.run";
 /// The lease of the victim's hold in the crash case.
 const CRASH_LEASE: Duration = Duration::from_secs(1);
 
@@ -349,7 +353,11 @@ fn crash_thread(space: &Space, plan: &Plan) -> Result<(bool, Duration), Failure>
     let name = plan.name("crash");
     std::thread::scope(|s| {
         s.spawn(|| -> Result<(), Failure> {
-            let lock = space.lock(&name).lease(CRASH_LEASE).keep_alive(false);
+            let lock = space
+                .lock(&name)
+                .lease(CRASH_LEASE)
+                .keep_alive(false)
+                .tag(plan.prefix.clone());
             let guard = lock
                 .acquire_timeout(PATIENCE)?
                 .ok_or_else(|| timed_out("the crash lock"))?;
@@ -446,12 +454,24 @@ fn rate(ops: u64, micros: u128) -> String {
 /// `locksmith demo [--processes N]`.
 pub fn demo(space: &Space, a: DemoArgs) -> Outcome {
     let threads = space.url().starts_with("mem:");
+    // One demo at a time per store: the names are fixed, so runs leave nothing behind.
+    let run_lock = space.lock(RUN_LOCK).lease(Duration::from_secs(30));
+    let _running = match run_lock.try_acquire()? {
+        Some(g) => g,
+        None => {
+            println!("another demo is running on {}; waiting for it", space.url());
+            run_lock
+                .acquire_timeout(PATIENCE)?
+                .ok_or_else(|| timed_out("the other demo"))?
+        }
+    };
+    let prefix = PREFIX.to_owned();
+    space.evict_tag(PREFIX)?; // what an interrupted run left
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    let prefix = format!("demo-{}-{stamp}", std::process::id());
-    let dir = std::env::temp_dir().join(format!("locksmith-{prefix}"));
+    let dir = std::env::temp_dir().join(format!("locksmith-demo-{}-{stamp}", std::process::id()));
     fs::create_dir_all(&dir).map_err(|e| store_error("creating the demo directory", e))?;
     let plans: Vec<Plan> = (0..a.processes)
         .map(|index| Plan {
