@@ -197,6 +197,7 @@ fn spawn_and_wait(
                 "0"
             },
         );
+    die_with_locksmith(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
         let code = match e.kind() {
             std::io::ErrorKind::NotFound => error::NOT_FOUND,
@@ -220,6 +221,34 @@ fn spawn_and_wait(
     CHILD.store(0, Ordering::SeqCst);
     status
 }
+
+/// Makes the command die (SIGKILL) if locksmith dies first, e.g. of a SIGKILL that
+/// cannot be forwarded: its hold then lapses, and the command must not run on
+/// unprotected. Linux only (PR_SET_PDEATHSIG).
+#[cfg(target_os = "linux")]
+fn die_with_locksmith(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = i32::try_from(std::process::id()).unwrap_or(0);
+    let arm = move || {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != parent {
+            // locksmith died before the death signal was armed.
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(())
+    };
+    // SAFETY: `arm` runs in the child between fork and exec and only makes the
+    // async-signal-safe calls prctl and getppid; it allocates nothing and takes no lock
+    // (the error values are plain integers).
+    unsafe { cmd.pre_exec(arm) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_locksmith(_cmd: &mut std::process::Command) {}
 
 /// The shell's convention: the exit code, or 128 + the signal that killed it.
 pub fn exit_code_of(status: ExitStatus) -> u8 {

@@ -285,3 +285,32 @@ fn demo_on_mem_runs_threads_and_passes() {
         "{text}"
     );
 }
+
+#[test]
+fn the_command_dies_with_a_sigkilled_locksmith() {
+    let mut child = locksmith()
+        .args(["--store", "mem:", "run", "--lock", "x", "--"])
+        .args(["sh", "-c", "echo inside; read x"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "inside");
+    child.kill().unwrap();
+    let _ = child.wait();
+    // The command held the only other copy of its stdout: EOF means it died.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+        let _ = tx.send(rest);
+    });
+    let rest = rx
+        .recv_timeout(common::HANG_GUARD)
+        .expect("the command outlived its locksmith");
+    assert_eq!(rest, "");
+}
