@@ -3,8 +3,8 @@
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +37,7 @@ fn process() -> Arc<Process> {
     match &*cached {
         // A forked child inherits this cache: re-reading when the pid changed keeps
         // a child from posing as its parent.
-        Some(p) if p.pid == std::process::id() => p.clone(),
+        Some(p) if p.pid == pid() => p.clone(),
         _ => {
             let p = Arc::new(read_process());
             *cached = Some(p.clone());
@@ -53,7 +53,7 @@ fn read_process() -> Process {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|b| hash_str(b.trim()))
         .unwrap_or(0);
-    let pid = std::process::id();
+    let pid = pid();
     Process {
         host: host.into(),
         boot,
@@ -79,13 +79,55 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// A random 64-bit id, unique in practice across processes and hosts.
+/// This process's id, cached: `getpid` is a system call, and the acquire path asks
+/// for it every time (to tell a forked child from its parent).
+pub(crate) fn pid() -> u32 {
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static AT_FORK: Once = Once::new();
+    extern "C" fn forget_pid() {
+        // Runs in the child right after fork: an atomic store is async-signal-safe.
+        PID.store(0, Ordering::Relaxed);
+    }
+    AT_FORK.call_once(|| {
+        // SAFETY: pthread_atfork only records the handler; `forget_pid` is a plain
+        // `extern "C"` function that stores to an atomic, which is allowed in a child
+        // of a multithreaded fork. If registration fails, the cache is never filled.
+        let registered = unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) } == 0;
+        if !registered {
+            PID.store(u32::MAX, Ordering::Relaxed);
+        }
+    });
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let pid = std::process::id();
+            PID.store(pid, Ordering::Relaxed);
+            pid
+        }
+        u32::MAX => std::process::id(),
+        pid => pid,
+    }
+}
+
+/// A random 64-bit id, unique in practice across processes and hosts: a per-process
+/// random base and a counter, through a bijective mix (so ids of one process never
+/// collide).
 pub(crate) fn fresh_id() -> u64 {
+    static BASE: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u32(std::process::id());
-    h.finish()
+    let base = *BASE.get_or_init(|| {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    // splitmix64's finaliser: a bijection on u64.
+    let mut z = base.wrapping_add(
+        COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Owner {
@@ -109,7 +151,7 @@ impl Owner {
             let mut cell = cell.borrow_mut();
             match &*cell {
                 // After fork the thread-local is the parent's copy: the pid tells.
-                Some(owner) if owner.pid == std::process::id() => owner.clone(),
+                Some(owner) if owner.pid == pid() => owner.clone(),
                 _ => {
                     let owner = Owner::with_thread(fresh_id());
                     *cell = Some(owner.clone());

@@ -85,21 +85,16 @@ impl Backend for MemBackend {
             is_dead: None,
             waiter_ttl: None,
         };
-        let done_ticket = match &op {
-            Op::Acquire(a) => a.ticket,
-            Op::Dequeue { ticket } | Op::CondCancel { ticket } | Op::CondCheck { ticket } => {
-                Some(*ticket)
-            }
+        // The ticket whose wait this step may end, and whether it ended it.
+        let ends_wait = match &op {
+            Op::Acquire(a) => a.ticket.map(|t| (t, false)),
+            Op::Dequeue { ticket } | Op::CondCancel { ticket } => Some((*ticket, true)),
+            Op::CondCheck { ticket } => Some((*ticket, false)),
             _ => None,
         };
         let (reply, wake) = model::apply(&mut inner.record, key.name(), op, &ctx)?;
-        if let Some(ticket) = done_ticket {
-            let finished = match &reply {
-                Reply::Granted(_) | Reply::Done => true,
-                Reply::Flag(notified) => *notified,
-                _ => false,
-            };
-            if finished {
+        if let Some((ticket, always)) = ends_wait {
+            if always || matches!(reply, Reply::Granted(_) | Reply::Flag(true)) {
                 inner.tickets.remove(&ticket);
             }
         }
@@ -184,5 +179,76 @@ impl Watch for MemWatch {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::model::Acquire;
+    use crate::backend::{Mode, PermitKind};
+    use crate::owner::Owner;
+
+    fn acquire(kind: PermitKind, owner: &Owner, ticket: Option<u64>) -> Op {
+        Op::Acquire(Acquire {
+            kind,
+            mode: Mode::Exclusive,
+            owner: owner.clone(),
+            lease: None,
+            tag: None,
+            ticket,
+        })
+    }
+
+    #[test]
+    fn every_way_a_wait_ends_drops_its_ticket_event() {
+        let mem = MemBackend::default();
+        let key = Key::new("c");
+        let (a, b) = (Owner::new_task(), Owner::new_task());
+        let kind = PermitKind::Condition;
+        let token = match mem.step(&key, acquire(kind, &a, None)).unwrap() {
+            Reply::Granted(g) => g.token,
+            other => panic!("{other:?}"),
+        };
+        // A queued waiter that gives up.
+        let _w = mem.watch(&key, Some(1)).unwrap();
+        assert!(matches!(
+            mem.step(&key, acquire(kind, &b, Some(1))).unwrap(),
+            Reply::Blocked { .. }
+        ));
+        mem.step(&key, Op::Dequeue { ticket: 1 }).unwrap();
+        // A sleeper that times out, and one that is notified.
+        let _w = mem.watch(&key, Some(2)).unwrap();
+        mem.step(
+            &key,
+            Op::CondWait {
+                token,
+                ticket: 2,
+                owner: a.clone(),
+            },
+        )
+        .unwrap();
+        mem.step(&key, Op::CondCancel { ticket: 2 }).unwrap();
+        let token = match mem.step(&key, acquire(kind, &a, None)).unwrap() {
+            Reply::Granted(g) => g.token,
+            other => panic!("{other:?}"),
+        };
+        let _w = mem.watch(&key, Some(3)).unwrap();
+        mem.step(
+            &key,
+            Op::CondWait {
+                token,
+                ticket: 3,
+                owner: a,
+            },
+        )
+        .unwrap();
+        mem.step(&key, Op::CondNotify { n: 1 }).unwrap();
+        assert!(matches!(
+            mem.step(&key, Op::CondCheck { ticket: 3 }).unwrap(),
+            Reply::Flag(true)
+        ));
+        let slot = mem.slot(&key);
+        assert!(lock(&slot.inner).tickets.is_empty(), "ticket events leaked");
     }
 }

@@ -12,6 +12,10 @@ use crate::{unique, Store, Test};
 pub fn tests() -> Vec<Test> {
     vec![
         ("process::n_processes_times_m_increments", counter),
+        (
+            "process::sync_and_async_holders_count_exactly",
+            mixed_counter,
+        ),
         ("process::semaphore_of_k_across_processes", semaphore_limit),
         ("process::sigkilled_holder_is_recovered", sigkill_holder),
         ("process::event_wakes_another_process", event_wakes),
@@ -69,6 +73,42 @@ pub fn child_main(role: &str) -> i32 {
                     .unwrap();
                 std::fs::write(file, (v + 1).to_string()).unwrap();
             }
+            0
+        }
+        ["async-counter", _, name, file, m] => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let lock = space.lock(name);
+            let m: u32 = m.parse().unwrap();
+            rt.block_on(async {
+                // Several tasks at once, so async holders also contend among themselves.
+                let tasks: Vec<_> = (0..4)
+                    .map(|_| {
+                        let (lock, file) = (lock.clone(), file.to_string());
+                        tokio::spawn(async move {
+                            for _ in 0..m / 4 {
+                                lock.run(|| async {
+                                    let v: u64 = std::fs::read_to_string(&file)
+                                        .unwrap()
+                                        .trim()
+                                        .parse()
+                                        .unwrap();
+                                    tokio::task::yield_now().await;
+                                    std::fs::write(&file, (v + 1).to_string()).unwrap();
+                                })
+                                .await
+                                .unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
             0
         }
         ["semaphore", _, name, k, dir, m] => {
@@ -146,6 +186,26 @@ fn counter(store: &Store) {
     }
     let total: u64 = std::fs::read_to_string(&file).unwrap().parse().unwrap();
     assert_eq!(total, PROCESSES as u64 * u64::from(INCREMENTS));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn mixed_counter(store: &Store) {
+    const INCREMENTS: u32 = 80;
+    let url = (store.fresh_url)();
+    let dir = temp_dir("mixed");
+    let file = dir.join("n");
+    std::fs::write(&file, "0").unwrap();
+    let (path, m) = (file.to_str().unwrap(), INCREMENTS.to_string());
+    let children = [
+        spawn(&["counter", &url, "counter", path, &m], Stdio::null()),
+        spawn(&["async-counter", &url, "counter", path, &m], Stdio::null()),
+        spawn(&["async-counter", &url, "counter", path, &m], Stdio::null()),
+    ];
+    for c in children {
+        wait_ok(c, "counter");
+    }
+    let total: u64 = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+    assert_eq!(total, 3 * u64::from(INCREMENTS));
     let _ = std::fs::remove_dir_all(dir);
 }
 
