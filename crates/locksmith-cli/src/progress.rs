@@ -1,13 +1,19 @@
 //! A spinner on stderr while a wait takes long, only when stderr is a terminal.
 
 use std::io::IsTerminal;
+use std::sync::mpsc;
+use std::thread;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// A spinner that shows while it lives (if stderr is a terminal) and clears on drop.
+/// How long a wait goes on before the spinner shows.
+const DELAY: Duration = Duration::from_millis(700);
+
+/// A spinner that shows once a wait has taken [`DELAY`] (if stderr is a terminal) and
+/// clears on drop.
 #[derive(Debug)]
-pub struct Spinner(Option<ProgressBar>);
+pub struct Spinner(Option<(mpsc::Sender<()>, thread::JoinHandle<()>)>);
 
 impl Spinner {
     /// Starts a spinner saying `message`; a no-op when stderr is not a terminal.
@@ -15,20 +21,30 @@ impl Spinner {
         if !std::io::stderr().is_terminal() {
             return Spinner(None);
         }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
-            bar.set_style(style);
-        }
-        bar.set_message(message);
-        bar.enable_steady_tick(Duration::from_millis(120));
-        Spinner(Some(bar))
+        let (done, wait) = mpsc::channel::<()>();
+        let shower = thread::spawn(move || {
+            if wait.recv_timeout(DELAY) != Err(mpsc::RecvTimeoutError::Timeout) {
+                return;
+            }
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+                .with_elapsed(DELAY);
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+                bar.set_style(style);
+            }
+            bar.set_message(message);
+            bar.enable_steady_tick(Duration::from_millis(120));
+            let _ = wait.recv();
+            bar.finish_and_clear();
+        });
+        Spinner(Some((done, shower)))
     }
 }
 
 impl Drop for Spinner {
     fn drop(&mut self) {
-        if let Some(bar) = self.0.take() {
-            bar.finish_and_clear();
+        if let Some((done, shower)) = self.0.take() {
+            drop(done);
+            let _ = shower.join();
         }
     }
 }
