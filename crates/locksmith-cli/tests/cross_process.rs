@@ -212,6 +212,11 @@ fn a_killed_holder_is_recovered() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "the next holder is told the previous one died"
+    );
     drop(a);
 }
 
