@@ -246,3 +246,148 @@ fn demo_with_processes_passes() {
         "{text}"
     );
 }
+
+#[test]
+fn a_full_semaphore_times_out() {
+    let dir = TempDir::new();
+    let store = dir.sqlite();
+    let args = ["--semaphore", "s", "--permits", "2"];
+    let (a, b) = (
+        Holder::start(&store, &args, ""),
+        Holder::start(&store, &args, ""),
+    );
+    let out = locksmith()
+        .args(["--store", &store, "run"])
+        .args(args)
+        .args(["--timeout", "0", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(a.finish().success());
+    let out = locksmith()
+        .args(["--store", &store, "run"])
+        .args(args)
+        .args(["--timeout", "0", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "a permit is free again: {out:?}");
+    assert!(b.finish().success());
+}
+
+#[test]
+fn three_processes_meet_at_a_barrier() {
+    let dir = TempDir::new();
+    let store = dir.sqlite();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            locksmith()
+                .args([
+                    "--store",
+                    &store,
+                    "barrier",
+                    "b",
+                    "--parties",
+                    "3",
+                    "--timeout",
+                    "60s",
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut indices: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        })
+        .collect();
+    indices.sort();
+    assert_eq!(indices, ["0", "1", "2"]);
+}
+
+#[test]
+fn an_event_set_in_one_process_wakes_another() {
+    let dir = TempDir::new();
+    let store = dir.sqlite();
+    let mut waiter = locksmith()
+        .args([
+            "--store",
+            &store,
+            "event",
+            "wait",
+            "ready",
+            "--timeout",
+            "60s",
+        ])
+        .spawn()
+        .unwrap();
+    let status = |action: &str| {
+        locksmith()
+            .args(["--store", &store, "event", action, "ready"])
+            .output()
+            .unwrap()
+    };
+    assert!(status("set").status.success());
+    assert!(wait_guarded(&mut waiter).success());
+    let out = status("status");
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(0), &b"set\n"[..])
+    );
+    assert!(status("clear").status.success());
+    assert_eq!(status("status").status.code(), Some(1));
+}
+
+#[test]
+fn averages_are_shared_between_processes() {
+    let dir = TempDir::new();
+    let store = dir.sqlite();
+    let avg = |args: &[&str]| {
+        locksmith()
+            .args(["--store", &store, "avg"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(avg(&["add", "lat", "1"]).status.success());
+    assert!(avg(&["add", "lat", "3"]).status.success());
+    assert_eq!(avg(&["get", "lat"]).stdout, b"2\n");
+    assert_eq!(avg(&["pop", "lat"]).stdout, b"2\n");
+    assert_eq!(avg(&["get", "lat"]).status.code(), Some(1));
+}
+
+#[test]
+fn evicting_a_tag_ends_the_hold_of_a_run() {
+    let dir = TempDir::new();
+    let store = dir.sqlite();
+    let a = Holder::start(&store, &["--lock", "m", "--tag", "jobs"], "");
+    let out = locksmith()
+        .args(["--store", &store, "evict", "--tag", "jobs"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "evicted 1 primitive(s) tagged 'jobs'"
+    );
+    // The lock is free for others at once; the run finds out when it releases.
+    let out = locksmith()
+        .args([
+            "--store",
+            &store,
+            "run",
+            "--lock",
+            "m",
+            "--timeout",
+            "0",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(a.finish().code(), Some(3));
+}
