@@ -190,6 +190,7 @@ fn signals_to_locksmith_reach_the_command() {
         (libc::SIGTERM, "TERM"),
         (libc::SIGINT, "INT"),
         (libc::SIGHUP, "HUP"),
+        (libc::SIGQUIT, "QUIT"),
     ] {
         let script = format!(
             "trap 'echo got-{name}; exit 42' {name}; echo ready; while :; do sleep 0.05; done"
