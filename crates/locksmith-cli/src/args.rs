@@ -282,16 +282,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Opens the store: `url` (from --store or $LOCKSMITH_STORE) or the embedded default.
-pub fn open(url: Option<&str>) -> Result<Space, Failure> {
+/// With `warn`, says so on stderr when the default turns out to be `mem:`, which no
+/// other process can see (a build of the library without a shared default store).
+pub fn open(url: Option<&str>, warn: bool) -> Result<Space, Failure> {
     let opened = match url {
         Some(u) => Space::open(u),
         None => Space::open_default(),
     };
-    opened.map_err(|e| {
+    let space = opened.map_err(|e| {
         let f = Failure::from(e);
         let what = url.unwrap_or("the default store");
         Failure::new(f.code, format!("cannot open store '{what}': {}", f.message))
-    })
+    })?;
+    if warn && url.is_none() && space.url().starts_with("mem:") {
+        eprintln!(
+            "locksmith: warning: the default store is {}, private to this process: other \
+             processes will not see it (pass --store sqlite:PATH)",
+            space.url()
+        );
+    }
+    Ok(space)
 }
 
 /// Prints a clap error as one `locksmith: …` line (help and version as clap does) and

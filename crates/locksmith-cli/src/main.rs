@@ -44,16 +44,19 @@ fn run() -> anyhow::Result<ExitCode> {
 }
 
 fn dispatch(cli: Cli) -> Outcome {
-    let store = cli.store.clone();
+    let store = cli.store.as_deref();
+    // The demo explains a private store itself; everyone else is warned by `open`.
+    let warn = !matches!(cli.command, Command::Demo(_) | Command::DemoWorker(_));
+    let space = args::open(store, warn)?;
     match cli.command {
-        Command::Run(a) => run::run(&args::open(store.as_deref())?, a),
-        Command::Barrier(a) => prims::barrier(&args::open(store.as_deref())?, a),
-        Command::Event(a) => prims::event(&args::open(store.as_deref())?, a),
-        Command::Avg(a) => prims::avg(&args::open(store.as_deref())?, a),
-        Command::Status(a) => inspect::status(&args::open(store.as_deref())?, a),
-        Command::Break(a) => inspect::break_(&args::open(store.as_deref())?, a),
-        Command::Evict(a) => inspect::evict(&args::open(store.as_deref())?, a),
-        Command::Demo(a) => demo::demo(&args::open(store.as_deref())?, a),
-        Command::DemoWorker(a) => demo::worker(&args::open(store.as_deref())?, a),
+        Command::Run(a) => run::run(&space, a),
+        Command::Barrier(a) => prims::barrier(&space, a),
+        Command::Event(a) => prims::event(&space, a),
+        Command::Avg(a) => prims::avg(&space, a),
+        Command::Status(a) => inspect::status(&space, a),
+        Command::Break(a) => inspect::break_(&space, a),
+        Command::Evict(a) => inspect::evict(&space, a),
+        Command::Demo(a) => demo::demo(&space, a),
+        Command::DemoWorker(a) => demo::worker(&space, a),
     }
 }
