@@ -11,9 +11,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use locksmith::Space;
@@ -228,9 +228,9 @@ pub fn worker(space: &Space, a: DemoWorkerArgs) -> Outcome {
 /// Runs the workers as processes; returns each one's timings.
 fn run_processes(space: &Space, plans: &[Plan]) -> Result<Vec<Vec<(String, u128)>>, Failure> {
     let exe = std::env::current_exe().map_err(|e| store_error("finding this program", e))?;
-    let mut children = Vec::new();
+    let mut children: Vec<Child> = Vec::new();
     for plan in plans {
-        let child = Command::new(&exe)
+        let spawned = Command::new(&exe)
             .arg("--store")
             .arg(space.url())
             .arg("__demo-worker")
@@ -241,29 +241,63 @@ fn run_processes(space: &Space, plans: &[Plan]) -> Result<Vec<Vec<(String, u128)
             .args(["--processes", &plan.processes.to_string()])
             .args(["--iterations", &plan.iterations.to_string()])
             .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| store_error("starting a worker", e))?;
-        children.push(child);
+            .spawn();
+        match spawned {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                kill_all(&mut children);
+                return Err(store_error("starting a worker", e));
+            }
+        }
     }
     let go = space
         .event(&plans[0].name("go"))
         .tag(plans[0].prefix.clone());
-    go.set()?;
-    let mut all = Vec::new();
-    let mut failed = None;
-    for (i, child) in children.into_iter().enumerate() {
-        let out = child
-            .wait_with_output()
-            .map_err(|e| store_error("waiting for a worker", e))?;
-        if !out.status.success() {
-            failed.get_or_insert(format!("worker {i} failed ({})", out.status));
+    if let Err(e) = go.set() {
+        kill_all(&mut children);
+        return Err(e.into());
+    }
+    // Supervise: the first worker to fail ends the others, which would otherwise wait
+    // at the barrier for it until their hang guard. (The workers' output is a few
+    // lines, well within a pipe's buffer, so it is read once they are done.)
+    let mut statuses: Vec<Option<ExitStatus>> = vec![None; children.len()];
+    while statuses.iter().any(Option::is_none) {
+        for (child, status) in children.iter_mut().zip(statuses.iter_mut()) {
+            if status.is_none() {
+                *status = child
+                    .try_wait()
+                    .map_err(|e| store_error("waiting for a worker", e))?;
+            }
         }
-        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some((i, failed)) = statuses
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.filter(|s| !s.success()).map(|s| (i, s)))
+        {
+            kill_all(&mut children);
+            return Err(Failure::new(
+                error::CONFLICT,
+                format!("demo: worker {i} failed ({failed})"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut all = Vec::new();
+    for child in &mut children {
+        let mut text = String::new();
+        if let Some(mut out) = child.stdout.take() {
+            out.read_to_string(&mut text)
+                .map_err(|e| store_error("reading a worker", e))?;
+        }
         all.push(parse_times(&text));
     }
-    match failed {
-        Some(f) => Err(Failure::new(error::CONFLICT, format!("demo: {f}"))),
-        None => Ok(all),
+    Ok(all)
+}
+
+fn kill_all(children: &mut [Child]) {
+    for child in children {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
