@@ -5,39 +5,30 @@
 //! RESULTS.md computes every peer's ratio against it and checks the issue targets
 //! ([`crate::report::TARGETS`] names the exact system strings it looks for).
 //!
-//! To add a scenario for a backend, give its lock a [`ProcLock`] impl (three lines: acquire,
-//! run `f`, drop the guard) and call the runner, e.g. once the library lands:
-//!
-//! ```ignore
-//! struct Lk(locksmith::Lock);
-//! impl ProcLock for Lk {
-//!     fn hold<R>(&mut self, f: impl FnOnce() -> R) -> anyhow::Result<R> {
-//!         let g = self.0.acquire()?;
-//!         let r = f();
-//!         g.release()?;
-//!         Ok(r)
-//!     }
-//! }
-//! fn shm(ctx: &mut Ctx) {
-//!     let url = format!("shm:locksmith-bench-{}", std::process::id());
-//!     // `open` runs in each process after the fork, so each gets its own Space.
-//!     let open = || Ok(Lk(locksmith::Space::open(&url)?.lock("bench")));
-//!     ctx.lock_uncontended("locksmith shm", "Lock", "", open);
-//!     ctx.lock_contention("locksmith shm", "", open);
-//!     ctx.lock_handoff("locksmith shm", "Lock", "", open);
-//!     // Event/Semaphore ping-pong: a `Signal` impl (post = set/release,
-//!     // wait = wait+clear/acquire) and `ctx.ping_pong("locksmith shm", "Event", "", open)`.
-//!     // Async: ctx.async_per_op(ASYNC, "locksmith mem", "Lock", "", || async { ... }).
-//!     // Opening: ctx.per_op(OPEN, "locksmith shm", "Lock", "", || { space.lock("x"); Ok(()) }).
-//! }
-//! ```
+//! To add a scenario for a backend, give its lock a [`ProcLock`] impl ([`Held`] below
+//! does it for any [`locksmith::Lock`]) and call the runners with an `open` closure that
+//! opens the backend's space: it runs in each process after the fork, so each process
+//! gets its own `Space`. `mem` below is the worked example for the one-process scenarios;
+//! a cross-process backend adds `ctx.lock_contention`, `ctx.lock_handoff`,
+//! `ctx.ping_pong` (a [`crate::harness::Signal`] impl) and `ctx.barrier2`.
 //!
 //! Each backend's rows go in its own function below, called from [`run`].
 
-use crate::harness::Ctx;
-#[allow(unused_imports)]
-use crate::harness::ProcLock;
-use crate::scenario::NAMES;
+use crate::harness::{Ctx, ProcLock};
+use crate::scenario::{ASYNC, NAMES, OPEN};
+
+/// A locksmith lock as the harness holds locks: acquire, run, release (reporting errors).
+#[derive(Debug)]
+pub struct Held(pub locksmith::Lock);
+
+impl ProcLock for Held {
+    fn hold<R>(&mut self, f: impl FnOnce() -> R) -> anyhow::Result<R> {
+        let guard = self.0.acquire()?;
+        let out = f();
+        guard.release()?;
+        Ok(out)
+    }
+}
 
 /// Adds locksmith's rows. Called by `locksmith-bench run` before the peers.
 pub fn run(ctx: &mut Ctx) {
@@ -48,9 +39,51 @@ pub fn run(ctx: &mut Ctx) {
     names(ctx);
 }
 
-/// The in-process backend (`mem:`): uncontended, async, `run(f)`.
-fn mem(_ctx: &mut Ctx) {
-    // Pending: the library API (issue 4).
+/// The in-process backend (`mem:`): uncontended, async, `run(f)`, opening.
+fn mem(ctx: &mut Ctx) {
+    let open = || Ok(Held(locksmith::Space::open("mem:")?.lock("bench")));
+    ctx.lock_uncontended("locksmith mem", "Lock", "blocking acquire+release", open);
+    let lock = match locksmith::Space::open("mem:") {
+        Ok(space) => space.lock("bench"),
+        Err(e) => return ctx.skip(ASYNC, "locksmith mem", "Lock", &e.to_string()),
+    };
+    ctx.async_per_op(
+        ASYNC,
+        "locksmith mem",
+        "Lock",
+        "acquire_async+release",
+        || {
+            let lock = lock.clone();
+            async move {
+                lock.acquire_async().await?.release()?;
+                Ok(())
+            }
+        },
+    );
+    ctx.async_per_op(
+        ASYNC,
+        "locksmith mem run(f)",
+        "Lock",
+        "run(ready f)",
+        || {
+            let lock = lock.clone();
+            async move { Ok(lock.run(|| async {}).await?) }
+        },
+    );
+    let space = match locksmith::Space::open("mem:") {
+        Ok(space) => space,
+        Err(e) => return ctx.skip(OPEN, "locksmith mem", "Lock", &e.to_string()),
+    };
+    ctx.per_op(
+        OPEN,
+        "locksmith mem",
+        "Lock",
+        "space.lock(name) + first step",
+        || {
+            space.lock("bench-open").is_locked()?;
+            Ok(())
+        },
+    );
 }
 
 /// The shared-memory backend (`shm:`): every cross-process scenario and opening by name.

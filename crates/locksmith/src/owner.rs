@@ -3,8 +3,8 @@
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -83,20 +83,23 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
 /// for it every time (to tell a forked child from its parent).
 pub(crate) fn pid() -> u32 {
     static PID: AtomicU32 = AtomicU32::new(0);
-    static AT_FORK: Once = Once::new();
+    // Not a `Once`: a child forked while another thread is inside `call_once` would
+    // wait for ever. Two threads racing here both register, which is harmless.
+    static AT_FORK: AtomicBool = AtomicBool::new(false);
     extern "C" fn forget_pid() {
         // Runs in the child right after fork: an atomic store is async-signal-safe.
         PID.store(0, Ordering::Relaxed);
     }
-    AT_FORK.call_once(|| {
+    if !AT_FORK.load(Ordering::Acquire) {
         // SAFETY: pthread_atfork only records the handler; `forget_pid` is a plain
         // `extern "C"` function that stores to an atomic, which is allowed in a child
-        // of a multithreaded fork. If registration fails, the cache is never filled.
+        // of a multithreaded fork. If registration fails, the cache is never used.
         let registered = unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) } == 0;
         if !registered {
             PID.store(u32::MAX, Ordering::Relaxed);
         }
-    });
+        AT_FORK.store(true, Ordering::Release);
+    }
     match PID.load(Ordering::Relaxed) {
         0 => {
             let pid = std::process::id();
