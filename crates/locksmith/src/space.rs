@@ -20,8 +20,12 @@ use crate::{Error, Result};
 /// | --- | --- |
 /// | `mem:` | a private space of this process's threads and tasks |
 /// | `mem:NAME` | the space `NAME` shared by this process's `Space::open("mem:NAME")` calls |
+/// | `redis://[user:password@]host[:port][/db][?prefix=P]` | every process, on any machine, that opens the same server, database and key prefix (default prefix `locksmith:`); `rediss://` for TLS (feature `redis-tls`) |
 ///
-/// `shm:NAME`, `sqlite:PATH` and `redis://…` are named by the design and refused with
+/// On Redis, a hold taken without a lease gets a 30 s one that renews itself while the
+/// holder lives, so a holder that dies on another machine is recovered when it lapses.
+///
+/// `shm:NAME` and `sqlite:PATH` are named by the design and refused with
 /// [`Error::Unsupported`] until their backends land.
 ///
 /// A `Space` is cheap to clone; clones share the store and the lease keeper.
@@ -86,10 +90,17 @@ impl Space {
         let backend: Arc<dyn Backend> = match url.split_once(':') {
             Some(("mem", "")) => Arc::new(MemBackend::default()),
             Some(("mem", name)) => MemBackend::named(name),
-            Some((
-                scheme @ ("shm" | "sqlite" | "redis" | "rediss" | "postgres" | "postgresql"),
-                _,
-            )) => {
+            #[cfg(feature = "redis")]
+            Some(("redis" | "rediss", _)) => {
+                Arc::new(crate::backend::redis::RedisBackend::open(url)?)
+            }
+            #[cfg(not(feature = "redis"))]
+            Some((scheme @ ("redis" | "rediss"), _)) => {
+                return Err(Error::Unsupported(format!(
+                    "the {scheme} backend is not built in (in '{url}'): enable the redis feature"
+                )))
+            }
+            Some((scheme @ ("shm" | "sqlite" | "postgres" | "postgresql"), _)) => {
                 return Err(Error::Unsupported(format!(
                     "the {scheme} backend is not built yet (in '{url}')"
                 )))

@@ -12,12 +12,14 @@
 
 pub(crate) mod mem;
 pub(crate) mod model;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::Result;
 
@@ -92,6 +94,14 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Drops the state of every primitive tagged `tag`, keeping fencing counters;
     /// returns how many were dropped.
     fn evict_tag(&self, tag: &str) -> Result<usize>;
+
+    /// The lease given to holds taken without one, for stores that cannot tell
+    /// whether a holder's process still lives (a server shared by many hosts): the
+    /// primitive layer renews it while the guard lives, so only a dead holder's hold
+    /// lapses. `None`: holds without a lease last until released.
+    fn default_lease(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A registration for change notifications, made before re-checking the state.

@@ -44,8 +44,15 @@ impl Guard {
 
     fn keep_lease(&mut self) {
         let opts = &self.handle.opts;
-        self.lease = match opts.lease {
-            Some(length) if opts.keep_alive => Some(self.handle.space.keeper.register(
+        // A store's default lease (held without one asked for) always renews: it is
+        // there to recover from dead holders, not to expire live ones.
+        let length = match opts.lease {
+            Some(length) if opts.keep_alive => Some(length),
+            Some(_) => None,
+            None => self.handle.space.backend.default_lease(),
+        };
+        self.lease = match length {
+            Some(length) => Some(self.handle.space.keeper.register(
                 &self.handle.space.backend,
                 self.handle.key.clone(),
                 self.grant.token,

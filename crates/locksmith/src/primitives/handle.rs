@@ -91,9 +91,16 @@ impl Handle {
         Ok(())
     }
 
-    pub(crate) fn lease_millis(&self) -> Option<Millis> {
+    /// The lease holds taken through this handle get: the caller's, else the
+    /// store's default (see [`crate::backend::Backend::default_lease`]).
+    pub(crate) fn lease(&self) -> Option<Duration> {
         self.opts
             .lease
+            .or_else(|| self.space.backend.default_lease())
+    }
+
+    pub(crate) fn lease_millis(&self) -> Option<Millis> {
+        self.lease()
             .map(|d| d.as_millis().min(u128::from(u64::MAX)) as Millis)
     }
 

@@ -13,6 +13,8 @@ mod events;
 mod inputs;
 mod locks;
 mod processes;
+#[cfg(feature = "redis")]
+mod redis;
 mod semaphores;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -44,11 +46,19 @@ impl Store {
 
 /// Every backend the suite runs against: one line each.
 fn stores() -> Vec<Store> {
-    vec![Store {
-        name: "mem",
-        fresh_url: || format!("mem:conformance-{}", unique()),
-        cross_process: false,
-    }]
+    vec![
+        Store {
+            name: "mem",
+            fresh_url: || format!("mem:conformance-{}", unique()),
+            cross_process: false,
+        },
+        #[cfg(feature = "redis")]
+        Store {
+            name: "redis",
+            fresh_url: redis::fresh_url,
+            cross_process: true,
+        },
+    ]
 }
 
 /// A number no other call in this process returns.
@@ -80,6 +90,10 @@ fn main() {
         tests.extend(asyncs::tests());
         if store.cross_process {
             tests.extend(processes::tests());
+        }
+        #[cfg(feature = "redis")]
+        if store.name == "redis" {
+            tests.extend(redis::tests());
         }
         for (name, test) in tests {
             trials.push(Trial::test(

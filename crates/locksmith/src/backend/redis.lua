@@ -1,0 +1,665 @@
+-- locksmith: one atomic step on one primitive, server-side.
+--
+-- This is backend/model.rs's `apply`, op for op, in Redis Lua. KEYS[1] is the
+-- primitive's key (`{prefix}{name}`), KEYS[2..4] its queue's; KEYS[1] holds the record as JSON. The same string is
+-- the pub/sub channel its waiters are woken on. ARGV[1] is the waiter time-to-live in
+-- ms, ARGV[2] the op, ARGV[3..] the op's arguments.
+--
+-- Record: { t = next_token, g = tag?, s = state? }
+--   permits: { k='permits', kind='lock'|'rlock'|'sem'|'bsem'|'rw'|'cond', n, av,
+--              h = holders { tk, o, m='x'|'s', c, since, u? },
+--              sl = sleepers { tk (string), o, nt }, od = owner_died, qs = arrivals,
+--              ql = queued waiters }
+--            and its queue in KEYS[2..4] (see enqueue below)
+--   event:   { k='event', set }
+--   barrier: { k='barrier', p, ar = owners, br, lb? }
+--   averager:{ k='avg', tot (a %.17g string: exact), c, u? }
+-- Owners and tickets are opaque strings (Lua numbers cannot hold a u64). Times are the
+-- server's clock (TIME), in ms. Replies are flat arrays whose first element names the
+-- reply; errors are { 'err', kind, ... } and leave the record untouched.
+
+-- The code below defines `step`; the client appends either a FUNCTION library
+-- registration (Redis 7: the definitions run once, at load) or `return step(KEYS, ARGV)`
+-- (EVAL, older servers). The state of one step lives in these upvalues, set by `step`:
+-- Redis runs one script or function at a time.
+local key, QK, WK, IK, WAITER_TTL, now, raw, rec, wake_all, wake
+
+local function fail(...)
+  error({ ... })
+end
+
+local function optstr(x)
+  if x == nil or x == '-' then return nil end
+  return string.sub(x, 2)
+end
+
+local function optnum(x)
+  if x == nil or x == '' then return nil end
+  return tonumber(x)
+end
+
+local function is_sem(kind) return kind == 'sem' or kind == 'bsem' end
+
+local function initial(kind, n)
+  if is_sem(kind) then return n end
+  return 1
+end
+
+local function describe(kind, n)
+  if kind == 'lock' then return 'a Lock'
+  elseif kind == 'rlock' then return 'an RLock'
+  elseif kind == 'sem' then return 'a Semaphore of ' .. n
+  elseif kind == 'bsem' then return 'a BoundedSemaphore of ' .. n
+  elseif kind == 'rw' then return 'an RwLock'
+  elseif kind == 'cond' then return 'a Condition' end
+  return kind
+end
+
+local function describe_state(s)
+  if s.k == 'permits' then return describe(s.kind, s.n)
+  elseif s.k == 'event' then return 'an Event'
+  elseif s.k == 'barrier' then return 'a Barrier of ' .. s.p .. ' parties' end
+  return 'an Averager'
+end
+
+local function fmt(x) return string.format('%.17g', x) end
+
+-- Permits -----------------------------------------------------------------------
+
+local function permits_of(kind, n)
+  local s = rec.s
+  if s == nil then return nil end
+  if s.k ~= 'permits' or s.kind ~= kind or s.n ~= n then
+    fail('mismatch', describe(kind, n), describe_state(s))
+  end
+  return s
+end
+
+local function permits_held()
+  local s = rec.s
+  if s == nil or s.k ~= 'permits' then fail('notheld') end
+  return s
+end
+
+local function new_permits(kind, n)
+  local p = { k = 'permits', kind = kind, n = n, av = initial(kind, n), h = {}, sl = {},
+              od = false, qs = 0, ql = 0 }
+  rec.s = p
+  return p
+end
+
+local function holds_exclusive(p)
+  for _, h in ipairs(p.h) do
+    if h.m == 'x' then return true end
+  end
+  return false
+end
+
+local function fits(p, mode, count, excl)
+  if is_sem(p.kind) then return p.av - count > 0 end
+  local busy_excl = excl or holds_exclusive(p)
+  local busy = #p.h > 0 or count > 0
+  if mode == 'x' then return not busy end
+  return not busy_excl
+end
+
+-- The queue lives beside the record, so that a step costs O(log n) in the queue's
+-- length rather than O(n): KEY:q orders tickets (score: arrival number), KEY:w says when
+-- each last tried (score: ms), KEY:i gives each ticket's mode and owner ("x owner").
+
+-- The record counts its queued waiters (ql), so that a primitive without a queue
+-- never touches the queue's keys.
+local function qlen(p) return p.ql or 0 end
+
+local function dequeue(p, tk)
+  if qlen(p) == 0 then return end
+  if redis.call('ZREM', QK, tk) == 1 then p.ql = p.ql - 1 end
+  redis.call('ZREM', WK, tk)
+  redis.call('HDEL', IK, tk)
+end
+
+local function enqueue(p, tk, owner, mode)
+  if redis.call('ZSCORE', QK, tk) then
+    redis.call('ZADD', WK, now, tk)
+    return
+  end
+  p.qs = (p.qs or 0) + 1
+  p.ql = qlen(p) + 1
+  redis.call('ZADD', QK, p.qs, tk)
+  redis.call('ZADD', WK, now, tk)
+  redis.call('HSET', IK, tk, mode .. ' ' .. owner)
+end
+
+-- How many queued waiters, from the front, could all be granted now; the permits
+-- they would take, whether one of them is exclusive, and their tickets.
+local function grantable_prefix(p)
+  local count, excl, tickets = 0, false, {}
+  if qlen(p) == 0 then return count, excl, tickets end
+  local start = 0
+  while true do
+    local chunk = redis.call('ZRANGE', QK, start, start + 15)
+    if #chunk == 0 then return count, excl, tickets end
+    local infos = redis.call('HMGET', IK, unpack(chunk))
+    for j, tk in ipairs(chunk) do
+      local m = string.sub(infos[j] or 'x', 1, 1)
+      if not fits(p, m, count, excl) then return count, excl, tickets end
+      count = count + 1
+      excl = excl or m == 'x'
+      tickets[#tickets + 1] = tk
+    end
+    start = start + 16
+  end
+end
+
+local function may_grant(p, ticket, mode)
+  local prefix, excl = grantable_prefix(p)
+  if ticket and qlen(p) > 0 then
+    local rank = redis.call('ZRANK', QK, ticket)
+    if rank then return rank < prefix end
+  end
+  return prefix == qlen(p) and fits(p, mode, prefix, excl)
+end
+
+local function release_at(p, i)
+  local h = p.h[i]
+  if h.c > 1 then
+    h.c = h.c - 1
+    return
+  end
+  table.remove(p.h, i)
+  if is_sem(p.kind) then p.av = p.av + 1 end
+end
+
+local function prune(p)
+  local kept, freed = {}, 0
+  for _, h in ipairs(p.h) do
+    if h.u == nil or h.u > now then kept[#kept + 1] = h else freed = freed + 1 end
+  end
+  if freed > 0 then
+    p.h = kept
+    p.od = true
+    if is_sem(p.kind) then p.av = p.av + freed end
+  end
+  if qlen(p) == 0 then return end
+  local stale = redis.call('ZRANGEBYSCORE', WK, '-inf', '(' .. (now - WAITER_TTL))
+  for _, tk in ipairs(stale) do dequeue(p, tk) end
+end
+
+local function wake_of(p, caller)
+  local _, _, tickets = grantable_prefix(p)
+  for _, tk in ipairs(tickets) do
+    if tk ~= caller then wake[#wake + 1] = tk end
+  end
+end
+
+local function find_holder(p, token)
+  for i, h in ipairs(p.h) do
+    if h.tk == token then return i end
+  end
+  return nil
+end
+
+local function acquire(kind, n, mode, owner, lease, tag, ticket)
+  local p = permits_of(kind, n)
+  if p then
+    prune(p)
+    for _, h in ipairs(p.h) do
+      if h.o == owner then
+        if kind == 'rlock' or (kind == 'rw' and h.m == 's' and mode == 's') then
+          -- Re-entry never waits, not even behind the queue.
+          h.c = h.c + 1
+          if lease then h.u = now + lease end
+          return { 'granted', h.tk, 0 }
+        elseif kind == 'lock' or kind == 'cond' or kind == 'rw' then
+          fail('deadlock')
+        end
+        -- A semaphore may hand several permits to one owner.
+        break
+      end
+    end
+  end
+  if p == nil then p = new_permits(kind, n) end
+  if tag then rec.g = tag end
+  if not may_grant(p, ticket, mode) then
+    if ticket then enqueue(p, ticket, owner, mode) end
+    local retry = -1
+    for _, h in ipairs(p.h) do
+      if h.u and (retry < 0 or h.u < retry) then retry = h.u end
+    end
+    wake_of(p, ticket)
+    -- The waiter's place (how soon it should look again), then the holders, for the
+    -- client's same-host liveness check.
+    local rank = -1
+    if ticket then rank = redis.call('ZRANK', QK, ticket) or -1 end
+    local r = { 'blocked', retry, rank }
+    for _, h in ipairs(p.h) do r[#r + 1] = h.o end
+    return r
+  end
+  if ticket then dequeue(p, ticket) end
+  rec.t = rec.t + 1
+  local token = rec.t
+  local h = { tk = token, o = owner, m = mode, c = 1, since = now }
+  if lease then h.u = now + lease end
+  p.h[#p.h + 1] = h
+  if is_sem(kind) then p.av = p.av - 1 end
+  local died = p.od
+  p.od = false
+  wake_of(p, ticket)
+  return { 'granted', token, died and 1 or 0 }
+end
+
+local function release_owned(kind, n, owner)
+  local p = permits_of(kind, n)
+  if p then
+    prune(p)
+    for i, h in ipairs(p.h) do
+      if h.o == owner then
+        release_at(p, i)
+        wake_of(p, nil)
+        return { 'done' }
+      end
+    end
+  end
+  if is_sem(kind) then
+    if p == nil then p = new_permits(kind, n) end
+    local ceiling = 4294967295
+    if kind == 'bsem' then ceiling = n end
+    if p.av + #p.h >= ceiling then
+      if #p.h == 0 or kind ~= 'bsem' then fail('toomany') end
+      -- Anyone may release a semaphore: at the bound, the permit given back is the
+      -- oldest holder's, whose guard will find it gone.
+      release_at(p, 1)
+    else
+      p.av = p.av + 1
+    end
+    wake_of(p, nil)
+    return { 'done' }
+  end
+  if p and #p.h > 0 then fail('notowner') end
+  fail('notheld')
+end
+
+-- Events, barriers, averagers ---------------------------------------------------------
+
+local function event_of()
+  local s = rec.s
+  if s == nil then return nil end
+  if s.k ~= 'event' then fail('mismatch', 'an Event', describe_state(s)) end
+  return s
+end
+
+local function barrier_of(parties)
+  local s = rec.s
+  if s == nil then
+    s = { k = 'barrier', p = parties, ar = {}, br = false }
+    rec.s = s
+    return s
+  end
+  if s.k ~= 'barrier' or s.p ~= parties then
+    fail('mismatch', 'a Barrier of ' .. parties .. ' parties', describe_state(s))
+  end
+  return s
+end
+
+local function averager_of()
+  local s = rec.s
+  if s and s.k == 'avg' and s.u and s.u <= now then
+    rec.s = nil
+    s = nil
+  end
+  if s == nil then return nil end
+  if s.k ~= 'avg' then fail('mismatch', 'an Averager', describe_state(s)) end
+  return s
+end
+
+local function mean(a)
+  if a == nil or a.c == 0 then return '' end
+  return fmt(tonumber(a.tot) / a.c)
+end
+
+-- The ops ---------------------------------------------------------------------------
+
+local ops = {}
+
+-- acq KIND N MODE OWNER LEASE TAG TICKET
+ops.acq = function(a)
+  return acquire(a[1], tonumber(a[2]), a[3], a[4], optnum(a[5]), optstr(a[6]), optstr(a[7]))
+end
+
+-- rel TOKEN
+ops.rel = function(a)
+  local p = permits_held()
+  prune(p)
+  local i = find_holder(p, tonumber(a[1]))
+  if i == nil then fail('notheld') end
+  release_at(p, i)
+  wake_of(p, nil)
+  return { 'done' }
+end
+
+-- relown KIND N OWNER
+ops.relown = function(a) return release_owned(a[1], tonumber(a[2]), a[3]) end
+
+ops.force = function()
+  local p = rec.s
+  if p == nil or p.k ~= 'permits' then return { 'count', 0 } end
+  local n = #p.h
+  while #p.h > 0 do release_at(p, 1) end
+  wake_of(p, nil)
+  return { 'count', n }
+end
+
+-- deq TICKET
+ops.deq = function(a)
+  local p = rec.s
+  if p == nil or p.k ~= 'permits' then return { 'done' } end
+  dequeue(p, a[1])
+  wake_of(p, nil)
+  return { 'done' }
+end
+
+-- renew TOKEN LEASE
+ops.renew = function(a)
+  local p = permits_held()
+  prune(p)
+  local i = find_holder(p, tonumber(a[1]))
+  if i == nil then fail('notheld') end
+  p.h[i].u = now + tonumber(a[2])
+  return { 'done' }
+end
+
+-- check TOKEN
+ops.check = function(a)
+  local p = rec.s
+  if p == nil or p.k ~= 'permits' then return { 'flag', 0 } end
+  prune(p)
+  local held = find_holder(p, tonumber(a[1])) ~= nil
+  wake_of(p, nil)
+  return { 'flag', held and 1 or 0 }
+end
+
+ops.holders = function()
+  local p = rec.s
+  if p == nil or p.k ~= 'permits' then return { 'holders', 0 } end
+  prune(p)
+  local r = { 'holders', qlen(p) + #p.sl }
+  for _, h in ipairs(p.h) do
+    r[#r + 1] = h.tk
+    r[#r + 1] = h.o
+    r[#r + 1] = h.m
+    r[#r + 1] = h.c
+    r[#r + 1] = h.since
+    r[#r + 1] = h.u or -1
+  end
+  wake_of(p, nil)
+  return r
+end
+
+-- condwait TOKEN TICKET OWNER
+ops.condwait = function(a)
+  local p = permits_of('cond', 0)
+  if p == nil then fail('notheld') end
+  prune(p)
+  local i = find_holder(p, tonumber(a[1]))
+  if i == nil then fail('notheld') end
+  release_at(p, i)
+  p.sl[#p.sl + 1] = { tk = a[2], o = a[3], nt = false }
+  wake_of(p, nil)
+  return { 'done' }
+end
+
+-- notify N
+ops.notify = function(a)
+  local p = permits_of('cond', 0)
+  if p == nil then return { 'count', 0 } end
+  local n, woken = tonumber(a[1]), 0
+  for _, s in ipairs(p.sl) do
+    if woken >= n then break end
+    if not s.nt then
+      s.nt = true
+      woken = woken + 1
+      wake[#wake + 1] = s.tk
+    end
+  end
+  return { 'count', woken }
+end
+
+-- condcheck TICKET CANCEL(0|1)
+ops.condcheck = function(a)
+  local p = permits_of('cond', 0)
+  if p == nil then return { 'flag', 1 } end
+  local cancel = a[2] == '1'
+  for i, s in ipairs(p.sl) do
+    if s.tk == a[1] then
+      if s.nt or cancel then
+        table.remove(p.sl, i)
+        return { 'flag', s.nt and 1 or 0 }
+      end
+      return { 'flag', 0 }
+    end
+  end
+  -- Gone (evicted): nothing left to wait for.
+  return { 'flag', 1 }
+end
+
+-- evset TAG
+ops.evset = function(a)
+  local e = event_of()
+  local tag = optstr(a[1])
+  if tag then rec.g = tag end
+  if e and e.set then return { 'done' } end
+  rec.t = rec.t + 1
+  rec.s = { k = 'event', set = true }
+  wake_all = true
+  return { 'done' }
+end
+
+ops.evclear = function()
+  if event_of() then rec.s = nil end
+  return { 'done' }
+end
+
+ops.evread = function()
+  local e = event_of()
+  return { 'event', (e and e.set) and 1 or 0, rec.t }
+end
+
+-- arrive PARTIES OWNER TAG
+ops.arrive = function(a)
+  local generation = rec.t
+  local parties = tonumber(a[1])
+  local b = barrier_of(parties)
+  if b.br then fail('broken') end
+  if #b.ar >= parties then return { 'busy' } end
+  b.ar[#b.ar + 1] = a[2]
+  local tag = optstr(a[3])
+  if tag then rec.g = tag end
+  return { 'arrived', generation, #b.ar - 1 }
+end
+
+-- advance PARTIES GENERATION
+ops.advance = function(a)
+  local parties = tonumber(a[1])
+  local current = rec.t
+  local b = barrier_of(parties)
+  if current == tonumber(a[2]) and #b.ar == parties then
+    b.ar = {}
+    rec.t = rec.t + 1
+    wake_all = true
+  end
+  return { 'done' }
+end
+
+-- abort PARTIES GENERATION?
+ops.abort = function(a)
+  local current = rec.t
+  local b = barrier_of(tonumber(a[1]))
+  local generation = optnum(a[2])
+  if generation == nil or generation == current then
+    b.br = true
+    wake_all = true
+  end
+  return { 'done' }
+end
+
+-- reset PARTIES
+ops.reset = function(a)
+  local generation = rec.t
+  local b = barrier_of(tonumber(a[1]))
+  if b.br or #b.ar > 0 then
+    b.lb = generation
+    b.br = false
+    b.ar = {}
+    rec.t = rec.t + 1
+    wake_all = true
+  end
+  return { 'done' }
+end
+
+-- bread PARTIES
+ops.bread = function(a)
+  local generation = rec.t
+  local b = barrier_of(tonumber(a[1]))
+  local r = { 'barrier', generation, #b.ar, b.br and 1 or 0, b.lb or -1 }
+  -- The parties, for the client's same-host liveness check.
+  for _, o in ipairs(b.ar) do r[#r + 1] = o end
+  return r
+end
+
+-- avgadd VALUE EXPIRE TAG
+ops.avgadd = function(a)
+  local s = averager_of()
+  local total, count = 0, 0
+  if s then
+    total = tonumber(s.tot)
+    count = s.c
+  end
+  local n = { k = 'avg', tot = fmt(total + tonumber(a[1])), c = count + 1 }
+  local expire = optnum(a[2])
+  if expire then n.u = now + expire end
+  rec.s = n
+  local tag = optstr(a[3])
+  if tag then rec.g = tag end
+  return { 'done' }
+end
+
+ops.avgget = function() return { 'avg', mean(averager_of()) } end
+
+ops.avgpop = function()
+  local m = mean(averager_of())
+  rec.s = nil
+  return { 'avg', m }
+end
+
+-- reap OWNER... : the client found these owners' processes gone.
+ops.reap = function(a)
+  local dead = {}
+  for _, o in ipairs(a) do dead[o] = true end
+  local s = rec.s
+  if s and s.k == 'permits' then
+    local kept, freed = {}, 0
+    for _, h in ipairs(s.h) do
+      if dead[h.o] then freed = freed + 1 else kept[#kept + 1] = h end
+    end
+    if freed > 0 then
+      s.h = kept
+      s.od = true
+      if is_sem(s.kind) then s.av = s.av + freed end
+    end
+    local infos = redis.call('HGETALL', IK)
+    for i = 1, #infos, 2 do
+      if dead[string.sub(infos[i + 1], 3)] then dequeue(s, infos[i]) end
+    end
+    local sl = {}
+    for _, w in ipairs(s.sl) do
+      if not dead[w.o] then sl[#sl + 1] = w end
+    end
+    s.sl = sl
+    wake_of(s, nil)
+    return { 'count', freed }
+  elseif s and s.k == 'barrier' then
+    if not s.br then
+      for _, o in ipairs(s.ar) do
+        if dead[o] then
+          s.br = true
+          wake_all = true
+          break
+        end
+      end
+    end
+  end
+  return { 'count', 0 }
+end
+
+-- evict TAG: drop the state if tagged TAG, keeping the counter.
+ops.evict = function(a)
+  if rec.s ~= nil and rec.g == a[1] then
+    redis.call('DEL', QK, WK, IK)
+    rec.s = nil
+    rec.g = nil
+    wake_all = true
+    return { 'count', 1 }
+  end
+  return { 'count', 0 }
+end
+
+-- Dispatch, tidy, store, wake -------------------------------------------------------------
+
+local function step(KEYS, ARGV)
+key = KEYS[1]
+QK, WK, IK = KEYS[2], KEYS[3], KEYS[4]
+WAITER_TTL = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+raw = redis.call('GET', key)
+if raw then rec = cjson.decode(raw) else rec = { t = 0 } end
+wake_all = false
+wake = {}
+
+local handler = ops[ARGV[2]]
+if handler == nil then return { 'err', 'bug', 'unknown op ' .. tostring(ARGV[2]) } end
+local args = {}
+for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
+local ok, reply = pcall(handler, args)
+if not ok then
+  if type(reply) == 'table' then
+    local r = { 'err' }
+    for _, x in ipairs(reply) do r[#r + 1] = x end
+    return r
+  end
+  return { 'err', 'bug', tostring(reply) }
+end
+
+-- Drop the state of an idle primitive, keeping the fencing counter.
+local s = rec.s
+local idle = true
+if s ~= nil then
+  if s.k == 'permits' then
+    idle = #s.h == 0 and qlen(s) == 0 and #s.sl == 0 and not s.od and s.av == initial(s.kind, s.n)
+  elseif s.k == 'event' then
+    idle = not s.set
+  elseif s.k == 'barrier' then
+    idle = #s.ar == 0 and not s.br and s.lb == nil
+  else
+    idle = s.c == 0
+  end
+end
+if idle then
+  rec.s = nil
+  rec.g = nil
+end
+
+if rec.s == nil and rec.t == 0 then
+  if raw then redis.call('DEL', key) end
+else
+  local out = cjson.encode(rec)
+  if out ~= raw then redis.call('SET', key, out) end
+end
+
+if wake_all then
+  redis.call('PUBLISH', key, '*')
+elseif #wake > 0 then
+  redis.call('PUBLISH', key, table.concat(wake, ' '))
+end
+return reply
+end

@@ -1,0 +1,1294 @@
+//! The Redis backend: primitives shared by every process, on any machine, that opens
+//! the same `redis://` (or `rediss://`) URL and key prefix.
+//!
+//! # One step, one round trip
+//!
+//! Every [`Op`] is one call of one Lua function (`redis.lua`): an `FCALL` of a Redis 7
+//! function library (loaded at open, and again if a restarted server forgot it), or,
+//! on older servers, an `EVALSHA` of the same code as a script. It is
+//! [`model::apply`](super::model) ported op for op, run atomically by the server, on
+//! the server's clock (`TIME`). A
+//! primitive's record is JSON in the key `{prefix}{name}`; its waiter queue, when it has
+//! one, sits beside it in `{prefix}{name}:q`, `:w` and `:i` (a sorted set of tickets in
+//! arrival order, a sorted set of when each last tried, a hash of their modes and
+//! owners), so a step costs O(log n) in the queue's length. The `{name}` hash tag keeps
+//! a primitive's keys in one Redis Cluster slot.
+//!
+//! # Waking
+//!
+//! A step that wakes someone publishes, from the same script, on the channel named like
+//! the primitive's key: `*` for everyone, else the woken tickets. One subscriber
+//! connection per server and process (pattern-subscribed to each open prefix before
+//! `Space::open` returns, so before any watch) fans messages out to the local
+//! watchers. A watcher also re-checks at least every [`POLL`], so a lost message (a
+//! subscriber reconnecting) costs latency, never a hang, and queued waiters keep their
+//! place ([`WAITER_TTL`]).
+//!
+//! # Holders that die
+//!
+//! Redis cannot ask whether a process lives. Every hold therefore has a lease on the
+//! server's clock: the caller's, or [`DEFAULT_LEASE`] for holds taken without one,
+//! renewed by the space's lease keeper while the holder lives; a SIGKILLed holder's
+//! hold lapses with its lease. Holders on this host are also checked directly: a
+//! blocked acquire whose holder's process is gone drops that holder at once.
+//!
+//! # What stays
+//!
+//! A primitive nobody holds, waits for or has set keeps one key, `{prefix}{name}`, with
+//! its fencing counter (`{"t":N}`), so tokens never go back; everything else is deleted
+//! the moment the primitive is idle.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use event_listener::{Event, EventListener, Listener};
+use futures_util::StreamExt;
+use redis::Value;
+
+use super::model::{Acquire, BarrierView, Holder, Millis, Op, Reply};
+use super::{Backend, BoxFuture, Grant, Key, Mode, PermitKind, Watch};
+use crate::backend::mem::now_millis;
+use crate::owner::Owner;
+use crate::{Error, Result};
+
+/// The lease of a hold taken without one: renewed while the holder lives, it bounds
+/// how long a dead holder on another host blocks the others.
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// A queued waiter that has not tried for this long is dropped from the queue (its
+/// process is presumed gone).
+pub(crate) const WAITER_TTL: Millis = 30_000;
+
+/// The longest a watcher near the front of a queue, or a watcher of an event or a
+/// barrier, sleeps without re-checking: the fallback for a lost message.
+pub(crate) const POLL: Duration = Duration::from_secs(1);
+
+/// How many queued waiters count as near the front.
+const FRONT: i64 = 16;
+
+/// How often a waiter further back re-checks: often enough to keep its place (a third
+/// of [`WAITER_TTL`]), rarely enough that ten thousand waiters cost little.
+const REFRESH: Duration = Duration::from_millis(WAITER_TTL / 3);
+
+/// Leases longer than this (ten years) are cut to it, so that every time the script
+/// computes fits a Lua number exactly.
+const MAX_LEASE: Millis = 10 * 365 * 24 * 3600 * 1000;
+
+/// How long one request may take before it is a [`Error::Backend`].
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The step function's Lua source (see `redis.lua`).
+const SOURCE: &str = include_str!("redis.lua");
+
+/// The name of the function library and of its one function: versioned by a hash of
+/// the source, so processes running different versions of locksmith each find theirs.
+fn function_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let hash = SOURCE.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("locksmith_{hash:016x}")
+    })
+}
+
+/// The source as a Redis 7 function library: the definitions run once, at load.
+fn library() -> String {
+    let name = function_name();
+    format!("#!lua name={name}\n{SOURCE}\nredis.register_function('{name}', step)\n")
+}
+
+/// The source as an EVAL script, for servers without functions (before Redis 7).
+fn script() -> &'static redis::Script {
+    static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(&format!("{SOURCE}\nreturn step(KEYS, ARGV)\n")))
+}
+
+fn load_library_cmd() -> redis::Cmd {
+    let mut cmd = redis::cmd("FUNCTION");
+    cmd.arg("LOAD").arg("REPLACE").arg(library());
+    cmd
+}
+
+fn fcall_cmd(keys: &[String; 4], args: &[String]) -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(function_name())
+        .arg(keys.len())
+        .arg(keys)
+        .arg(WAITER_TTL)
+        .arg(args);
+    cmd
+}
+
+/// Whether the server forgot the function (it restarted without persistence).
+fn no_function(e: &redis::RedisError) -> bool {
+    e.to_string().contains("Function not found")
+}
+
+fn backend_err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    Error::backend(e)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// The runtime ------------------------------------------------------------------------
+
+/// The process's Redis runtime: one thread running the async connections and the
+/// subscribers, whatever executor (if any) the callers use.
+fn runtime() -> Result<&'static tokio::runtime::Handle> {
+    static RT: OnceLock<std::result::Result<tokio::runtime::Handle, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("locksmith-redis".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .map_err(|e| e.to_string())?;
+        Ok(handle)
+    })
+    .as_ref()
+    .map_err(|e| backend_err(format!("cannot start the redis runtime: {e}")))
+}
+
+/// Runs `fut` on the Redis runtime and blocks the calling thread until it is done.
+fn block_on<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime()?.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv()
+        .map_err(|_| backend_err("the redis runtime stopped"))
+}
+
+// The URL ------------------------------------------------------------------------------
+
+/// Splits `?prefix=…` off a Redis URL: the rest goes to the `redis` crate.
+fn split_url(url: &str) -> Result<(String, String)> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => (url, ""),
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let mut prefix = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("prefix", v)) => prefix = Some(percent_decode(v)?),
+            _ => rest.push(pair),
+        }
+    }
+    let mut out = base.to_owned();
+    if !rest.is_empty() {
+        out.push('?');
+        out.push_str(&rest.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    Ok((out, prefix.unwrap_or_else(|| "locksmith:".to_owned())))
+}
+
+fn percent_decode(s: &str) -> Result<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| Error::invalid(format!("bad percent escape in '{s}'")))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::invalid(format!("'{s}' is not UTF-8")))
+}
+
+/// The URL with any password hidden, for messages and `Debug`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Escapes the glob characters of `s` for `PSUBSCRIBE` and `SCAN MATCH`.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// The backend ------------------------------------------------------------------------
+
+/// A space on a Redis server: one key prefix of one database.
+pub(crate) struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    prefix: String,
+    client: redis::Client,
+    /// Idle synchronous connections: the blocking steps' fast path.
+    pool: Mutex<Vec<redis::Connection>>,
+    /// The async steps' connection (multiplexed, reconnecting), made on first use.
+    manager: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    hub: Arc<Hub>,
+    pattern: String,
+    /// Whether the server has functions (Redis 7): FCALL, else EVALSHA.
+    functions: bool,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.inner.url)
+            .field("prefix", &self.inner.prefix)
+            .finish()
+    }
+}
+
+/// What a [`Key`] resolves to: its Redis keys and its local wake-up slot.
+struct Resolved {
+    keys: [String; 4],
+    slot: Arc<Slot>,
+}
+
+impl RedisBackend {
+    /// Opens `url` (`redis://[user:password@]host[:port][/db][?prefix=P]`, or
+    /// `rediss://` for TLS): checks that the server answers and subscribes to the
+    /// prefix's wake-ups.
+    pub(crate) fn open(url: &str) -> Result<RedisBackend> {
+        let (server, prefix) = split_url(url)?;
+        if url.starts_with("rediss:") && !cfg!(feature = "redis-tls") {
+            return Err(Error::Unsupported(format!(
+                "'{}' needs TLS: build locksmith with the redis-tls feature",
+                redact(url)
+            )));
+        }
+        let client = redis::Client::open(server.as_str())
+            .map_err(|e| Error::invalid(format!("'{}' is not a Redis URL: {e}", redact(url))))?;
+        let hub = Hub::for_server(&server, &client)?;
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let mut inner = Inner {
+            url: redact(url),
+            prefix,
+            client,
+            pool: Mutex::new(Vec::new()),
+            manager: tokio::sync::OnceCell::new(),
+            hub: hub.clone(),
+            pattern: pattern.clone(),
+            functions: false,
+        };
+        // A first connection: a server that is down is an error now, not later.
+        let mut conn = inner.connect()?;
+        // LOCKSMITH_REDIS_EVAL=1 forces the EVALSHA path (how older servers are
+        // served), so that it can be tested on Redis 7.
+        let force_eval = std::env::var_os("LOCKSMITH_REDIS_EVAL").is_some_and(|v| v == "1");
+        inner.functions = !force_eval && load_library_cmd().query::<String>(&mut conn).is_ok();
+        lock(&inner.pool).push(conn);
+        let subscribed = block_on({
+            let hub = hub.clone();
+            async move { hub.subscribe(pattern).await }
+        });
+        let backend = RedisBackend {
+            inner: Arc::new(inner),
+        };
+        subscribed??;
+        Ok(backend)
+    }
+
+    fn resolve(&self, key: &Key) -> Arc<Resolved> {
+        key.cached(|| {
+            let base = format!("{}{{{}}}", self.inner.prefix, key.name());
+            let slot = self.inner.hub.slot(&base);
+            Arc::new(Resolved {
+                keys: [
+                    base.clone(),
+                    format!("{base}:q"),
+                    format!("{base}:w"),
+                    format!("{base}:i"),
+                ],
+                slot,
+            })
+        })
+    }
+
+    /// The primitive names of this prefix's keys.
+    fn scan(&self) -> Result<Vec<String>> {
+        let pattern = format!("{}{{*}}", glob_escape(&self.inner.prefix));
+        let keys: Vec<String> = self.inner.with_conn(|c| {
+            let mut keys = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)?;
+                keys.extend(batch);
+                if next == 0 {
+                    return Ok(keys);
+                }
+                cursor = next;
+            }
+        })?;
+        let mut names: Vec<String> = keys
+            .iter()
+            .filter_map(|k| {
+                k.strip_prefix(self.inner.prefix.as_str())?
+                    .strip_prefix('{')?
+                    .strip_suffix('}')
+                    .map(str::to_owned)
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        self.inner.hub.unsubscribe(&self.inner.pattern);
+    }
+}
+
+impl Inner {
+    fn connect(&self) -> Result<redis::Connection> {
+        let conn = self
+            .client
+            .get_connection_with_timeout(IO_TIMEOUT)
+            .map_err(|e| backend_err(format!("cannot reach {}: {e}", self.url)))?;
+        conn.set_read_timeout(Some(IO_TIMEOUT))
+            .and_then(|()| conn.set_write_timeout(Some(IO_TIMEOUT)))
+            .map_err(|e| backend_err(format!("{}: {e}", self.url)))?;
+        Ok(conn)
+    }
+
+    /// Runs `f` on a pooled connection. A connection that fails is dropped with every
+    /// idle one (after a restart or failover they are all stale), and the failure is
+    /// reported, never retried: the step may or may not have happened.
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let pooled = lock(&self.pool).pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        match f(&mut conn) {
+            Ok(t) => {
+                lock(&self.pool).push(conn);
+                Ok(t)
+            }
+            Err(e) => {
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                    && !e.is_connection_dropped()
+                {
+                    lock(&self.pool).push(conn);
+                } else {
+                    lock(&self.pool).clear();
+                }
+                Err(backend_err(format!("{}: {e}", self.url)))
+            }
+        }
+    }
+
+    fn eval(&self, keys: &[String; 4], args: &[String]) -> Result<Vec<Value>> {
+        if self.functions {
+            let cmd = fcall_cmd(keys, args);
+            let value: Value = self.with_conn(|c| match cmd.query(c) {
+                Err(e) if no_function(&e) => {
+                    load_library_cmd().query::<String>(c)?;
+                    cmd.query(c)
+                }
+                other => other,
+            })?;
+            return into_array(value);
+        }
+        let mut call = script().prepare_invoke();
+        for k in keys {
+            call.key(k);
+        }
+        call.arg(WAITER_TTL);
+        for a in args {
+            call.arg(a);
+        }
+        let value: Value = self.with_conn(|c| call.invoke(c))?;
+        into_array(value)
+    }
+
+    async fn manager(&self) -> Result<redis::aio::ConnectionManager> {
+        self.manager
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(IO_TIMEOUT))
+                    .set_connection_timeout(Some(IO_TIMEOUT))
+                    .set_number_of_retries(2);
+                self.client
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .map_err(|e| backend_err(format!("cannot reach {}: {e}", self.url)))
+            })
+            .await
+            .cloned()
+    }
+
+    /// [`Inner::eval`] on the async connection; runs on the Redis runtime.
+    async fn eval_async(&self, keys: &[String; 4], args: &[String]) -> Result<Vec<Value>> {
+        let mut conn = self.manager().await?;
+        if self.functions {
+            let cmd = fcall_cmd(keys, args);
+            let value: Value = match cmd.query_async(&mut conn).await {
+                Err(e) if no_function(&e) => {
+                    load_library_cmd()
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .map_err(|e| backend_err(format!("{}: {e}", self.url)))?;
+                    cmd.query_async(&mut conn).await
+                }
+                other => other,
+            }
+            .map_err(|e| backend_err(format!("{}: {e}", self.url)))?;
+            return into_array(value);
+        }
+        let mut call = script().prepare_invoke();
+        for k in keys {
+            call.key(k);
+        }
+        call.arg(WAITER_TTL);
+        for a in args {
+            call.arg(a);
+        }
+        let value: Value = call
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| backend_err(format!("{}: {e}", self.url)))?;
+        into_array(value)
+    }
+
+    /// [`Inner::eval_async`], from any executor, and safe to cancel: if the caller
+    /// goes away while the step is on the wire, a grant it would have received is
+    /// given back and a queue place it would have kept is left.
+    async fn eval_detached(
+        self: &Arc<Self>,
+        resolved: &Arc<Resolved>,
+        args: Vec<String>,
+        undo: Undo,
+    ) -> Result<Vec<Value>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let inner = self.clone();
+        let resolved = resolved.clone();
+        let done = Arc::new(Done::default());
+        let finished = done.clone();
+        runtime()?.spawn(async move {
+            let out = inner.eval_async(&resolved.keys, &args).await;
+            if let Err(Ok(values)) = tx.send(out) {
+                inner.undo(&resolved, undo, &values).await;
+            }
+            finished
+                .flag
+                .store(true, std::sync::atomic::Ordering::Release);
+            finished.event.notify(usize::MAX);
+        });
+        // Dropped mid-flight, an acquisition waits (one round trip or two) until the
+        // step and its undo are done, so that the caller finds the state settled: not
+        // queued, not holding.
+        let mut settle = Settle {
+            done,
+            armed: matches!(undo, Undo::Acquire(_)),
+        };
+        let out = rx.await;
+        settle.armed = false;
+        out.map_err(|_| backend_err("the redis runtime stopped"))?
+    }
+
+    async fn undo(&self, resolved: &Resolved, undo: Undo, values: &[Value]) {
+        let args = match (undo, values.first().map(text)) {
+            (Undo::Acquire(_), Some(Ok(tag))) if tag == "granted" => match values.get(1) {
+                Some(Value::Int(token)) => vec!["rel".to_owned(), token.to_string()],
+                _ => return,
+            },
+            (Undo::Acquire(Some(ticket)), Some(Ok(tag))) if tag == "blocked" => {
+                vec!["deq".to_owned(), ticket.to_string()]
+            }
+            _ => return,
+        };
+        if let Err(e) = self.eval_async(&resolved.keys, &args).await {
+            tracing::warn!(error = %e, "could not undo a cancelled acquisition");
+        }
+    }
+}
+
+/// Whether a detached step (and its undo) finished.
+#[derive(Default)]
+struct Done {
+    flag: std::sync::atomic::AtomicBool,
+    event: Event,
+}
+
+/// Waits, when dropped while armed, until the detached step is done.
+struct Settle {
+    done: Arc<Done>,
+    armed: bool,
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let deadline = Instant::now() + 2 * IO_TIMEOUT;
+        loop {
+            let listener = self.done.event.listen();
+            if self.done.flag.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            if listener.wait_deadline(deadline).is_none() {
+                return;
+            }
+        }
+    }
+}
+
+/// What to undo if an async step's caller went away mid-flight.
+#[derive(Clone, Copy)]
+enum Undo {
+    Nothing,
+    /// An acquisition, with its ticket if it queued.
+    Acquire(Option<u64>),
+}
+
+impl Backend for RedisBackend {
+    fn step(&self, key: &Key, op: Op) -> Result<Reply> {
+        let resolved = self.resolve(key);
+        let args = encode(&op);
+        let (reply, dead) = decode(self.inner.eval(&resolved.keys, &args)?, key.name())?;
+        if dead.is_empty() {
+            return Ok(reply);
+        }
+        self.inner.eval(&resolved.keys, &reap_args(dead))?;
+        Ok(decode(self.inner.eval(&resolved.keys, &args)?, key.name())?.0)
+    }
+
+    fn step_async<'a>(&'a self, key: &'a Key, op: Op) -> BoxFuture<'a, Result<Reply>> {
+        let resolved = self.resolve(key);
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let undo = match &op {
+                Op::Acquire(a) => Undo::Acquire(a.ticket),
+                _ => Undo::Nothing,
+            };
+            let args = encode(&op);
+            let values = inner.eval_detached(&resolved, args.clone(), undo).await?;
+            let (reply, dead) = decode(values, key.name())?;
+            if dead.is_empty() {
+                return Ok(reply);
+            }
+            inner
+                .eval_detached(&resolved, reap_args(dead), Undo::Nothing)
+                .await?;
+            let values = inner.eval_detached(&resolved, args, undo).await?;
+            Ok(decode(values, key.name())?.0)
+        })
+    }
+
+    fn watch(&self, key: &Key, ticket: Option<u64>) -> Result<Box<dyn Watch>> {
+        let resolved = self.resolve(key);
+        let slot = &resolved.slot;
+        let (listener, ticket_event) = match ticket {
+            Some(ticket) => {
+                let event = slot.ticket(ticket);
+                (event.listen(), Some(event))
+            }
+            None => (slot.changed.listen(), None),
+        };
+        Ok(Box::new(RedisWatch {
+            listener,
+            ticket: ticket_event,
+            _slot: resolved.slot.clone(),
+        }))
+    }
+
+    fn names(&self) -> Result<Vec<String>> {
+        self.scan()
+    }
+
+    fn evict_tag(&self, tag: &str) -> Result<usize> {
+        let mut evicted = 0;
+        for name in self.scan()? {
+            let key = Key::new(&name);
+            let resolved = self.resolve(&key);
+            let args = vec!["evict".to_owned(), tag.to_owned()];
+            if let (Reply::Count(n), _) = decode(self.inner.eval(&resolved.keys, &args)?, &name)? {
+                evicted += n as usize;
+            }
+        }
+        Ok(evicted)
+    }
+
+    fn default_lease(&self) -> Option<Duration> {
+        Some(DEFAULT_LEASE)
+    }
+}
+
+// Encoding ops and decoding replies ------------------------------------------------------
+
+/// An owner as the script stores it: an opaque string, since a Lua number cannot hold
+/// a u64. The host comes first and is split off last, so it may contain anything.
+fn owner_str(o: &Owner) -> String {
+    format!(
+        "{}/{:x}/{}/{}/{:x}",
+        o.host, o.boot, o.pid, o.start, o.thread
+    )
+}
+
+fn parse_owner(s: &str) -> Option<Owner> {
+    let mut it = s.rsplitn(5, '/');
+    let thread = u64::from_str_radix(it.next()?, 16).ok()?;
+    let start = it.next()?.parse().ok()?;
+    let pid = it.next()?.parse().ok()?;
+    let boot = u64::from_str_radix(it.next()?, 16).ok()?;
+    let host = it.next()?;
+    Some(Owner {
+        host: host.into(),
+        boot,
+        pid,
+        start,
+        thread,
+    })
+}
+
+fn kind_args(kind: PermitKind) -> [String; 2] {
+    let (k, n) = match kind {
+        PermitKind::Lock => ("lock", 0),
+        PermitKind::RLock => ("rlock", 0),
+        PermitKind::Semaphore { initial } => ("sem", initial),
+        PermitKind::BoundedSemaphore { max } => ("bsem", max),
+        PermitKind::RwLock => ("rw", 0),
+        PermitKind::Condition => ("cond", 0),
+    };
+    [k.to_owned(), n.to_string()]
+}
+
+fn mode_arg(mode: Mode) -> String {
+    match mode {
+        Mode::Exclusive => "x".into(),
+        Mode::Shared => "s".into(),
+    }
+}
+
+/// An optional string: `-` for none, `+value` for some.
+fn opt_arg<T: fmt::Display>(x: &Option<T>) -> String {
+    match x {
+        Some(x) => format!("+{x}"),
+        None => "-".into(),
+    }
+}
+
+fn millis_arg(x: Option<Millis>) -> String {
+    x.map(|m| m.min(MAX_LEASE).to_string()).unwrap_or_default()
+}
+
+fn encode(op: &Op) -> Vec<String> {
+    let s = |x: &str| x.to_owned();
+    match op {
+        Op::Acquire(Acquire {
+            kind,
+            mode,
+            owner,
+            lease,
+            tag,
+            ticket,
+        }) => {
+            let [k, n] = kind_args(*kind);
+            vec![
+                s("acq"),
+                k,
+                n,
+                mode_arg(*mode),
+                owner_str(owner),
+                millis_arg(*lease),
+                opt_arg(tag),
+                opt_arg(ticket),
+            ]
+        }
+        Op::Release { token } => vec![s("rel"), token.to_string()],
+        Op::ReleaseOwned { kind, owner } => {
+            let [k, n] = kind_args(*kind);
+            vec![s("relown"), k, n, owner_str(owner)]
+        }
+        Op::ForceRelease => vec![s("force")],
+        Op::Dequeue { ticket } => vec![s("deq"), ticket.to_string()],
+        Op::Renew { token, lease } => {
+            vec![s("renew"), token.to_string(), millis_arg(Some(*lease))]
+        }
+        Op::Check { token } => vec![s("check"), token.to_string()],
+        Op::Holders => vec![s("holders")],
+        Op::CondWait {
+            token,
+            ticket,
+            owner,
+        } => vec![
+            s("condwait"),
+            token.to_string(),
+            ticket.to_string(),
+            owner_str(owner),
+        ],
+        Op::CondNotify { n } => vec![s("notify"), (*n).min(1 << 40).to_string()],
+        Op::CondCheck { ticket } => vec![s("condcheck"), ticket.to_string(), s("0")],
+        Op::CondCancel { ticket } => vec![s("condcheck"), ticket.to_string(), s("1")],
+        Op::EventSet { tag } => vec![s("evset"), opt_arg(tag)],
+        Op::EventClear => vec![s("evclear")],
+        Op::EventRead => vec![s("evread")],
+        Op::BarrierArrive {
+            parties,
+            owner,
+            tag,
+        } => vec![
+            s("arrive"),
+            parties.to_string(),
+            owner_str(owner),
+            opt_arg(tag),
+        ],
+        Op::BarrierAdvance {
+            parties,
+            generation,
+        } => vec![s("advance"), parties.to_string(), generation.to_string()],
+        Op::BarrierAbort {
+            parties,
+            generation,
+        } => vec![
+            s("abort"),
+            parties.to_string(),
+            generation.map(|g| g.to_string()).unwrap_or_default(),
+        ],
+        Op::BarrierReset { parties } => vec![s("reset"), parties.to_string()],
+        Op::BarrierRead { parties } => vec![s("bread"), parties.to_string()],
+        Op::AvgAdd { value, expire, tag } => vec![
+            s("avgadd"),
+            format!("{value:?}"),
+            millis_arg(*expire),
+            opt_arg(tag),
+        ],
+        Op::AvgGet => vec![s("avgget")],
+        Op::AvgPop => vec![s("avgpop")],
+    }
+}
+
+fn reap_args(dead: Vec<String>) -> Vec<String> {
+    let mut args = vec!["reap".to_owned()];
+    args.extend(dead);
+    args
+}
+
+fn into_array(v: Value) -> Result<Vec<Value>> {
+    match v {
+        Value::Array(items) => Ok(items),
+        other => Err(backend_err(format!(
+            "unexpected reply from the locksmith script: {other:?}"
+        ))),
+    }
+}
+
+fn text(v: &Value) -> Result<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone())
+            .map_err(|_| backend_err("the locksmith script answered non-UTF-8 text")),
+        Value::SimpleString(s) => Ok(s.clone()),
+        Value::Int(i) => Ok(i.to_string()),
+        other => Err(backend_err(format!(
+            "unexpected value from the locksmith script: {other:?}"
+        ))),
+    }
+}
+
+fn int(v: Option<&Value>) -> Result<i64> {
+    match v {
+        Some(Value::Int(i)) => Ok(*i),
+        Some(other) => text(other)?
+            .parse()
+            .map_err(|_| backend_err(format!("expected a number, got {other:?}"))),
+        None => Err(backend_err("the locksmith script answered too little")),
+    }
+}
+
+fn uint(v: Option<&Value>) -> Result<u64> {
+    Ok(int(v)?.max(0) as u64)
+}
+
+fn opt_millis(v: Option<&Value>) -> Result<Option<Millis>> {
+    let x = int(v)?;
+    Ok((x >= 0).then_some(x as Millis))
+}
+
+/// The owners among `owners` whose processes are known to be gone (on this host).
+fn dead_among(owners: &[Value]) -> Vec<String> {
+    owners
+        .iter()
+        .filter_map(|v| text(v).ok())
+        .filter(|s| parse_owner(s).is_some_and(|o| o.is_dead()))
+        .collect()
+}
+
+/// The reply, and the owners the reply named whose processes are gone.
+fn decode(values: Vec<Value>, name: &str) -> Result<(Reply, Vec<String>)> {
+    let tag = text(
+        values
+            .first()
+            .ok_or_else(|| backend_err("empty reply from the locksmith script"))?,
+    )?;
+    let v = |i: usize| values.get(i);
+    let name = name.to_owned();
+    let reply = match tag.as_str() {
+        "granted" => Reply::Granted(Grant {
+            token: uint(v(1))?,
+            previous_owner_died: int(v(2))? != 0,
+        }),
+        "blocked" => {
+            let dead = dead_among(values.get(3..).unwrap_or_default());
+            // A waiter near the front of the queue looks again within POLL (in case
+            // its wake-up is lost); one further back only needs to keep its place.
+            let rank = int(v(2))?;
+            let look = if (0..FRONT).contains(&rank) {
+                POLL
+            } else {
+                REFRESH
+            };
+            let look = now_millis() + look.as_millis() as Millis;
+            let retry_at = match opt_millis(v(1))? {
+                Some(lease_end) => lease_end.min(look),
+                None => look,
+            };
+            return Ok((
+                Reply::Blocked {
+                    retry_at: Some(retry_at),
+                },
+                dead,
+            ));
+        }
+        "done" => Reply::Done,
+        "count" => Reply::Count(uint(v(1))?),
+        "flag" => Reply::Flag(int(v(1))? != 0),
+        "event" => Reply::Event {
+            set: int(v(1))? != 0,
+            generation: uint(v(2))?,
+        },
+        "arrived" => Reply::Arrived {
+            generation: uint(v(1))?,
+            index: uint(v(2))? as u32,
+        },
+        "busy" => Reply::Busy,
+        "barrier" => {
+            let view = BarrierView {
+                generation: uint(v(1))?,
+                n_waiting: uint(v(2))? as u32,
+                broken: int(v(3))? != 0,
+                last_broken: opt_millis(v(4))?,
+            };
+            let dead = if view.broken {
+                Vec::new()
+            } else {
+                dead_among(values.get(5..).unwrap_or_default())
+            };
+            return Ok((Reply::Barrier(view), dead));
+        }
+        "avg" => {
+            let s = text(v(1).unwrap_or(&Value::Nil)).unwrap_or_default();
+            Reply::Average(if s.is_empty() {
+                None
+            } else {
+                Some(s.parse().map_err(|_| {
+                    backend_err(format!("the locksmith script answered a bad mean '{s}'"))
+                })?)
+            })
+        }
+        "holders" => {
+            let waiting = uint(v(1))? as u32;
+            let mut holders = Vec::new();
+            for h in values.get(2..).unwrap_or_default().chunks_exact(6) {
+                let owner_s = text(&h[1])?;
+                let owner = parse_owner(&owner_s)
+                    .ok_or_else(|| backend_err(format!("bad owner '{owner_s}' in the store")))?;
+                holders.push(Holder {
+                    token: uint(h.first())?,
+                    owner,
+                    mode: if text(&h[2])? == "s" {
+                        Mode::Shared
+                    } else {
+                        Mode::Exclusive
+                    },
+                    count: uint(h.get(3))? as u32,
+                    since: uint(h.get(4))?,
+                    until: opt_millis(h.get(5))?,
+                });
+            }
+            Reply::Holders { holders, waiting }
+        }
+        "err" => {
+            let kind = text(v(1).unwrap_or(&Value::Nil)).unwrap_or_default();
+            return Err(match kind.as_str() {
+                "notheld" => Error::NotHeld { name },
+                "notowner" => Error::NotOwner { name },
+                "deadlock" => Error::WouldDeadlock { name },
+                "toomany" => Error::TooManyReleases { name },
+                "broken" => Error::BrokenBarrier { name },
+                "mismatch" => Error::Mismatch {
+                    name,
+                    wanted: text(v(2).unwrap_or(&Value::Nil)).unwrap_or_default(),
+                    found: text(v(3).unwrap_or(&Value::Nil)).unwrap_or_default(),
+                },
+                _ => backend_err(format!(
+                    "the locksmith script failed: {}",
+                    text(v(2).unwrap_or(&Value::Nil)).unwrap_or(kind)
+                )),
+            });
+        }
+        other => {
+            return Err(backend_err(format!(
+                "unknown reply '{other}' from the locksmith script"
+            )))
+        }
+    };
+    Ok((reply, Vec::new()))
+}
+
+// Wake-ups -----------------------------------------------------------------------------
+
+/// The subscriber of one server, shared by every space of this process on it.
+struct Hub {
+    client: redis::Client,
+    /// Local watchers, by channel (the primitive's key).
+    slots: Mutex<WeakMap<String, Slot>>,
+    /// Subscribed patterns (one per open prefix), counted.
+    patterns: Mutex<HashMap<String, usize>>,
+    /// The live subscriber connection's command side.
+    sink: Mutex<Option<redis::aio::PubSubSink>>,
+    connected: tokio::sync::Notify,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A map of weak entries, swept of dead ones whenever it doubled since the last
+/// sweep: O(1) amortized per insert.
+struct WeakMap<K, V> {
+    map: HashMap<K, Weak<V>>,
+    sweep_at: usize,
+}
+
+impl<K, V> Default for WeakMap<K, V> {
+    fn default() -> Self {
+        WeakMap {
+            map: HashMap::new(),
+            sweep_at: 64,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> WeakMap<K, V> {
+    fn get<Q>(&self, k: &Q) -> Option<Arc<V>>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.map.get(k).and_then(Weak::upgrade)
+    }
+
+    fn get_or_insert(&mut self, k: K, make: impl FnOnce() -> V) -> Arc<V> {
+        if let Some(v) = self.get(&k) {
+            return v;
+        }
+        if self.map.len() >= self.sweep_at {
+            self.map.retain(|_, w| w.strong_count() > 0);
+            self.sweep_at = (self.map.len() * 2).max(64);
+        }
+        let v = Arc::new(make());
+        self.map.insert(k, Arc::downgrade(&v));
+        v
+    }
+
+    fn live(&self) -> impl Iterator<Item = Arc<V>> + '_ {
+        self.map.values().filter_map(Weak::upgrade)
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Wakes watchers without a ticket.
+    changed: Event,
+    tickets: Mutex<WeakMap<u64, Event>>,
+}
+
+impl Slot {
+    fn ticket(&self, ticket: u64) -> Arc<Event> {
+        lock(&self.tickets).get_or_insert(ticket, Event::new)
+    }
+
+    fn wake_all(&self) {
+        self.changed.notify(usize::MAX);
+        for e in lock(&self.tickets).live() {
+            e.notify(usize::MAX);
+        }
+    }
+
+    fn wake(&self, payload: &str) {
+        if payload == "*" {
+            return self.wake_all();
+        }
+        let tickets = lock(&self.tickets);
+        for t in payload.split(' ').filter_map(|t| t.parse::<u64>().ok()) {
+            if let Some(e) = tickets.get(&t) {
+                e.notify(usize::MAX);
+            }
+        }
+    }
+}
+
+impl Hub {
+    fn for_server(server: &str, client: &redis::Client) -> Result<Arc<Hub>> {
+        static HUBS: Mutex<Vec<(String, Weak<Hub>)>> = Mutex::new(Vec::new());
+        let mut hubs = lock(&HUBS);
+        hubs.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(hub) = hubs
+            .iter()
+            .find(|(s, _)| s == server)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return Ok(hub);
+        }
+        let hub = Arc::new(Hub {
+            client: client.clone(),
+            slots: Mutex::default(),
+            patterns: Mutex::default(),
+            sink: Mutex::new(None),
+            connected: tokio::sync::Notify::new(),
+            task: Mutex::new(None),
+        });
+        let task = runtime()?.spawn(subscriber(Arc::downgrade(&hub)));
+        *lock(&hub.task) = Some(task);
+        hubs.push((server.to_owned(), Arc::downgrade(&hub)));
+        Ok(hub)
+    }
+
+    fn slot(&self, channel: &str) -> Arc<Slot> {
+        lock(&self.slots).get_or_insert(channel.to_owned(), Slot::default)
+    }
+
+    fn wake_everyone(&self) {
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).live().collect();
+        for s in slots {
+            s.wake_all();
+        }
+    }
+
+    /// Subscribes to `pattern`, returning once the server confirmed it.
+    async fn subscribe(&self, pattern: String) -> Result<()> {
+        *lock(&self.patterns).entry(pattern.clone()).or_insert(0) += 1;
+        let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+        loop {
+            let notified = self.connected.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let sink = lock(&self.sink).clone();
+            if let Some(mut sink) = sink {
+                if sink.psubscribe(&pattern).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                self.unsubscribe(&pattern);
+                return Err(backend_err(
+                    "cannot subscribe to the Redis server's wake-ups",
+                ));
+            }
+        }
+    }
+
+    fn unsubscribe(&self, pattern: &str) {
+        let mut patterns = lock(&self.patterns);
+        let Some(n) = patterns.get_mut(pattern) else {
+            return;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        patterns.remove(pattern);
+        drop(patterns);
+        if let (Some(mut sink), Ok(rt)) = (lock(&self.sink).clone(), runtime()) {
+            let pattern = pattern.to_owned();
+            rt.spawn(async move {
+                let _ = sink.punsubscribe(&pattern).await;
+            });
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(task) = lock(&self.task).take() {
+            task.abort();
+        }
+    }
+}
+
+/// The subscriber task: connects, (re)subscribes, dispatches messages; on a lost
+/// connection wakes every watcher (they re-check) and reconnects.
+async fn subscriber(hub: Weak<Hub>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(client) = hub.upgrade().map(|h| h.client.clone()) else {
+            return;
+        };
+        let connected = tokio::time::timeout(IO_TIMEOUT, client.get_async_pubsub()).await;
+        let pubsub = match connected {
+            Ok(Ok(p)) => p,
+            _ => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(POLL);
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        {
+            let Some(h) = hub.upgrade() else { return };
+            let patterns: Vec<String> = lock(&h.patterns).keys().cloned().collect();
+            let mut ok = true;
+            for p in patterns {
+                ok &= sink.psubscribe(&p).await.is_ok();
+            }
+            if !ok {
+                continue;
+            }
+            *lock(&h.sink) = Some(sink);
+            h.connected.notify_waiters();
+            // Changes made while no subscriber listened are found by re-checking.
+            h.wake_everyone();
+        }
+        backoff = Duration::from_millis(50);
+        while let Some(msg) = stream.next().await {
+            let Some(h) = hub.upgrade() else { return };
+            let channel = msg.get_channel_name();
+            let slot = lock(&h.slots).get(channel);
+            if let Some(slot) = slot {
+                slot.wake(&String::from_utf8_lossy(msg.get_payload_bytes()));
+            }
+        }
+        let Some(h) = hub.upgrade() else { return };
+        *lock(&h.sink) = None;
+        h.wake_everyone();
+    }
+}
+
+/// A registration on a primitive's slot, taken before the caller re-checks.
+struct RedisWatch {
+    listener: EventListener,
+    ticket: Option<Arc<Event>>,
+    _slot: Arc<Slot>,
+}
+
+/// The watch's deadline: the caller's, cut to the fallback poll. A queued waiter's
+/// caller passes its retry hint (within [`POLL`] near the front of the queue, else
+/// [`REFRESH`]), so its watch may sleep that long.
+fn capped(deadline: Option<Instant>, ticket: bool) -> Instant {
+    let poll = Instant::now() + if ticket { REFRESH } else { POLL };
+    deadline.map_or(poll, |d| d.min(poll))
+}
+
+impl Watch for RedisWatch {
+    fn wait(self: Box<Self>, deadline: Option<Instant>) -> Result<()> {
+        let RedisWatch {
+            listener, ticket, ..
+        } = *self;
+        listener.wait_deadline(capped(deadline, ticket.is_some()));
+        Ok(())
+    }
+
+    fn wait_async(self: Box<Self>, deadline: Option<Instant>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            let RedisWatch {
+                mut listener,
+                ticket,
+                _slot,
+            } = *self;
+            let until = capped(deadline, ticket.is_some());
+            // The timer runs on the Redis runtime, so any executor can wait.
+            // (made inside the task: a timer belongs to the runtime it is made in).
+            let mut timer = runtime()?.spawn(async move {
+                tokio::time::sleep_until(until.into()).await;
+            });
+            std::future::poll_fn(|cx| {
+                if Pin::new(&mut listener).poll(cx).is_ready()
+                    || Pin::new(&mut timer).poll(cx).is_ready()
+                {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            timer.abort();
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_off_the_prefix() {
+        let (server, prefix) = split_url("redis://h:1/0?prefix=a%3Ab&protocol=resp3").unwrap();
+        assert_eq!(server, "redis://h:1/0?protocol=resp3");
+        assert_eq!(prefix, "a:b");
+        let (server, prefix) = split_url("rediss://u:pw@h/2#insecure").unwrap();
+        assert_eq!(server, "rediss://u:pw@h/2#insecure");
+        assert_eq!(prefix, "locksmith:");
+        assert_eq!(redact("redis://u:pw@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(glob_escape("a*b?[c]"), "a\\*b\\?\\[c\\]");
+    }
+
+    #[test]
+    fn owners_round_trip_through_their_string() {
+        let o = Owner::current_thread();
+        assert_eq!(parse_owner(&owner_str(&o)), Some(o.clone()));
+        let mut odd = o;
+        odd.host = "a/b c".into();
+        assert_eq!(parse_owner(&owner_str(&odd)), Some(odd));
+    }
+}

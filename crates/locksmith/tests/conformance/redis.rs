@@ -1,0 +1,347 @@
+//! The Redis store: a server for the suite, and the tests only a server store needs
+//! (a restart mid-test, two spaces of one server, no key left behind).
+//!
+//! The suite starts its own `redis-server` on a free loopback port, unless
+//! `LOCKSMITH_REDIS_URL` names one. Without either, the Redis tests fail with a message
+//! that says so: they never skip silently.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use locksmith::{Error, Space};
+
+use crate::{threads, unique, Store, Test};
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        (
+            "redis::server_restart_gives_typed_errors_never_a_false_grant",
+            restart,
+        ),
+        (
+            "redis::two_spaces_of_one_server_exclude_each_other",
+            two_spaces,
+        ),
+        (
+            "redis::idle_primitives_leave_only_their_counter",
+            no_key_leak,
+        ),
+        ("redis::waiter_is_woken_by_push_not_by_poll", push_wakeup),
+    ]
+}
+
+/// A URL with a fresh key prefix on the suite's server.
+pub fn fresh_url() -> String {
+    with_prefix(server_url(), &format!("t{}:", unique()))
+}
+
+fn with_prefix(url: &str, prefix: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}prefix={prefix}")
+}
+
+/// The suite's server: `LOCKSMITH_REDIS_URL`, or a `redis-server` started once for this
+/// process (and killed with it).
+fn server_url() -> &'static str {
+    static URL: OnceLock<Result<String, String>> = OnceLock::new();
+    let url = URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("LOCKSMITH_REDIS_URL") {
+            if !url.is_empty() {
+                return Ok(url);
+            }
+        }
+        let port = free_port();
+        start_server(port)?;
+        Ok(format!("redis://127.0.0.1:{port}/0"))
+    });
+    match url {
+        Ok(url) => url,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind a loopback port");
+    listener.local_addr().unwrap().port()
+}
+
+/// Starts `redis-server` on `port` from a thread that lives as long as the process, so
+/// that the server, told to die with its parent thread, dies with the process; returns
+/// once it accepts connections. Returns the server's pid.
+fn start_server(port: u16) -> Result<u32, String> {
+    static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::spawn(move || {
+            let mut children: Vec<Child> = Vec::new();
+            for (port, reply) in rx {
+                children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+                let spawned = spawn_server(port);
+                let _ = reply.send(spawned.as_ref().map(Child::id).map_err(Clone::clone));
+                if let Ok(child) = spawned {
+                    children.push(child);
+                }
+            }
+            // Keep this thread (the servers' parent) alive for the process's life.
+            loop {
+                std::thread::park();
+            }
+        });
+        std::sync::Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((port, reply))
+        .map_err(|e| e.to_string())?;
+    let pid = answer.recv().map_err(|e| e.to_string())??;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if redis::Client::open(format!("redis://127.0.0.1:{port}/0"))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+        {
+            return Ok(pid);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("redis-server on port {port} did not come up"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A port to start a server on, and where to say how that went.
+type SpawnRequest = (u16, mpsc::Sender<Result<u32, String>>);
+
+fn spawn_server(port: u16) -> Result<Child, String> {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl,
+    // which is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| {
+        format!(
+            "the Redis tests need a server: set LOCKSMITH_REDIS_URL, or install redis-server \
+             (apt-get install redis-server); starting redis-server failed: {e}"
+        )
+    })
+}
+
+fn kill(pid: u32) {
+    // SAFETY: kill(2) with a pid this process started; no memory is touched.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+/// The keys of `prefix` on the server of `url`.
+fn keys(url: &str, prefix: &str) -> Vec<String> {
+    let server = url.split('?').next().unwrap();
+    let mut conn = redis::Client::open(server)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+fn restart(_: &Store) {
+    // A private server: this test kills it.
+    let port = free_port();
+    let pid = start_server(port).unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("redis://127.0.0.1:{port}/0?prefix=restart:");
+    let space = Space::open(&url).unwrap();
+    let lock = space.lock("x");
+    let held = lock.acquire().unwrap();
+    assert!(held.token() >= 1);
+    // A waiter blocked behind the holder when the server goes away.
+    let waiter = std::thread::spawn({
+        let lock = space.lock("x");
+        move || lock.acquire_timeout(Duration::from_secs(120))
+    });
+    eventually_waiting(&space, "x");
+    kill(pid);
+    // While the server is down: typed errors, never a grant.
+    let other = std::thread::spawn({
+        let space = space.clone();
+        move || {
+            let lock = space.lock("x");
+            (
+                lock.try_acquire().map(|g| g.is_some()),
+                lock.acquire_timeout(Duration::from_millis(200))
+                    .map(|g| g.is_some()),
+            )
+        }
+    })
+    .join()
+    .unwrap();
+    assert!(
+        matches!(other.0, Err(Error::Backend(_))),
+        "try_acquire with the server down: {:?}",
+        other.0
+    );
+    assert!(
+        matches!(other.1, Err(Error::Backend(_))),
+        "acquire_timeout with the server down: {:?}",
+        other.1
+    );
+    match waiter.join().unwrap() {
+        Err(Error::Backend(_)) => {}
+        other => panic!("a waiter whose server went away: {other:?}"),
+    }
+    assert!(matches!(held.release(), Err(Error::Backend(_))));
+    Space::open(&url).expect_err("opening a space of a server that is down fails");
+    // Back up (empty: it keeps nothing on disk): the same space works again.
+    let pid = start_server(port).unwrap_or_else(|e| panic!("{e}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let guard = loop {
+        match lock.try_acquire() {
+            Ok(Some(g)) => break g,
+            Ok(None) => panic!("nobody holds x on the restarted server"),
+            Err(Error::Backend(_)) if Instant::now() < deadline => {}
+            Err(e) => panic!("the space did not recover: {e}"),
+        }
+    };
+    // Wake-ups work again too (the subscriber reconnected).
+    let woken = std::thread::spawn({
+        let lock = space.lock("x");
+        move || {
+            lock.acquire_timeout(Duration::from_secs(60))
+                .map(|g| g.is_some())
+        }
+    });
+    eventually_waiting(&space, "x");
+    guard.release().unwrap();
+    assert!(woken.join().unwrap().unwrap());
+    kill(pid);
+}
+
+fn eventually_waiting(space: &Space, name: &str) {
+    crate::eventually("a waiter is queued", || {
+        space.waiting(name).unwrap_or(0) == 1
+    });
+}
+
+fn two_spaces(_: &Store) {
+    const THREADS: usize = 4;
+    const INCREMENTS: u64 = 200;
+    let url = fresh_url();
+    let spaces = [Space::open(&url).unwrap(), Space::open(&url).unwrap()];
+    let value = Arc::new(AtomicU64::new(0));
+    threads(THREADS, {
+        let (spaces, value) = (spaces.clone(), value.clone());
+        move |i| {
+            let lock = spaces[i % 2].lock("counter");
+            for _ in 0..INCREMENTS {
+                let _g = lock.acquire().unwrap();
+                let v = value.load(Ordering::SeqCst);
+                std::thread::yield_now();
+                value.store(v + 1, Ordering::SeqCst);
+            }
+        }
+    });
+    assert_eq!(value.load(Ordering::SeqCst), THREADS as u64 * INCREMENTS);
+    let g = spaces[0].lock("counter").acquire().unwrap();
+    assert_eq!(g.token(), THREADS as u64 * INCREMENTS + 1);
+    let other = spaces[1].lock("counter");
+    let free = std::thread::spawn(move || other.try_acquire().unwrap().is_some());
+    assert!(!free.join().unwrap(), "the other space sees the hold");
+}
+
+fn no_key_leak(_: &Store) {
+    let prefix = format!("leak{}:", unique());
+    let url = with_prefix(server_url(), &prefix);
+    let space = Space::open(&url).unwrap();
+    assert!(keys(&url, &prefix).is_empty());
+    {
+        let lock = space.lock("lock");
+        let g = lock.acquire().unwrap();
+        // A waiter that gives up leaves the queue (and its keys) behind it.
+        let gave_up = std::thread::spawn({
+            let lock = space.lock("lock");
+            move || lock.acquire_timeout(Duration::from_millis(50)).unwrap()
+        });
+        assert!(gave_up.join().unwrap().is_none());
+        drop(g);
+        let r = space.rlock("rlock");
+        let (a, b) = (r.acquire().unwrap(), r.acquire().unwrap());
+        drop((a, b));
+        let sem = space.bounded_semaphore("sem", 2);
+        let permits = (sem.acquire().unwrap(), sem.acquire().unwrap());
+        drop(permits);
+        let event = space.event("event");
+        event.set().unwrap();
+        event.clear().unwrap();
+        let avg = space.averager("avg");
+        avg.add(1.0).unwrap();
+        assert_eq!(avg.pop().unwrap(), Some(1.0));
+        let rw = space.rwlock("rw");
+        let readers = (rw.read().unwrap(), rw.read().unwrap());
+        drop(readers);
+        drop(rw.write().unwrap());
+        assert_eq!(space.barrier("barrier", 1).wait().unwrap(), 0);
+        let cond = space.condition("cond");
+        let mut g = cond.acquire().unwrap();
+        assert!(!cond
+            .wait_timeout(&mut g, Duration::from_millis(10))
+            .unwrap());
+        drop(g);
+    }
+    let left = keys(&url, &prefix);
+    let expected: Vec<String> = ["barrier", "cond", "event", "lock", "rlock", "rw", "sem"]
+        .iter()
+        .map(|n| format!("{prefix}{{{n}}}"))
+        .collect();
+    assert_eq!(left, expected, "only the fencing counters stay");
+    let mut names = space.names().unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        ["barrier", "cond", "event", "lock", "rlock", "rw", "sem"]
+    );
+}
+
+fn push_wakeup(_: &Store) {
+    // A release wakes the waiter by message, well before the fallback poll: each of
+    // these hand-offs would take about a second if it waited for the poll, so ten
+    // take well over seven seconds without push and milliseconds with it.
+    let space = Space::open(&fresh_url()).unwrap();
+    let lock = space.lock("handoff");
+    let start = Instant::now();
+    for _ in 0..10 {
+        let g = lock.acquire().unwrap();
+        let waiter = std::thread::spawn({
+            let lock = space.lock("handoff");
+            move || drop(lock.acquire().unwrap())
+        });
+        eventually_waiting(&space, "handoff");
+        drop(g);
+        waiter.join().unwrap();
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(7),
+        "ten hand-offs took {:?}: the waiters were not woken by push",
+        start.elapsed()
+    );
+}
