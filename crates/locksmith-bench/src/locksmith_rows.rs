@@ -15,7 +15,7 @@
 //! Each backend's rows go in its own function below, called from [`run`].
 
 use crate::harness::{Ctx, ProcLock};
-use crate::scenario::{ASYNC, NAMES, OPEN};
+use crate::scenario::{ASYNC, CONTENTION, HANDOFF, NAMES, OPEN, UNCONTENDED};
 
 /// A locksmith lock as the harness holds locks: acquire, run, release (reporting errors).
 #[derive(Debug)]
@@ -97,8 +97,20 @@ fn sqlite(_ctx: &mut Ctx) {
 }
 
 /// The Redis backend (`redis://`): uncontended vs two round trips, hand-off.
-fn redis(_ctx: &mut Ctx) {
-    // Pending: the redis backend (issue 7). Use `ctx.redis_url`.
+fn redis(ctx: &mut Ctx) {
+    const SYSTEM: &str = "locksmith redis";
+    let Some(server) = ctx.redis_url.clone() else {
+        for scenario in [UNCONTENDED, CONTENTION, HANDOFF] {
+            ctx.skip(scenario, SYSTEM, "Lock", "no Redis server");
+        }
+        return;
+    };
+    // A key prefix of its own, so the run never meets another's keys.
+    let url = format!("{server}?prefix=locksmith-bench-{}:", std::process::id());
+    let open = || Ok(Held(locksmith::Space::open(&url)?.lock("bench")));
+    ctx.lock_uncontended(SYSTEM, "Lock", "acquire+release, 1 step each", open);
+    ctx.lock_contention(SYSTEM, "", open);
+    ctx.lock_handoff(SYSTEM, "Lock", "push wake-up", open);
 }
 
 /// Cost per operation at 10 and at 1,000,000 names in one store (issue 8).

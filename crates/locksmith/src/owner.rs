@@ -70,13 +70,17 @@ fn hash_str(s: &str) -> u64 {
 }
 
 /// The start time of process `pid` in clock ticks since boot (field 22 of
-/// `/proc/PID/stat`), or `None` if there is no such process.
+/// `/proc/PID/stat`), or `None` if there is no such process, or only its corpse (a
+/// zombie that its parent has not reaped yet, which can hold nothing any more).
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: skip past its
-    // closing parenthesis, after which field 3 starts.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    // closing parenthesis, after which field 3 (the state) starts.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// This process's id, cached: `getpid` is a system call, and the acquire path asks

@@ -22,10 +22,19 @@ use crate::{Error, Result};
 /// | `mem:NAME` | the space `NAME` shared by this process's `Space::open("mem:NAME")` calls |
 /// | `redis://[user:password@]host[:port][/db][?prefix=P]` | every process, on any machine, that opens the same server, database and key prefix (default prefix `locksmith:`); `rediss://` for TLS (feature `redis-tls`) |
 ///
+/// | `sqlite:PATH` | an SQLite file every process on this host may open (feature `sqlite`, on by default) |
+/// | `sqlite:DIR?shards=N` | N SQLite files in `DIR`, names hashed to one of them |
+///
+/// `sqlite:` takes options after a `?`, joined by `&`: `shards=N` (1–256), `timeout=MS`
+/// (how long a step waits for another process's transaction; 5000), `poll=MS` (the
+/// longest a waiter sleeps before re-checking on its own; 250), `sync=normal|full`
+/// (`full` fsyncs every step, so fencing tokens survive power loss too) and
+/// `bell=on|off` (the shared-memory doorbell that wakes waiting processes at once).
+///
 /// On Redis, a hold taken without a lease gets a 30 s one that renews itself while the
 /// holder lives, so a holder that dies on another machine is recovered when it lapses.
 ///
-/// `shm:NAME` and `sqlite:PATH` are named by the design and refused with
+/// `shm:NAME` is named by the design and refused with
 /// [`Error::Unsupported`] until their backends land.
 ///
 /// A `Space` is cheap to clone; clones share the store and the lease keeper.
@@ -90,6 +99,17 @@ impl Space {
         let backend: Arc<dyn Backend> = match url.split_once(':') {
             Some(("mem", "")) => Arc::new(MemBackend::default()),
             Some(("mem", name)) => MemBackend::named(name),
+            #[cfg(all(unix, feature = "sqlite"))]
+            Some(("sqlite", rest)) => {
+                let opts = crate::backend::sqlite::Options::parse(rest, url)?;
+                Arc::new(crate::backend::sqlite::SqliteBackend::open(&opts)?)
+            }
+            #[cfg(not(all(unix, feature = "sqlite")))]
+            Some(("sqlite", _)) => {
+                return Err(Error::Unsupported(format!(
+                    "this build of locksmith has no sqlite backend (feature `sqlite`), in '{url}'"
+                )))
+            }
             #[cfg(feature = "redis")]
             Some(("redis" | "rediss", _)) => {
                 Arc::new(crate::backend::redis::RedisBackend::open(url)?)
@@ -100,7 +120,7 @@ impl Space {
                     "the {scheme} backend is not built in (in '{url}'): enable the redis feature"
                 )))
             }
-            Some((scheme @ ("shm" | "sqlite" | "postgres" | "postgresql"), _)) => {
+            Some((scheme @ ("shm" | "postgres" | "postgresql"), _)) => {
                 return Err(Error::Unsupported(format!(
                     "the {scheme} backend is not built yet (in '{url}')"
                 )))
@@ -125,15 +145,31 @@ impl Space {
         })
     }
 
-    /// Opens the embedded default store: `LOCKSMITH_STORE` if set, otherwise `mem:`
-    /// (the per-user SQLite store becomes the default when that backend lands).
+    /// Opens the embedded default store: the URL in `LOCKSMITH_STORE` if it is set,
+    /// otherwise the per-user SQLite database
+    /// `$XDG_STATE_HOME/locksmith/locks.sqlite` (`~/.local/state/locksmith/locks.sqlite`
+    /// when `XDG_STATE_HOME` is unset or not absolute). The directory is created 0700
+    /// and the file 0600. Without the `sqlite` feature the default is `mem:`.
+    ///
+    /// # Errors
+    /// As [`Space::open`]; [`Error::InvalidArgument`] if neither `XDG_STATE_HOME` nor
+    /// `HOME` names a directory.
     pub fn open_default() -> Result<Space> {
         match std::env::var("LOCKSMITH_STORE") {
             Ok(url) if !url.is_empty() => Space::open(&url),
-            _ => Space::open("mem:"),
+            _ => Space::open(&default_url()?),
         }
     }
 
+    /// The URL [`Space::open_default`] opens when `LOCKSMITH_STORE` is not set,
+    /// creating the per-user state directory (0700) if needed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if there is no home directory to put it in;
+    /// [`Error::Backend`] if the directory cannot be created.
+    pub fn default_url() -> Result<String> {
+        default_url()
+    }
     /// The URL this space was opened with.
     pub fn url(&self) -> &str {
         &self.inner.url
@@ -253,4 +289,43 @@ impl Space {
 
 fn at(millis: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+#[cfg(all(unix, feature = "sqlite"))]
+fn default_url() -> Result<String> {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::path::PathBuf;
+    let absolute = |v: std::ffi::OsString| {
+        let p = PathBuf::from(v);
+        p.is_absolute().then_some(p)
+    };
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .and_then(absolute)
+                .map(|h| h.join(".local").join("state"))
+        })
+        .ok_or_else(|| {
+            Error::invalid(
+                "neither XDG_STATE_HOME nor HOME names a directory for the default store: \
+                 set LOCKSMITH_STORE",
+            )
+        })?;
+    let dir = state.join("locksmith");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Error::backend(format!("cannot create '{}': {e}", dir.display())))?;
+    let file = dir.join("locks.sqlite");
+    let file = file
+        .to_str()
+        .ok_or_else(|| Error::invalid(format!("'{}' is not valid UTF-8", file.display())))?;
+    Ok(format!("sqlite:{file}"))
+}
+
+#[cfg(not(all(unix, feature = "sqlite")))]
+fn default_url() -> Result<String> {
+    Ok("mem:".to_owned())
 }

@@ -14,6 +14,8 @@ pub(crate) mod mem;
 pub(crate) mod model;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(all(unix, feature = "sqlite"))]
+pub(crate) mod sqlite;
 
 use std::fmt;
 use std::future::Future;

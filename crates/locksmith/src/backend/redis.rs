@@ -141,23 +141,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // The runtime ------------------------------------------------------------------------
 
 /// The process's Redis runtime: one thread running the async connections and the
-/// subscribers, whatever executor (if any) the callers use.
-fn runtime() -> Result<&'static tokio::runtime::Handle> {
-    static RT: OnceLock<std::result::Result<tokio::runtime::Handle, String>> = OnceLock::new();
-    RT.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let handle = rt.handle().clone();
-        std::thread::Builder::new()
-            .name("locksmith-redis".into())
-            .spawn(move || rt.block_on(std::future::pending::<()>()))
-            .map_err(|e| e.to_string())?;
-        Ok(handle)
-    })
-    .as_ref()
-    .map_err(|e| backend_err(format!("cannot start the redis runtime: {e}")))
+/// subscribers, whatever executor (if any) the callers use. A forked child does not
+/// inherit the parent's thread, so it starts its own (keyed by pid).
+fn runtime() -> Result<tokio::runtime::Handle> {
+    static RT: Mutex<Option<(u32, tokio::runtime::Handle)>> = Mutex::new(None);
+    let mut rt = lock(&RT);
+    let pid = crate::owner::pid();
+    if let Some((owner, handle)) = &*rt {
+        if *owner == pid {
+            return Ok(handle.clone());
+        }
+    }
+    let started = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| backend_err(format!("cannot start the redis runtime: {e}")))?;
+    let handle = started.handle().clone();
+    std::thread::Builder::new()
+        .name("locksmith-redis".into())
+        .spawn(move || started.block_on(std::future::pending::<()>()))
+        .map_err(|e| backend_err(format!("cannot start the redis runtime: {e}")))?;
+    *rt = Some((pid, handle.clone()));
+    Ok(handle)
 }
 
 /// Runs `fut` on the Redis runtime and blocks the calling thread until it is done.
@@ -1080,13 +1085,15 @@ impl Slot {
 
 impl Hub {
     fn for_server(server: &str, client: &redis::Client) -> Result<Arc<Hub>> {
-        static HUBS: Mutex<Vec<(String, Weak<Hub>)>> = Mutex::new(Vec::new());
+        // Keyed by pid too: a forked child must not use its parent's subscriber.
+        static HUBS: Mutex<Vec<(u32, String, Weak<Hub>)>> = Mutex::new(Vec::new());
+        let pid = crate::owner::pid();
         let mut hubs = lock(&HUBS);
-        hubs.retain(|(_, w)| w.strong_count() > 0);
+        hubs.retain(|(p, _, w)| *p == pid && w.strong_count() > 0);
         if let Some(hub) = hubs
             .iter()
-            .find(|(s, _)| s == server)
-            .and_then(|(_, w)| w.upgrade())
+            .find(|(_, s, _)| s == server)
+            .and_then(|(_, _, w)| w.upgrade())
         {
             return Ok(hub);
         }
@@ -1100,7 +1107,7 @@ impl Hub {
         });
         let task = runtime()?.spawn(subscriber(Arc::downgrade(&hub)));
         *lock(&hub.task) = Some(task);
-        hubs.push((server.to_owned(), Arc::downgrade(&hub)));
+        hubs.push((pid, server.to_owned(), Arc::downgrade(&hub)));
         Ok(hub)
     }
 

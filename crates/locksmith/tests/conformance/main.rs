@@ -52,6 +52,28 @@ fn stores() -> Vec<Store> {
             fresh_url: || format!("mem:conformance-{}", unique()),
             cross_process: false,
         },
+        Store {
+            name: "sqlite",
+            fresh_url: || {
+                format!(
+                    "sqlite:{}/conformance-{}.sqlite",
+                    env!("CARGO_TARGET_TMPDIR"),
+                    unique()
+                )
+            },
+            cross_process: true,
+        },
+        Store {
+            name: "sqlite-sharded",
+            fresh_url: || {
+                format!(
+                    "sqlite:{}/conformance-{}?shards=4",
+                    env!("CARGO_TARGET_TMPDIR"),
+                    unique()
+                )
+            },
+            cross_process: true,
+        },
         #[cfg(feature = "redis")]
         Store {
             name: "redis",
