@@ -1,8 +1,4 @@
 //! Several `locksmith` processes on one store (`sqlite:` in a temporary directory).
-//!
-//! These need the sqlite backend; they run with `--features sqlite-tests`, which the
-//! crate turns on by default once that backend is on main.
-#![cfg(feature = "sqlite-tests")]
 
 mod common;
 
