@@ -1,6 +1,62 @@
-//! The `locksmith` command (see the README; its subcommands land with issue 5).
+//! The `locksmith` command: flock(1) and sem for every scope, observability, and a
+//! demo that checks every primitive across real processes.
+//!
+//! The binary is thin: argument parsing here, one module per group of subcommands,
+//! all the synchronization in the `locksmith` library. Exit codes are in
+//! [`error`]; the README of this crate is the manual.
+#![warn(missing_docs, missing_debug_implementations)]
 
-fn main() {
-    eprintln!("locksmith: the command-line tool is not built yet");
-    std::process::exit(2);
+mod args;
+mod demo;
+mod error;
+mod inspect;
+mod prims;
+mod progress;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::error::{Failure, Outcome};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            let (code, message) = match e.downcast::<Failure>() {
+                Ok(f) => (f.code, f.message),
+                Err(e) => (error::STORE, format!("{e:#}")),
+            };
+            eprintln!("locksmith: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return Ok(args::report_clap_error(e)),
+    };
+    Ok(dispatch(cli)?)
+}
+
+fn dispatch(cli: Cli) -> Outcome {
+    let store = cli.store.as_deref();
+    // The demo explains a private store itself; everyone else is warned by `open`.
+    let warn = !matches!(cli.command, Command::Demo(_) | Command::DemoWorker(_));
+    let space = args::open(store, warn)?;
+    match cli.command {
+        Command::Run(a) => run::run(&space, a),
+        Command::Barrier(a) => prims::barrier(&space, a),
+        Command::Event(a) => prims::event(&space, a),
+        Command::Avg(a) => prims::avg(&space, a),
+        Command::Status(a) => inspect::status(&space, a),
+        Command::Break(a) => inspect::break_(&space, a),
+        Command::Evict(a) => inspect::evict(&space, a),
+        Command::Demo(a) => demo::demo(&space, a),
+        Command::DemoWorker(a) => demo::worker(&space, a),
+    }
 }

@@ -261,7 +261,9 @@ impl Space {
 
     /// Releases every hold of `name`, whoever holds it: for operators, when a holder is
     /// known to be stuck or gone. The holders' guards find [`Error::LeaseLost`] when
-    /// they release. Returns how many holds were broken.
+    /// they release, and the next holder is told
+    /// [`previous_owner_died`](crate::Guard::previous_owner_died). Returns how many
+    /// holds were broken.
     pub fn force_release(&self, name: &str) -> Result<usize> {
         let handle = self.handle(name);
         handle.check()?;

@@ -351,6 +351,8 @@ pub(crate) fn apply(
                 while !p.holders.is_empty() {
                     p.release_at(0);
                 }
+                // A broken holder was cut off mid-section: the next one is told.
+                p.owner_died |= n > 0;
                 Ok((Reply::Count(n as u64), p.wake(None)))
             }
             Err(_) => Ok((Reply::Count(0), Wake::default())),
@@ -1062,6 +1064,28 @@ mod tests {
             r.state.is_none() && r.next_token == t2,
             "a free lock keeps only its counter"
         );
+    }
+
+    #[test]
+    fn force_release_tells_the_next_holder() {
+        let mut r = Record::default();
+        let (a, b) = (Owner::new_task(), Owner::new_task());
+        token(
+            apply(&mut r, "n", acq(PermitKind::Lock, &a, None), &ctx(0))
+                .unwrap()
+                .0,
+        );
+        match apply(&mut r, "n", Op::ForceRelease, &ctx(1)).unwrap().0 {
+            Reply::Count(1) => {}
+            other => panic!("{other:?}"),
+        }
+        match apply(&mut r, "n", acq(PermitKind::Lock, &b, None), &ctx(2))
+            .unwrap()
+            .0
+        {
+            Reply::Granted(g) => assert!(g.previous_owner_died),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -345,6 +345,8 @@ ops.force = function()
   if p == nil or p.k ~= 'permits' then return { 'count', 0 } end
   local n = #p.h
   while #p.h > 0 do release_at(p, 1) end
+  -- A broken holder was cut off mid-section: the next one is told.
+  if n > 0 then p.od = true end
   wake_of(p, nil)
   return { 'count', n }
 end

@@ -292,6 +292,11 @@ fn force_release(store: &Store) {
     assert!(!guard.is_held().unwrap());
     assert!(matches!(guard.release(), Err(Error::LeaseLost { .. })));
     assert_eq!(space.force_release("stuck").unwrap(), 0);
+    let next = space.lock("stuck").acquire().unwrap();
+    assert!(
+        next.previous_owner_died(),
+        "the holder after a break is told"
+    );
 }
 
 fn detach_then_release(store: &Store) {
