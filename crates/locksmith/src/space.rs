@@ -20,8 +20,9 @@ use crate::{Error, Result};
 /// | --- | --- |
 /// | `mem:` | a private space of this process's threads and tasks |
 /// | `mem:NAME` | the space `NAME` shared by this process's `Space::open("mem:NAME")` calls |
+/// | `shm:NAME[?capacity=N&arena=BYTES&mode=600&check_ms=50]` | processes of this host: the region `/dev/shm/NAME`, created (mode 0600) on first open with room for `capacity` names (65536) and `arena` bytes of state (64M; `K`/`M`/`G` suffixes); `check_ms` bounds how long a dead holder goes unnoticed (50 ms) |
 ///
-/// `shm:NAME`, `sqlite:PATH` and `redis://…` are named by the design and refused with
+/// `sqlite:PATH` and `redis://…` are named by the design and refused with
 /// [`Error::Unsupported`] until their backends land.
 ///
 /// A `Space` is cheap to clone; clones share the store and the lease keeper.
@@ -86,10 +87,15 @@ impl Space {
         let backend: Arc<dyn Backend> = match url.split_once(':') {
             Some(("mem", "")) => Arc::new(MemBackend::default()),
             Some(("mem", name)) => MemBackend::named(name),
-            Some((
-                scheme @ ("shm" | "sqlite" | "redis" | "rediss" | "postgres" | "postgresql"),
-                _,
-            )) => {
+            #[cfg(all(target_os = "linux", feature = "shm"))]
+            Some(("shm", spec)) => Arc::new(crate::backend::shm::ShmBackend::open(spec)?),
+            #[cfg(not(all(target_os = "linux", feature = "shm")))]
+            Some(("shm", _)) => {
+                return Err(Error::Unsupported(format!(
+                    "shm: needs Linux and the `shm` feature (in '{url}')"
+                )))
+            }
+            Some((scheme @ ("sqlite" | "redis" | "rediss" | "postgres" | "postgresql"), _)) => {
                 return Err(Error::Unsupported(format!(
                     "the {scheme} backend is not built yet (in '{url}')"
                 )))

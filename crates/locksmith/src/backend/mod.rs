@@ -12,6 +12,8 @@
 
 pub(crate) mod mem;
 pub(crate) mod model;
+#[cfg(all(target_os = "linux", feature = "shm"))]
+pub(crate) mod shm;
 
 use std::fmt;
 use std::future::Future;
@@ -60,6 +62,21 @@ impl Key {
         let t = resolve();
         let _ = self.cache.set(t.clone());
         t
+    }
+
+    /// [`Key::cached`] for a resolution that may fail; a failure is not cached.
+    #[allow(dead_code)] // used by the shm backend only
+    pub(crate) fn try_cached<T, F>(&self, resolve: F) -> Result<Arc<T>>
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Result<Arc<T>>,
+    {
+        if let Some(Ok(t)) = self.cache.get().map(|any| any.clone().downcast::<T>()) {
+            return Ok(t);
+        }
+        let t = resolve()?;
+        let _ = self.cache.set(t.clone());
+        Ok(t)
     }
 }
 
