@@ -14,8 +14,22 @@
 //! | offset | size | what |
 //! | --- | --- | --- |
 //! | 0 | 256 | [`RawHeader`]: magic, version, capacity, arena bounds, allocation mutex, free lists |
-//! | 256 | 128 × capacity | the slot table ([`RawSlot`]), open addressing with linear probing on a FNV-1a hash of the name |
-//! | 256 + 128 × capacity | `arena` bytes | blocks holding serialized records and names longer than 56 bytes |
+//! | 256 | 4 × 4096 | bells: u32 futex words that queued waiters sleep on, picked by a hash of (slot, ticket); a step that makes tickets grantable bumps and wakes just their bells (a shared bell only costs a spurious wakeup) |
+//! | 16640 | 128 × capacity | the slot table ([`RawSlot`]), open addressing with linear probing on a FNV-1a hash of the name |
+//! | 16640 + 128 × capacity | `arena` bytes | blocks holding serialized records (JSON) and names longer than 56 bytes |
+//!
+//! # Waking
+//!
+//! - A waiter in a name's FIFO queue (it has a ticket) sleeps on its ticket's bell.
+//! - Other watchers (events, barriers, conditions' lock waiters without a place in the
+//!   queue) sleep on the slot's `seq` word; a step whose change concerns everyone
+//!   bumps it and wakes them all.
+//! - The queue holds at most `queue` waiters (URL option, 64 by default), so a record
+//!   stays small however many wait: a waiter that finds it full waits outside it, on
+//!   `seq`, and a step that frees places wakes that many of them to join.
+//! - Every sleep is bounded by the check interval (`check_ms`, 50 ms), after which the
+//!   waiter retries: that retry is what notices a holder whose process died, and
+//!   keeps a live queued waiter from being expired (after 5 s without a retry).
 //!
 //! The file is sparse: pages of the table and the arena cost memory only once touched,
 //! so opening a region does no per-slot work whatever its capacity.
@@ -38,12 +52,13 @@
 //! The worst a crash leaves behind is a block that nobody references (a leak of at most
 //! one block per crash), never a half-written record.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::mem::now_millis;
-use super::model::{self, Ctx, Millis, Op, Record, Reply};
+use super::model::{self, Ctx, Millis, Op, Record, Reply, State};
 use super::{Backend, BoxFuture, Key, Watch};
 use crate::owner::Owner;
 use crate::shm::sys;
@@ -56,6 +71,12 @@ const MAGIC: u32 = 0x4C4B_5354;
 const VERSION: u32 = 1;
 
 const HEADER_SIZE: usize = 256;
+/// Futex words that queued waiters sleep on, chosen by a hash of (slot, ticket), so a
+/// step wakes just the tickets it names rather than every waiter of the name.
+const BELLS: usize = 4096;
+const BELLS_AT: usize = HEADER_SIZE;
+/// Where the slot table starts.
+const TABLE_AT: usize = BELLS_AT + BELLS * 4;
 const SLOT_SIZE: usize = 128;
 /// Names up to this many bytes are kept in the slot itself.
 const INLINE_NAME: usize = 56;
@@ -68,6 +89,10 @@ const DEFAULT_CAPACITY: u32 = 65_536;
 const MAX_CAPACITY: u32 = 1 << 24;
 const DEFAULT_ARENA: u64 = 64 << 20;
 const DEFAULT_CHECK: Duration = Duration::from_millis(50);
+const DEFAULT_QUEUE: usize = 64;
+/// How long a waiter that found the queue full sleeps between looks, at most; it is
+/// woken sooner when a place in the queue frees up.
+const OVERFLOW_POLL: Duration = Duration::from_millis(500);
 /// Queued waiters that have not retried for this long are dropped from the queue (a
 /// waiter that vanished without a trace must not block FIFO order for ever); live
 /// waiters retry at least every [`Shared::poll`], far more often.
@@ -156,6 +181,7 @@ pub(crate) struct ShmOptions {
     arena: Option<u64>,
     mode: u32,
     check: Duration,
+    queue: usize,
 }
 
 impl ShmOptions {
@@ -177,6 +203,7 @@ impl ShmOptions {
             arena: None,
             mode: 0o600,
             check: DEFAULT_CHECK,
+            queue: DEFAULT_QUEUE,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -204,6 +231,13 @@ impl ShmOptions {
                         .filter(|m| *m <= 0o777)
                         .ok_or_else(|| bad("not an octal file mode such as 600"))?;
                 }
+                "queue" => {
+                    let n: usize = v.parse().map_err(|_| bad("not a whole number"))?;
+                    if !(1..=4096).contains(&n) {
+                        return Err(bad("must be 1 to 4096 waiters"));
+                    }
+                    opts.queue = n;
+                }
                 "check_ms" => {
                     let ms: u64 = v.parse().map_err(|_| bad("not a whole number"))?;
                     if !(1..=60_000).contains(&ms) {
@@ -213,7 +247,7 @@ impl ShmOptions {
                 }
                 _ => {
                     return Err(bad(
-                        "unknown option; shm: takes capacity, arena, mode and check_ms",
+                        "unknown option; shm: takes capacity, arena, mode, queue and check_ms",
                     ))
                 }
             }
@@ -261,6 +295,11 @@ struct Shared {
     /// The longest a waiter sleeps before retrying: bounds how long a dead holder
     /// goes unnoticed.
     poll: Duration,
+    /// At most this many waiters per name queue in FIFO order; later ones wait
+    /// outside the queue and join it as places free up.
+    queue_cap: usize,
+    /// The tickets of this process's waiters that found the queue full.
+    overflowed: std::sync::Mutex<HashSet<u64>>,
 }
 
 /// What a [`Key`] resolves to: its slot's index.
@@ -272,7 +311,7 @@ impl ShmBackend {
         let opts = ShmOptions::parse(spec)?;
         let capacity = opts.capacity.unwrap_or(DEFAULT_CAPACITY);
         let arena = opts.arena.unwrap_or(DEFAULT_ARENA);
-        let table = HEADER_SIZE as u64 + u64::from(capacity) * SLOT_SIZE as u64;
+        let table = TABLE_AT as u64 + u64::from(capacity) * SLOT_SIZE as u64;
         let size = table + arena;
         if size > u64::from(u32::MAX) {
             return Err(Error::invalid(format!(
@@ -344,7 +383,7 @@ impl Shared {
         let capacity = h.capacity.load(Ordering::Relaxed);
         let arena_start = h.arena_start.load(Ordering::Relaxed);
         let arena_end = h.arena_end.load(Ordering::Relaxed);
-        let table = HEADER_SIZE as u64 + u64::from(capacity) * SLOT_SIZE as u64;
+        let table = TABLE_AT as u64 + u64::from(capacity) * SLOT_SIZE as u64;
         if capacity == 0
             || arena_start != table
             || arena_end < arena_start
@@ -369,6 +408,8 @@ impl Shared {
             arena_start,
             arena_end,
             poll: opts.check.min(Duration::from_millis(WAITER_TTL / 3)),
+            queue_cap: opts.queue,
+            overflowed: std::sync::Mutex::new(HashSet::new()),
         })
     }
 
@@ -391,14 +432,41 @@ impl Shared {
                 .region
                 .whole()
                 .as_ptr()
-                .add(HEADER_SIZE + i * SLOT_SIZE)
+                .add(TABLE_AT + i * SLOT_SIZE)
                 .cast::<RawSlot>()
         }
     }
 
     fn slot_mutex(&self, i: u32) -> Result<Mutex<'_>> {
-        let at = HEADER_SIZE + i as usize * SLOT_SIZE;
+        let at = TABLE_AT + i as usize * SLOT_SIZE;
         Mutex::attach(self.region.place_at(at, Mutex::SIZE)?)
+    }
+
+    /// The bell that queued waiter `ticket` of slot `slot` sleeps on.
+    fn bell(&self, slot: u32, ticket: u64) -> &AtomicU32 {
+        let h = (ticket ^ u64::from(slot).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let i = (h >> 40) as usize % BELLS;
+        // SAFETY: `attach` checked that the bells (before the table) are mapped; the
+        // base is page-aligned, so each u32 is aligned; they are only used atomically.
+        unsafe {
+            &*self
+                .region
+                .whole()
+                .as_ptr()
+                .add(BELLS_AT + i * 4)
+                .cast::<AtomicU32>()
+        }
+    }
+
+    fn ring(&self, slot: u32, ticket: u64) {
+        let bell = self.bell(slot, ticket);
+        bell.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(bell, u32::MAX, true);
+    }
+
+    fn overflowed(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.overflowed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn alloc_mutex(&self) -> Result<Mutex<'_>> {
@@ -572,7 +640,7 @@ impl Shared {
         }
         Mutex::init(
             self.region
-                .place_at(HEADER_SIZE + free as usize * SLOT_SIZE, Mutex::SIZE)?,
+                .place_at(TABLE_AT + free as usize * SLOT_SIZE, Mutex::SIZE)?,
             &MutexOptions::new().recursive(false),
         )?;
         s.seq.store(0, Ordering::Relaxed);
@@ -664,11 +732,11 @@ impl Shared {
         Ok(())
     }
 
-    /// Tells the watchers of slot `s` that it changed.
-    fn notify(&self, s: &RawSlot) {
+    /// Tells (up to `n` of) the watchers of slot `s` that it changed.
+    fn notify(&self, s: &RawSlot, n: u32) {
         s.seq.fetch_add(1, Ordering::SeqCst);
         if s.watchers.load(Ordering::SeqCst) != 0 {
-            sys::futex_wake(&s.seq, u32::MAX, true);
+            sys::futex_wake(&s.seq, n, true);
         }
     }
 
@@ -681,6 +749,26 @@ impl Shared {
             tracing::warn!(name, "a process died inside a step on this name; recovered");
         }
         let (mut record, old, old_bytes) = self.load(s)?;
+        let (old_len, old_tickets) = queue_of(&record);
+        let mut op = op;
+        match &mut op {
+            // A waiter that finds the queue full waits outside it (its ticket is not
+            // stored), so a record never holds more than `queue_cap` waiters.
+            Op::Acquire(a) => {
+                if let Some(t) = a.ticket {
+                    if old_len >= self.queue_cap && !old_tickets.contains(&t) {
+                        a.ticket = None;
+                        self.overflowed().insert(t);
+                    } else {
+                        self.overflowed().remove(&t);
+                    }
+                }
+            }
+            Op::Dequeue { ticket } => {
+                self.overflowed().remove(ticket);
+            }
+            _ => {}
+        }
         let is_dead = |o: &Owner| o.is_dead();
         let ctx = Ctx {
             now: now_millis(),
@@ -690,10 +778,37 @@ impl Shared {
         let (reply, wake) = model::apply(&mut record, name, op, &ctx)?;
         self.store(s, &record, old, &old_bytes)?;
         drop(guard);
-        if wake.all || !wake.tickets.is_empty() {
-            self.notify(s);
+        let (new_len, new_tickets) = queue_of(&record);
+        if wake.all {
+            self.notify(s, u32::MAX);
+            for t in old_tickets.iter().chain(&new_tickets) {
+                self.ring(i, *t);
+            }
+        } else {
+            for t in &wake.tickets {
+                self.ring(i, *t);
+            }
+            if new_len < old_len && new_len < self.queue_cap {
+                // Places in the queue freed up: let as many outside waiters in.
+                self.notify(s, (self.queue_cap - new_len) as u32);
+            }
         }
         Ok(reply)
+    }
+}
+
+/// The length of a permit queue and the tickets of its waiters and sleepers.
+fn queue_of(record: &Record) -> (usize, Vec<u64>) {
+    match &record.state {
+        Some(State::Permits(p)) => (
+            p.queue.len(),
+            p.queue
+                .iter()
+                .map(|w| w.ticket)
+                .chain(p.sleepers.iter().map(|s| s.ticket))
+                .collect(),
+        ),
+        _ => (0, Vec::new()),
     }
 }
 
@@ -711,7 +826,7 @@ impl Backend for ShmBackend {
         self.shared.ctx_step(i, key.name(), op)
     }
 
-    fn watch(&self, key: &Key, _ticket: Option<u64>) -> Result<Box<dyn Watch>> {
+    fn watch(&self, key: &Key, ticket: Option<u64>) -> Result<Box<dyn Watch>> {
         let i = self.resolve(key)?;
         let s = self.shared.slot(i);
         // SeqCst on both sides (here: count, then read; `notify`: bump, then read the
@@ -719,10 +834,14 @@ impl Backend for ShmBackend {
         // the bump and the wait returns at once.
         s.watchers.fetch_add(1, Ordering::SeqCst);
         let seq = s.seq.load(Ordering::SeqCst);
+        // Both words are read now; which one to sleep on is decided when waiting, once
+        // the step has said whether this ticket is queued or found the queue full.
+        let bell = ticket.map(|t| (t, self.shared.bell(i, t).load(Ordering::SeqCst)));
         Ok(Box::new(ShmWatch {
             shared: self.shared.clone(),
             slot: i,
             seq,
+            bell,
         }))
     }
 
@@ -755,7 +874,7 @@ impl Backend for ShmBackend {
                 record.tag = None;
                 sh.store(s, &record, old, &old_bytes)?;
                 drop(guard);
-                sh.notify(s);
+                sh.notify(s, u32::MAX);
                 evicted += 1;
             }
         }
@@ -768,24 +887,36 @@ struct ShmWatch {
     shared: Arc<Shared>,
     slot: u32,
     seq: u32,
+    /// The ticket and the value its bell had when the watch began.
+    bell: Option<(u64, u32)>,
 }
 
 impl ShmWatch {
-    /// Sleeps until the sequence moves on, `deadline`, or the poll interval.
+    /// The futex word to sleep on, the value it had, and the longest sleep.
+    fn word(&self) -> (&AtomicU32, u32, Duration) {
+        let sh = &self.shared;
+        match self.bell {
+            Some((t, v)) if !sh.overflowed().contains(&t) => (sh.bell(self.slot, t), v, sh.poll),
+            Some(_) => (&sh.slot(self.slot).seq, self.seq, OVERFLOW_POLL),
+            None => (&sh.slot(self.slot).seq, self.seq, sh.poll),
+        }
+    }
+
+    /// Sleeps until the word moves on, `deadline`, or the poll interval.
     fn sleep(&self, deadline: Option<Instant>) {
-        let mut timeout = self.shared.poll;
+        let (word, value, mut timeout) = self.word();
         if let Some(d) = deadline {
             timeout = timeout.min(d.saturating_duration_since(Instant::now()));
         }
         if timeout.is_zero() {
             return;
         }
-        let s = self.shared.slot(self.slot);
-        sys::futex_wait(&s.seq, self.seq, Some(timeout), true);
+        sys::futex_wait(word, value, Some(timeout), true);
     }
 
     fn changed(&self) -> bool {
-        self.shared.slot(self.slot).seq.load(Ordering::Acquire) != self.seq
+        let (word, value, _) = self.word();
+        word.load(Ordering::Acquire) != value
     }
 }
 
@@ -807,6 +938,9 @@ impl Watch for ShmWatch {
     fn wait_async(self: Box<Self>, deadline: Option<Instant>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
             if self.changed() || deadline.is_some_and(|d| d <= Instant::now()) {
+                // Let the executor run other tasks before the caller retries, so that
+                // retries never monopolise a worker.
+                tokio::task::yield_now().await;
                 return Ok(());
             }
             // The futex wait runs on a blocking-pool thread (or a thread of its own
