@@ -52,7 +52,7 @@
 //! The worst a crash leaves behind is a block that nobody references (a leak of at most
 //! one block per crash), never a half-written record.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -300,6 +300,21 @@ struct Shared {
     queue_cap: usize,
     /// The tickets of this process's waiters that found the queue full.
     overflowed: std::sync::Mutex<HashSet<u64>>,
+    /// Async waits: one thread per futex word that tasks of this process wait on,
+    /// keyed by the word's offset in the region.
+    ringers: std::sync::Mutex<HashMap<usize, Arc<Ringer>>>,
+}
+
+/// A thread that sleeps on one futex word for every async task of this process
+/// waiting on it, and wakes them (through an in-process event) when the word changes
+/// and at every poll interval. Thousands of waiting tasks thus cost one thread per
+/// word, not one thread each.
+#[derive(Debug)]
+struct Ringer {
+    event: event_listener::Event,
+    /// Tasks waiting; changed under the `ringers` lock, so the thread can leave when
+    /// it reaches zero without racing a newcomer.
+    waiting: AtomicU64,
 }
 
 /// What a [`Key`] resolves to: its slot's index.
@@ -410,6 +425,7 @@ impl Shared {
             poll: opts.check.min(Duration::from_millis(WAITER_TTL / 3)),
             queue_cap: opts.queue,
             overflowed: std::sync::Mutex::new(HashSet::new()),
+            ringers: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -459,10 +475,26 @@ impl Shared {
         }
     }
 
+    /// The u32 word at region offset `at` (a bell or a slot's `seq`).
+    fn word_at(&self, at: usize) -> &AtomicU32 {
+        let at = at.min(TABLE_AT + self.capacity as usize * SLOT_SIZE - 4) & !3;
+        // SAFETY: clamped inside the bells and table, which `attach` checked are
+        // mapped; 4-aligned; only used atomically.
+        unsafe { &*self.region.whole().as_ptr().add(at).cast::<AtomicU32>() }
+    }
+
+    fn offset_of(&self, word: &AtomicU32) -> usize {
+        word.as_ptr() as usize - self.region.whole().as_ptr() as usize
+    }
+
     fn ring(&self, slot: u32, ticket: u64) {
         let bell = self.bell(slot, ticket);
         bell.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake(bell, u32::MAX, true);
+    }
+
+    fn ringers(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Arc<Ringer>>> {
+        self.ringers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn overflowed(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
@@ -812,6 +844,61 @@ fn queue_of(record: &Record) -> (usize, Vec<u64>) {
     }
 }
 
+/// Registers an async waiter on the word at region offset `at`, starting its ringer
+/// thread if there is none.
+fn join_ringer(shared: &Arc<Shared>, at: usize) -> Result<Arc<Ringer>> {
+    let mut ringers = shared.ringers();
+    if let Some(r) = ringers.get(&at) {
+        r.waiting.fetch_add(1, Ordering::Relaxed);
+        return Ok(r.clone());
+    }
+    let ringer = Arc::new(Ringer {
+        event: event_listener::Event::new(),
+        waiting: AtomicU64::new(1),
+    });
+    ringers.insert(at, ringer.clone());
+    let (sh, r) = (shared.clone(), ringer.clone());
+    let spawned = std::thread::Builder::new()
+        .name("locksmith-shm-ringer".into())
+        .spawn(move || ring_loop(&sh, at, &r));
+    if let Err(e) = spawned {
+        ringers.remove(&at);
+        return Err(Error::backend(format!("cannot start a waiter thread: {e}")));
+    }
+    Ok(ringer)
+}
+
+/// An async waiter's registration with a ringer; dropping it (also when the wait is
+/// cancelled) leaves.
+struct Joined<'a> {
+    shared: &'a Shared,
+    ringer: Arc<Ringer>,
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        let _ringers = self.shared.ringers();
+        self.ringer.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn ring_loop(shared: &Shared, at: usize, ringer: &Ringer) {
+    let word = shared.word_at(at);
+    let mut last = word.load(Ordering::Acquire);
+    loop {
+        sys::futex_wait(word, last, Some(shared.poll), true);
+        // Notify after every change seen since the last notification, and at every
+        // poll interval (the waiters' retry tick).
+        last = word.load(Ordering::Acquire);
+        ringer.event.notify(usize::MAX);
+        let mut ringers = shared.ringers();
+        if ringer.waiting.load(Ordering::Relaxed) == 0 {
+            ringers.remove(&at);
+            return;
+        }
+    }
+}
+
 fn split(word: u64) -> (u64, usize) {
     (word >> 32, (word & 0xffff_ffff) as usize)
 }
@@ -947,8 +1034,25 @@ impl Watch for ShmWatch {
             // outside tokio), never on the executor. It lasts at most the poll
             // interval, so a cancelled wait frees its thread soon after.
             match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    let _ = rt.spawn_blocking(move || self.sleep(deadline)).await;
+                Ok(_) => {
+                    let (word, value, _) = self.word();
+                    let at = self.shared.offset_of(word);
+                    let ringer = Joined {
+                        ringer: join_ringer(&self.shared, at)?,
+                        shared: &self.shared,
+                    };
+                    let listener = ringer.ringer.event.listen();
+                    // The ringer notifies after every change it sees after its last
+                    // notification; a change before `listen` is caught here.
+                    if self.shared.word_at(at).load(Ordering::Acquire) == value {
+                        match deadline {
+                            Some(d) => {
+                                let _ = tokio::time::timeout_at(d.into(), listener).await;
+                            }
+                            None => listener.await,
+                        }
+                    }
+                    drop(ringer);
                 }
                 Err(_) => {
                     let done = Arc::new(event_listener::Event::new());
