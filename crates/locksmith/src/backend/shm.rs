@@ -24,7 +24,7 @@
 //! - Other watchers (events, barriers, conditions' lock waiters without a place in the
 //!   queue) sleep on the slot's `seq` word; a step whose change concerns everyone
 //!   bumps it and wakes them all.
-//! - The queue holds at most `queue` waiters (URL option, 64 by default), so a record
+//! - The queue holds at most `queue` waiters (URL option, 16 by default), so a record
 //!   stays small however many wait: a waiter that finds it full waits outside it, on
 //!   `seq`, and a step that frees places wakes that many of them to join.
 //! - Every sleep is bounded by the check interval (`check_ms`, 50 ms), after which the
@@ -89,7 +89,7 @@ const DEFAULT_CAPACITY: u32 = 65_536;
 const MAX_CAPACITY: u32 = 1 << 24;
 const DEFAULT_ARENA: u64 = 64 << 20;
 const DEFAULT_CHECK: Duration = Duration::from_millis(50);
-const DEFAULT_QUEUE: usize = 64;
+const DEFAULT_QUEUE: usize = 16;
 /// How long a waiter that found the queue full sleeps between looks, at most; it is
 /// woken sooner when a place in the queue frees up.
 const OVERFLOW_POLL: Duration = Duration::from_millis(500);
@@ -890,7 +890,16 @@ fn ring_loop(shared: &Shared, at: usize, ringer: &Ringer) {
         // Notify after every change seen since the last notification, and at every
         // poll interval (the waiters' retry tick).
         last = word.load(Ordering::Acquire);
-        ringer.event.notify(usize::MAX);
+        // A bell is rung for its own ticket(s): wake every task on it. The `seq`
+        // word of a lock is mostly slept on by waiters outside a full queue, which
+        // join as places free up: waking them all would have thousands retry for a
+        // few places, so at most one queue's worth is woken per change or tick
+        // (the rest follow on later ticks, in the order they began waiting).
+        ringer.event.notify(if at < TABLE_AT {
+            usize::MAX
+        } else {
+            shared.queue_cap
+        });
         let mut ringers = shared.ringers();
         if ringer.waiting.load(Ordering::Relaxed) == 0 {
             ringers.remove(&at);

@@ -55,7 +55,7 @@ fn stores() -> Vec<Store> {
             name: "shm",
             fresh_url: || {
                 format!(
-                    "shm:{SHM_PREFIX}{}-{}?capacity=256&arena=8M",
+                    "shm:{SHM_PREFIX}{}-{}?capacity=256&arena=8M&queue=8",
                     std::process::id(),
                     unique()
                 )
