@@ -20,7 +20,7 @@ use crate::{Error, Result};
 /// | --- | --- |
 /// | `mem:` | a private space of this process's threads and tasks |
 /// | `mem:NAME` | the space `NAME` shared by this process's `Space::open("mem:NAME")` calls |
-/// | `shm:NAME[?capacity=N&arena=BYTES&mode=600&check_ms=50]` | processes of this host: the region `/dev/shm/NAME`, created (mode 0600) on first open with room for `capacity` names (65536) and `arena` bytes of state (64M; `K`/`M`/`G` suffixes); `check_ms` bounds how long a dead holder goes unnoticed (50 ms) |
+/// | `shm:NAME[?capacity=N&arena=BYTES&mode=600&queue=16&check_ms=50]` | processes of this host: the region `/dev/shm/NAME`, created (mode 0600) on first open with room for `capacity` names (65536) and `arena` bytes of state (64M; `K`/`M`/`G` suffixes); at most `queue` waiters per name queue FIFO (16), later ones join as places free; `check_ms` bounds how long a dead holder goes unnoticed (50 ms) |
 ///
 /// `sqlite:PATH` and `redis://…` are named by the design and refused with
 /// [`Error::Unsupported`] until their backends land.
