@@ -549,7 +549,7 @@ impl Shared {
 
     /// The free-list link word at the start of block `off`.
     fn link(&self, off: u64) -> Result<&AtomicU64> {
-        if off < self.arena_start || off % 8 != 0 || off + 8 > self.arena_end {
+        if off < self.arena_start || !off.is_multiple_of(8) || off + 8 > self.arena_end {
             return Err(self.corrupt("a free list points outside the arena"));
         }
         // SAFETY: in range and 8-aligned (checked above); accessed only atomically.
