@@ -20,22 +20,28 @@ use crate::{Error, Result};
 /// | --- | --- |
 /// | `mem:` | a private space of this process's threads and tasks |
 /// | `mem:NAME` | the space `NAME` shared by this process's `Space::open("mem:NAME")` calls |
-/// | `redis://[user:password@]host[:port][/db][?prefix=P]` | every process, on any machine, that opens the same server, database and key prefix (default prefix `locksmith:`); `rediss://` for TLS (feature `redis-tls`) |
+/// | `shm:NAME` | processes of this host, through the shared-memory region `/dev/shm/NAME` (Linux, feature `shm`) |
+/// | `sqlite:PATH` | processes of this host, through an SQLite file that keeps state across restarts (feature `sqlite`; the default store) |
+/// | `sqlite:DIR?shards=N` | as `sqlite:`, over N files in `DIR`, names hashed to one of them |
+/// | `redis://[user:password@]host[:port][/db][?prefix=P]` | every process on any machine that opens the same server, database and key prefix (default prefix `locksmith:`); `rediss://` for TLS (feature `redis-tls`) |
 ///
-/// | `sqlite:PATH` | an SQLite file every process on this host may open (feature `sqlite`, on by default) |
-/// | `sqlite:DIR?shards=N` | N SQLite files in `DIR`, names hashed to one of them |
+/// `shm:` takes options after a `?`, joined by `&`, used when the region is created:
+/// `capacity=N` names (65536), `arena=BYTES` of state (64M; `K`/`M`/`G` suffixes),
+/// `mode=OCTAL` (600), `queue=N` waiters per name queued first-come first-served (16;
+/// later ones join as places free) and `check_ms=MS`, how long a dead holder can go
+/// unnoticed (50).
 ///
-/// `sqlite:` takes options after a `?`, joined by `&`: `shards=N` (1–256), `timeout=MS`
-/// (how long a step waits for another process's transaction; 5000), `poll=MS` (the
-/// longest a waiter sleeps before re-checking on its own; 250), `sync=normal|full`
-/// (`full` fsyncs every step, so fencing tokens survive power loss too) and
-/// `bell=on|off` (the shared-memory doorbell that wakes waiting processes at once).
+/// `sqlite:` takes `shards=N` (1–256), `timeout=MS` (how long a step waits for another
+/// process's transaction; 5000), `poll=MS` (the longest a waiter sleeps before
+/// re-checking on its own; 250), `sync=normal|full` (`full` fsyncs every step, so
+/// fencing tokens survive power loss too) and `bell=on|off` (the shared-memory doorbell
+/// that wakes waiting processes at once).
 ///
 /// On Redis, a hold taken without a lease gets a 30 s one that renews itself while the
 /// holder lives, so a holder that dies on another machine is recovered when it lapses.
 ///
-/// `shm:NAME` is named by the design and refused with
-/// [`Error::Unsupported`] until their backends land.
+/// `postgres://` is named by the design and refused with [`Error::Unsupported`] until
+/// its backend lands.
 ///
 /// A `Space` is cheap to clone; clones share the store and the lease keeper.
 ///
@@ -120,7 +126,17 @@ impl Space {
                     "the {scheme} backend is not built in (in '{url}'): enable the redis feature"
                 )))
             }
-            Some((scheme @ ("shm" | "postgres" | "postgresql"), _)) => {
+
+            #[cfg(all(target_os = "linux", feature = "shm"))]
+            Some(("shm", spec)) => Arc::new(crate::backend::shm::ShmBackend::open(spec)?),
+            #[cfg(not(all(target_os = "linux", feature = "shm")))]
+            Some(("shm", _)) => {
+                return Err(Error::Unsupported(format!(
+                    "shm: needs Linux and the `shm` feature (in '{url}')"
+                )))
+            }
+
+            Some((scheme @ ("postgres" | "postgresql"), _)) => {
                 return Err(Error::Unsupported(format!(
                     "the {scheme} backend is not built yet (in '{url}')"
                 )))

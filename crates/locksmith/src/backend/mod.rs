@@ -14,6 +14,8 @@ pub(crate) mod mem;
 pub(crate) mod model;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(all(target_os = "linux", feature = "shm"))]
+pub(crate) mod shm;
 #[cfg(all(unix, feature = "sqlite"))]
 pub(crate) mod sqlite;
 
@@ -64,6 +66,21 @@ impl Key {
         let t = resolve();
         let _ = self.cache.set(t.clone());
         t
+    }
+
+    /// [`Key::cached`] for a resolution that may fail; a failure is not cached.
+    #[allow(dead_code)] // used by the shm backend only
+    pub(crate) fn try_cached<T, F>(&self, resolve: F) -> Result<Arc<T>>
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Result<Arc<T>>,
+    {
+        if let Some(Ok(t)) = self.cache.get().map(|any| any.clone().downcast::<T>()) {
+            return Ok(t);
+        }
+        let t = resolve()?;
+        let _ = self.cache.set(t.clone());
+        Ok(t)
     }
 }
 

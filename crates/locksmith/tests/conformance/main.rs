@@ -80,7 +80,34 @@ fn stores() -> Vec<Store> {
             fresh_url: redis::fresh_url,
             cross_process: true,
         },
+        #[cfg(target_os = "linux")]
+        Store {
+            name: "shm",
+            fresh_url: || {
+                format!(
+                    "shm:{SHM_PREFIX}{}-{}?capacity=256&arena=8M&queue=8",
+                    std::process::id(),
+                    unique()
+                )
+            },
+            cross_process: true,
+        },
     ]
+}
+
+/// Prefix of the shm regions the suite creates (under `/dev/shm`); [`main`] removes
+/// the ones this run made.
+const SHM_PREFIX: &str = "locksmith-conformance-";
+
+fn remove_shm_regions() {
+    let mine = format!("{SHM_PREFIX}{}-", std::process::id());
+    if let Ok(dir) = std::fs::read_dir("/dev/shm") {
+        for entry in dir.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&mine) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }
 
 /// A number no other call in this process returns.
@@ -124,7 +151,9 @@ fn main() {
             ));
         }
     }
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    remove_shm_regions();
+    conclusion.exit();
 }
 
 /// Runs a test on its own thread, failing it if it panics or hangs.

@@ -1,0 +1,1213 @@
+//! The shared-memory backend: `shm:NAME`, a named region in `/dev/shm` holding a table
+//! of named slots, so that unrelated processes of one host that open the same URL find
+//! the same `Lock("deploy")`.
+//!
+//! Each step locks the name's slot (a placed [`crate::shm::Mutex`], with dead-owner
+//! takeover), loads the name's [`Record`], applies the shared state machine
+//! ([`model::apply`]) and publishes the new record; waiters sleep on the slot's change
+//! sequence word with `FUTEX_WAIT`.
+//!
+//! # Region layout
+//!
+//! All words native-endian, no pointers (offsets from the start of the region).
+//!
+//! | offset | size | what |
+//! | --- | --- | --- |
+//! | 0 | 256 | [`RawHeader`]: magic, version, capacity, arena bounds, allocation mutex, free lists |
+//! | 256 | 4 × 4096 | bells: u32 futex words that queued waiters sleep on, picked by a hash of (slot, ticket); a step that makes tickets grantable bumps and wakes just their bells (a shared bell only costs a spurious wakeup) |
+//! | 16640 | 128 × capacity | the slot table ([`RawSlot`]), open addressing with linear probing on a FNV-1a hash of the name |
+//! | 16640 + 128 × capacity | `arena` bytes | blocks holding serialized records (JSON) and names longer than 56 bytes |
+//!
+//! # Waking
+//!
+//! - A waiter in a name's FIFO queue (it has a ticket) sleeps on its ticket's bell.
+//! - Other watchers (events, barriers, conditions' lock waiters without a place in the
+//!   queue) sleep on the slot's `seq` word; a step whose change concerns everyone
+//!   bumps it and wakes them all.
+//! - The queue holds at most `queue` waiters (URL option, 16 by default), so a record
+//!   stays small however many wait: a waiter that finds it full waits outside it, on
+//!   `seq`, and a step that frees places wakes that many of them to join.
+//! - Every sleep is bounded by the check interval (`check_ms`, 50 ms), after which the
+//!   waiter retries: that retry is what notices a holder whose process died, and
+//!   keeps a live queued waiter from being expired (after 5 s without a retry).
+//!
+//! The file is sparse: pages of the table and the arena cost memory only once touched,
+//! so opening a region does no per-slot work whatever its capacity.
+//!
+//! # Crash safety
+//!
+//! A process may be killed at any instruction, including while it holds a slot mutex
+//! or the allocation mutex; the placed mutex hands the lock to the next taker with
+//! `previous_owner_died`. Every shared structure is therefore changed so that each
+//! prefix of a change is consistent:
+//!
+//! - a record is never rewritten in place: the new one is written into a fresh block
+//!   and published with one atomic store of the slot's `record` word; the fencing
+//!   counter `next_token` is stored *before* the record that uses it, so a torn step
+//!   may skip a token but never hands one out twice;
+//! - a slot is claimed under the allocation mutex and published by one store of its
+//!   `state` word after everything else in it is written;
+//! - free-list pushes and pops and bump allocation each publish with one store.
+//!
+//! The worst a crash leaves behind is a block that nobody references (a leak of at most
+//! one block per crash), never a half-written record.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::mem::now_millis;
+use super::model::{self, Ctx, Millis, Op, Record, Reply, State};
+use super::{Backend, BoxFuture, Key, Watch};
+use crate::owner::Owner;
+use crate::shm::sys;
+use crate::shm::{AtomicBlock, Mutex, MutexOptions, Region, RegionOptions};
+use crate::{Error, Result};
+
+/// "LKST": an initialised table region.
+const MAGIC: u32 = 0x4C4B_5354;
+/// The layout version this code reads and writes.
+const VERSION: u32 = 1;
+
+const HEADER_SIZE: usize = 256;
+/// Futex words that queued waiters sleep on, chosen by a hash of (slot, ticket), so a
+/// step wakes just the tickets it names rather than every waiter of the name.
+const BELLS: usize = 4096;
+const BELLS_AT: usize = HEADER_SIZE;
+/// Where the slot table starts.
+const TABLE_AT: usize = BELLS_AT + BELLS * 4;
+const SLOT_SIZE: usize = 128;
+/// Names up to this many bytes are kept in the slot itself.
+const INLINE_NAME: usize = 56;
+
+/// Block size classes: `MIN_BLOCK << class`, 64 bytes to 2 MiB.
+const MIN_BLOCK: usize = 64;
+const CLASSES: usize = 16;
+
+const DEFAULT_CAPACITY: u32 = 65_536;
+const MAX_CAPACITY: u32 = 1 << 24;
+const DEFAULT_ARENA: u64 = 64 << 20;
+const DEFAULT_CHECK: Duration = Duration::from_millis(50);
+const DEFAULT_QUEUE: usize = 16;
+/// How long a waiter that found the queue full sleeps between looks, at most; it is
+/// woken sooner when a place in the queue frees up.
+const OVERFLOW_POLL: Duration = Duration::from_millis(500);
+/// Queued waiters that have not retried for this long are dropped from the queue (a
+/// waiter that vanished without a trace must not block FIFO order for ever); live
+/// waiters retry at least every [`Shared::poll`], far more often.
+const WAITER_TTL: Millis = 5_000;
+
+/// Slot `state`: named (0 is free); every other field is initialised.
+const NAMED: u32 = 1;
+
+/// The region header, 256 bytes.
+///
+/// | offset | word | values |
+/// | --- | --- | --- |
+/// | 0 | `magic` u32 | `0x4C4B5354` ("LKST") once initialised (written last); anything else: not a table region |
+/// | 4 | `version` u32 | layout version, 1 |
+/// | 8 | `capacity` u32 | number of slots |
+/// | 12 | — | reserved, 0 |
+/// | 16 | `arena_start` u64 | offset of the first arena byte |
+/// | 24 | `arena_end` u64 | offset one past the last arena byte (the region's length) |
+/// | 32 | `alloc` 32 bytes | a placed [`Mutex`] guarding block allocation and slot creation |
+/// | 64 | `bump` u64 | offset of the first never-allocated arena byte; only grows |
+/// | 72 | `named` u64 | slots in use (statistics) |
+/// | 80 | `free[16]` u64 | head of the free list of blocks of `64 << class` bytes; 0 empty. A free block's first 8 bytes hold the next free block's offset |
+/// | 208 | — | reserved, 0 |
+#[repr(C)]
+#[derive(Debug)]
+struct RawHeader {
+    magic: AtomicU32,
+    version: AtomicU32,
+    capacity: AtomicU32,
+    reserved: AtomicU32,
+    arena_start: AtomicU64,
+    arena_end: AtomicU64,
+    alloc: [AtomicU64; 4],
+    bump: AtomicU64,
+    named: AtomicU64,
+    free: [AtomicU64; CLASSES],
+    reserved2: [AtomicU64; 6],
+}
+
+// SAFETY: #[repr(C)], made only of atomics.
+unsafe impl AtomicBlock for RawHeader {}
+
+/// One named primitive, 128 bytes.
+///
+/// | offset | word | values |
+/// | --- | --- | --- |
+/// | 0 | `lock` 32 bytes | a placed, non-recursive [`Mutex`]: held for the length of one step |
+/// | 32 | `state` u32 | `0` free · `1` named: written last (`Release`) when the slot is claimed, never reset |
+/// | 36 | `seq` u32 (futex) | change sequence: bumped (wrapping) by every step that wakes someone; watchers `FUTEX_WAIT` on it |
+/// | 40 | `watchers` u32 | watches that may be asleep on `seq`; a step makes the wake system call only when it is not 0. A killed watcher leaves it too high, which costs only needless wake calls |
+/// | 44 | `name_len` u32 | the name's length in bytes |
+/// | 48 | `hash` u64 | FNV-1a hash of the name (never 0) |
+/// | 56 | `next_token` u64 | the fencing counter: the last token handed out; only grows; kept while the primitive is idle |
+/// | 64 | `record` u64 | `offset << 32 \| length` of the block holding the serialized record; `0` when idle (no state beyond `next_token`) |
+/// | 72 | `name` 56 bytes | the name, if it has at most 56 bytes; otherwise word 0 is `offset << 32 \| length` of an arena block holding it |
+///
+/// `record` and `next_token` are written only by the holder of `lock`; `state`,
+/// `name_len`, `hash` and `name` only while claiming the slot under the header's
+/// `alloc` mutex, before `state` is published.
+#[repr(C)]
+#[derive(Debug)]
+struct RawSlot {
+    lock: [AtomicU64; 4],
+    state: AtomicU32,
+    seq: AtomicU32,
+    watchers: AtomicU32,
+    name_len: AtomicU32,
+    hash: AtomicU64,
+    next_token: AtomicU64,
+    record: AtomicU64,
+    name: [AtomicU64; INLINE_NAME / 8],
+}
+
+// SAFETY: #[repr(C)], made only of atomics.
+unsafe impl AtomicBlock for RawSlot {}
+
+const _: () = assert!(std::mem::size_of::<RawHeader>() == HEADER_SIZE);
+const _: () = assert!(std::mem::size_of::<RawSlot>() == SLOT_SIZE);
+const _: () = assert!(Mutex::SIZE == 32);
+
+/// What `shm:NAME?…` asks for.
+#[derive(Clone, Debug)]
+pub(crate) struct ShmOptions {
+    name: String,
+    capacity: Option<u32>,
+    arena: Option<u64>,
+    mode: u32,
+    check: Duration,
+    queue: usize,
+}
+
+impl ShmOptions {
+    /// Parses the part of the URL after `shm:`: `NAME` then optional
+    /// `?capacity=N&arena=BYTES&mode=OCTAL&check_ms=MS`.
+    pub(crate) fn parse(spec: &str) -> Result<ShmOptions> {
+        let (name, query) = match spec.split_once('?') {
+            Some((n, q)) => (n, q),
+            None => (spec, ""),
+        };
+        if name.is_empty() {
+            return Err(Error::invalid(
+                "shm: needs a region name, as in shm:myapp (a file in /dev/shm)",
+            ));
+        }
+        let mut opts = ShmOptions {
+            name: name.to_owned(),
+            capacity: None,
+            arena: None,
+            mode: 0o600,
+            check: DEFAULT_CHECK,
+            queue: DEFAULT_QUEUE,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let bad = |what: &str| Error::invalid(format!("shm:{spec}: option {k}={v:?}: {what}"));
+            match k {
+                "capacity" => {
+                    let n: u32 = v.parse().map_err(|_| bad("not a whole number"))?;
+                    if n == 0 || n > MAX_CAPACITY {
+                        return Err(bad(&format!("must be 1 to {MAX_CAPACITY} names")));
+                    }
+                    opts.capacity = Some(n);
+                }
+                "arena" => {
+                    let n = parse_bytes(v).ok_or_else(|| {
+                        bad("not a size in bytes (a whole number, optionally with K, M or G)")
+                    })?;
+                    if n < (MIN_BLOCK << CLASSES) as u64 {
+                        return Err(bad("must be at least 4M"));
+                    }
+                    opts.arena = Some(n);
+                }
+                "mode" => {
+                    opts.mode = u32::from_str_radix(v, 8)
+                        .ok()
+                        .filter(|m| *m <= 0o777)
+                        .ok_or_else(|| bad("not an octal file mode such as 600"))?;
+                }
+                "queue" => {
+                    let n: usize = v.parse().map_err(|_| bad("not a whole number"))?;
+                    if !(1..=4096).contains(&n) {
+                        return Err(bad("must be 1 to 4096 waiters"));
+                    }
+                    opts.queue = n;
+                }
+                "check_ms" => {
+                    let ms: u64 = v.parse().map_err(|_| bad("not a whole number"))?;
+                    if !(1..=60_000).contains(&ms) {
+                        return Err(bad("must be 1 to 60000 milliseconds"));
+                    }
+                    opts.check = Duration::from_millis(ms);
+                }
+                _ => {
+                    return Err(bad(
+                        "unknown option; shm: takes capacity, arena, mode, queue and check_ms",
+                    ))
+                }
+            }
+        }
+        Ok(opts)
+    }
+}
+
+fn parse_bytes(v: &str) -> Option<u64> {
+    let (digits, unit) = match v.char_indices().last()? {
+        (i, 'k' | 'K') => (&v[..i], 1 << 10),
+        (i, 'm' | 'M') => (&v[..i], 1 << 20),
+        (i, 'g' | 'G') => (&v[..i], 1 << 30),
+        _ => (v, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    h.max(1)
+}
+
+fn class_of(len: usize) -> Option<usize> {
+    let blocks = len.max(1).div_ceil(MIN_BLOCK).next_power_of_two();
+    let class = blocks.trailing_zeros() as usize;
+    (class < CLASSES).then_some(class)
+}
+
+/// The `shm:NAME` store.
+#[derive(Debug, Clone)]
+pub(crate) struct ShmBackend {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    region: Region,
+    url_name: String,
+    capacity: u32,
+    arena_start: u64,
+    arena_end: u64,
+    /// The longest a waiter sleeps before retrying: bounds how long a dead holder
+    /// goes unnoticed.
+    poll: Duration,
+    /// At most this many waiters per name queue in FIFO order; later ones wait
+    /// outside the queue and join it as places free up.
+    queue_cap: usize,
+    /// The tickets of this process's waiters that found the queue full.
+    overflowed: std::sync::Mutex<HashSet<u64>>,
+    /// Async waits: one thread per futex word that tasks of this process wait on,
+    /// keyed by the word's offset in the region.
+    ringers: std::sync::Mutex<HashMap<usize, Arc<Ringer>>>,
+}
+
+/// A thread that sleeps on one futex word for every async task of this process
+/// waiting on it, and wakes them (through an in-process event) when the word changes
+/// and at every poll interval. Thousands of waiting tasks thus cost one thread per
+/// word, not one thread each.
+#[derive(Debug)]
+struct Ringer {
+    event: event_listener::Event,
+    /// Tasks waiting; changed under the `ringers` lock, so the thread can leave when
+    /// it reaches zero without racing a newcomer.
+    waiting: AtomicU64,
+}
+
+/// What a [`Key`] resolves to: its slot's index.
+struct SlotAt(u32);
+
+impl ShmBackend {
+    /// Opens (creating if needed) the region a `shm:` URL names.
+    pub(crate) fn open(spec: &str) -> Result<ShmBackend> {
+        let opts = ShmOptions::parse(spec)?;
+        let capacity = opts.capacity.unwrap_or(DEFAULT_CAPACITY);
+        let arena = opts.arena.unwrap_or(DEFAULT_ARENA);
+        let table = TABLE_AT as u64 + u64::from(capacity) * SLOT_SIZE as u64;
+        let size = table + arena;
+        if size > u64::from(u32::MAX) {
+            return Err(Error::invalid(format!(
+                "shm:{spec}: the region would take {size} bytes; offsets are 32-bit, so the slot table plus the arena must stay under 4 GiB"
+            )));
+        }
+        let init = |r: &Region| -> Result<()> {
+            let h: &RawHeader = r.place_at(0, HEADER_SIZE)?.view("the table header")?;
+            h.version.store(VERSION, Ordering::Relaxed);
+            h.capacity.store(capacity, Ordering::Relaxed);
+            h.arena_start.store(table, Ordering::Relaxed);
+            h.arena_end.store(size, Ordering::Relaxed);
+            h.bump.store(table, Ordering::Relaxed);
+            Mutex::init(
+                r.place_at(32, Mutex::SIZE)?,
+                &MutexOptions::new().recursive(false),
+            )?;
+            h.magic.store(MAGIC, Ordering::Release);
+            Ok(())
+        };
+        let region = match Region::create_with(
+            &opts.name,
+            size as usize,
+            &RegionOptions::new().mode(opts.mode),
+            init,
+        ) {
+            Ok(r) => r,
+            // Most often: it exists (maybe created by a racing process just now).
+            Err(created) => Region::open(&opts.name).map_err(|_| created)?,
+        };
+        let shared = Shared::attach(region, &opts)?;
+        Ok(ShmBackend {
+            shared: Arc::new(shared),
+        })
+    }
+
+    fn resolve(&self, key: &Key) -> Result<u32> {
+        Ok(key
+            .try_cached(|| {
+                self.shared
+                    .find_or_create(key.name())
+                    .map(|i| Arc::new(SlotAt(i)))
+            })?
+            .0)
+    }
+}
+
+impl Shared {
+    fn attach(region: Region, opts: &ShmOptions) -> Result<Shared> {
+        let name = &opts.name;
+        let not_table = || {
+            Error::invalid(format!(
+                "/dev/shm/{name} is not a locksmith shm: store (or was made by another version); choose another name"
+            ))
+        };
+        let h: &RawHeader = region
+            .place_at(0, HEADER_SIZE)
+            .map_err(|_| not_table())?
+            .view("the table header")?;
+        if h.magic.load(Ordering::Acquire) != MAGIC {
+            return Err(not_table());
+        }
+        let version = h.version.load(Ordering::Relaxed);
+        if version != VERSION {
+            return Err(Error::invalid(format!(
+                "/dev/shm/{name} has layout version {version}; this library reads version {VERSION}"
+            )));
+        }
+        let capacity = h.capacity.load(Ordering::Relaxed);
+        let arena_start = h.arena_start.load(Ordering::Relaxed);
+        let arena_end = h.arena_end.load(Ordering::Relaxed);
+        let table = TABLE_AT as u64 + u64::from(capacity) * SLOT_SIZE as u64;
+        if capacity == 0
+            || arena_start != table
+            || arena_end < arena_start
+            || arena_end > region.len() as u64
+            || arena_end > u64::from(u32::MAX)
+        {
+            return Err(Error::invalid(format!(
+                "/dev/shm/{name} has a corrupt header"
+            )));
+        }
+        if let Some(wanted) = opts.capacity {
+            if wanted != capacity {
+                return Err(Error::invalid(format!(
+                    "/dev/shm/{name} exists with capacity={capacity}, not {wanted}: capacity is fixed when a region is created (remove the file to make a new one)"
+                )));
+            }
+        }
+        Ok(Shared {
+            region,
+            url_name: name.clone(),
+            capacity,
+            arena_start,
+            arena_end,
+            poll: opts.check.min(Duration::from_millis(WAITER_TTL / 3)),
+            queue_cap: opts.queue,
+            overflowed: std::sync::Mutex::new(HashSet::new()),
+            ringers: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn header(&self) -> &RawHeader {
+        // SAFETY: `attach` checked that the region holds at least the header (and the
+        // table); the region is mapped for as long as `self` lives, aligned to a page,
+        // and its memory is only ever accessed through atomics or under the protocols
+        // described in the module docs.
+        unsafe { &*self.region.whole().as_ptr().cast::<RawHeader>() }
+    }
+
+    fn slot(&self, i: u32) -> &RawSlot {
+        debug_assert!(i < self.capacity);
+        let i = i.min(self.capacity - 1) as usize;
+        // SAFETY: `attach` checked that HEADER_SIZE + capacity * SLOT_SIZE bytes are
+        // mapped, and `i < capacity`; slots are 128-byte aligned from a page-aligned
+        // base, and made only of atomics.
+        unsafe {
+            &*self
+                .region
+                .whole()
+                .as_ptr()
+                .add(TABLE_AT + i * SLOT_SIZE)
+                .cast::<RawSlot>()
+        }
+    }
+
+    fn slot_mutex(&self, i: u32) -> Result<Mutex<'_>> {
+        let at = TABLE_AT + i as usize * SLOT_SIZE;
+        Mutex::attach(self.region.place_at(at, Mutex::SIZE)?)
+    }
+
+    /// The bell that queued waiter `ticket` of slot `slot` sleeps on.
+    fn bell(&self, slot: u32, ticket: u64) -> &AtomicU32 {
+        let h = (ticket ^ u64::from(slot).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let i = (h >> 40) as usize % BELLS;
+        // SAFETY: `attach` checked that the bells (before the table) are mapped; the
+        // base is page-aligned, so each u32 is aligned; they are only used atomically.
+        unsafe {
+            &*self
+                .region
+                .whole()
+                .as_ptr()
+                .add(BELLS_AT + i * 4)
+                .cast::<AtomicU32>()
+        }
+    }
+
+    /// The u32 word at region offset `at` (a bell or a slot's `seq`).
+    fn word_at(&self, at: usize) -> &AtomicU32 {
+        let at = at.min(TABLE_AT + self.capacity as usize * SLOT_SIZE - 4) & !3;
+        // SAFETY: clamped inside the bells and table, which `attach` checked are
+        // mapped; 4-aligned; only used atomically.
+        unsafe { &*self.region.whole().as_ptr().add(at).cast::<AtomicU32>() }
+    }
+
+    fn offset_of(&self, word: &AtomicU32) -> usize {
+        word.as_ptr() as usize - self.region.whole().as_ptr() as usize
+    }
+
+    fn ring(&self, slot: u32, ticket: u64) {
+        let bell = self.bell(slot, ticket);
+        bell.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(bell, u32::MAX, true);
+    }
+
+    fn ringers(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Arc<Ringer>>> {
+        self.ringers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn overflowed(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.overflowed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn alloc_mutex(&self) -> Result<Mutex<'_>> {
+        Mutex::attach(self.region.place_at(32, Mutex::SIZE)?)
+    }
+
+    fn corrupt(&self, what: &str) -> Error {
+        Error::backend(format!(
+            "the shm: store /dev/shm/{} is corrupt: {what}",
+            self.url_name
+        ))
+    }
+
+    /// Copies `len` bytes at arena offset `off` out of the region.
+    fn read_block(&self, off: u64, len: usize) -> Result<Vec<u8>> {
+        if off < self.arena_start || off.saturating_add(len as u64) > self.arena_end {
+            return Err(self.corrupt("a block lies outside the arena"));
+        }
+        let mut out = vec![0u8; len];
+        // SAFETY: the range was checked to lie inside the mapped arena. The block is
+        // owned by a slot whose mutex the caller holds (or is a published name, never
+        // written again), so no other process writes it during the copy.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.region.whole().as_ptr().add(off as usize),
+                out.as_mut_ptr(),
+                len,
+            );
+        }
+        Ok(out)
+    }
+
+    fn write_block(&self, off: u64, bytes: &[u8]) -> Result<()> {
+        if off < self.arena_start || off.saturating_add(bytes.len() as u64) > self.arena_end {
+            return Err(self.corrupt("a block lies outside the arena"));
+        }
+        // SAFETY: the range lies inside the mapped arena; the block was just allocated
+        // and is referenced by nothing yet, so nobody else reads or writes it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.region.whole().as_ptr().add(off as usize),
+                bytes.len(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The free-list link word at the start of block `off`.
+    fn link(&self, off: u64) -> Result<&AtomicU64> {
+        if off < self.arena_start || !off.is_multiple_of(8) || off + 8 > self.arena_end {
+            return Err(self.corrupt("a free list points outside the arena"));
+        }
+        // SAFETY: in range and 8-aligned (checked above); accessed only atomically.
+        Ok(unsafe {
+            &*self
+                .region
+                .whole()
+                .as_ptr()
+                .add(off as usize)
+                .cast::<AtomicU64>()
+        })
+    }
+
+    /// Allocates a block of at least `len` bytes; returns its offset.
+    fn alloc(&self, len: usize) -> Result<u64> {
+        let class = class_of(len).ok_or_else(|| {
+            Error::backend(format!(
+                "a record of {len} bytes is larger than the shm: store's largest block ({} bytes): too many waiters or holders on one name",
+                MIN_BLOCK << (CLASSES - 1)
+            ))
+        })?;
+        let m = self.alloc_mutex()?;
+        // A previous owner that died here left every list consistent (each change is
+        // one store), at worst leaking one block.
+        let _g = m.lock()?;
+        self.alloc_locked(class)
+    }
+
+    /// Allocates a block of class `class`; the caller holds the allocation mutex.
+    fn alloc_locked(&self, class: usize) -> Result<u64> {
+        let size = (MIN_BLOCK << class) as u64;
+        let h = self.header();
+        let head = h.free[class].load(Ordering::Acquire);
+        if head != 0 {
+            let next = self.link(head)?.load(Ordering::Relaxed);
+            h.free[class].store(next, Ordering::Release);
+            return Ok(head);
+        }
+        let bump = h.bump.load(Ordering::Relaxed);
+        let end = bump.saturating_add(size);
+        if end > self.arena_end {
+            return Err(Error::backend(format!(
+                "the shm: store /dev/shm/{} has no room left in its arena ({} bytes): remove the region and open it again with a larger ?arena= (e.g. shm:{}?arena=256M)",
+                self.url_name,
+                self.arena_end - self.arena_start,
+                self.url_name
+            )));
+        }
+        h.bump.store(end, Ordering::Release);
+        Ok(bump)
+    }
+
+    /// Returns the block described by a `record` word to its free list.
+    fn free(&self, word: u64) -> Result<()> {
+        let (off, len) = split(word);
+        let class = class_of(len).ok_or_else(|| self.corrupt("a record is too long"))?;
+        let h = self.header();
+        let link = self.link(off)?;
+        let m = self.alloc_mutex()?;
+        let _g = m.lock()?;
+        link.store(h.free[class].load(Ordering::Relaxed), Ordering::Relaxed);
+        h.free[class].store(off, Ordering::Release);
+        Ok(())
+    }
+
+    fn name_matches(&self, s: &RawSlot, name: &str) -> Result<bool> {
+        let len = s.name_len.load(Ordering::Relaxed) as usize;
+        if len != name.len() {
+            return Ok(false);
+        }
+        Ok(self.slot_name(s)? == name.as_bytes())
+    }
+
+    fn slot_name(&self, s: &RawSlot) -> Result<Vec<u8>> {
+        let len = s.name_len.load(Ordering::Relaxed) as usize;
+        if len <= INLINE_NAME {
+            let mut out = Vec::with_capacity(INLINE_NAME);
+            for w in &s.name {
+                out.extend_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+            }
+            out.truncate(len);
+            Ok(out)
+        } else {
+            let (off, stored) = split(s.name[0].load(Ordering::Relaxed));
+            if stored != len {
+                return Err(self.corrupt("a name's length disagrees with its block"));
+            }
+            self.read_block(off, len)
+        }
+    }
+
+    /// The slot of `name`, claiming a free one if the name is new.
+    fn find_or_create(&self, name: &str) -> Result<u32> {
+        let hash = fnv1a(name.as_bytes());
+        if let Some(i) = self.probe(name, hash)?.0 {
+            return Ok(i);
+        }
+        // Claims happen only under the allocation mutex, so looking again under it is
+        // authoritative: two processes creating one name get one slot.
+        let m = self.alloc_mutex()?;
+        let _guard = m.lock()?;
+        let free = match self.probe(name, hash)? {
+            (Some(i), _) => return Ok(i),
+            (None, Some(free)) => free,
+            (None, None) => {
+                return Err(Error::backend(format!(
+                    "the shm: store /dev/shm/{} is full: all {} names are taken. Names are never removed (their fencing counters must persist); remove the region and open it with a larger ?capacity= (e.g. shm:{}?capacity={})",
+                    self.url_name,
+                    self.capacity,
+                    self.url_name,
+                    u64::from(self.capacity) * 2
+                )))
+            }
+        };
+        let s = self.slot(free);
+        // A claimer that died before publishing may have left bytes behind: overwrite
+        // every field.
+        for w in &s.lock {
+            w.store(0, Ordering::Relaxed);
+        }
+        Mutex::init(
+            self.region
+                .place_at(TABLE_AT + free as usize * SLOT_SIZE, Mutex::SIZE)?,
+            &MutexOptions::new().recursive(false),
+        )?;
+        s.seq.store(0, Ordering::Relaxed);
+        s.watchers.store(0, Ordering::Relaxed);
+        s.next_token.store(0, Ordering::Relaxed);
+        s.record.store(0, Ordering::Relaxed);
+        s.hash.store(hash, Ordering::Relaxed);
+        s.name_len.store(name.len() as u32, Ordering::Relaxed);
+        if name.len() <= INLINE_NAME {
+            let mut buf = [0u8; INLINE_NAME];
+            buf[..name.len()].copy_from_slice(name.as_bytes());
+            for (w, chunk) in s.name.iter().zip(buf.chunks_exact(8)) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(chunk);
+                w.store(u64::from_ne_bytes(b), Ordering::Relaxed);
+            }
+        } else {
+            let class = class_of(name.len()).ok_or_else(|| Error::invalid("name too long"))?;
+            let off = self.alloc_locked(class)?;
+            self.write_block(off, name.as_bytes())?;
+            s.name[0].store(join(off, name.len()), Ordering::Relaxed);
+        }
+        s.state.store(NAMED, Ordering::Release);
+        self.header().named.fetch_add(1, Ordering::Relaxed);
+        Ok(free)
+    }
+
+    /// Looks for `name` along its probe sequence: its slot if present, and the first
+    /// free slot met (where it would be claimed).
+    fn probe(&self, name: &str, hash: u64) -> Result<(Option<u32>, Option<u32>)> {
+        let mut i = (hash % u64::from(self.capacity)) as u32;
+        for _ in 0..self.capacity {
+            let s = self.slot(i);
+            if s.state.load(Ordering::Acquire) != NAMED {
+                return Ok((None, Some(i)));
+            }
+            if s.hash.load(Ordering::Relaxed) == hash && self.name_matches(s, name)? {
+                return Ok((Some(i), None));
+            }
+            i = if i + 1 == self.capacity { 0 } else { i + 1 };
+        }
+        Ok((None, None))
+    }
+
+    /// Loads slot `s`'s record; also answers the bytes it was decoded from.
+    fn load(&self, s: &RawSlot) -> Result<(Record, u64, Vec<u8>)> {
+        let word = s.record.load(Ordering::Acquire);
+        let next_token = s.next_token.load(Ordering::Acquire);
+        if word == 0 {
+            let record = Record {
+                next_token,
+                ..Record::default()
+            };
+            return Ok((record, 0, Vec::new()));
+        }
+        let (off, len) = split(word);
+        let bytes = self.read_block(off, len)?;
+        let mut record: Record = serde_json::from_slice(&bytes)
+            .map_err(|e| self.corrupt(&format!("a record does not decode: {e}")))?;
+        record.next_token = record.next_token.max(next_token);
+        Ok((record, word, bytes))
+    }
+
+    /// Publishes `record` in slot `s`, whose record word was `old` (decoded from
+    /// `old_bytes`). The caller holds the slot's mutex.
+    fn store(&self, s: &RawSlot, record: &Record, old: u64, old_bytes: &[u8]) -> Result<()> {
+        // The counter first: a crash between the two stores skips a token at worst.
+        if s.next_token.load(Ordering::Relaxed) != record.next_token {
+            s.next_token.store(record.next_token, Ordering::Release);
+        }
+        let new = if record.state.is_none() && record.tag.is_none() {
+            0
+        } else {
+            let bytes = serde_json::to_vec(record)
+                .map_err(|e| Error::backend(format!("cannot encode a record: {e}")))?;
+            if old != 0 && bytes == old_bytes {
+                return Ok(());
+            }
+            let off = self.alloc(bytes.len())?;
+            self.write_block(off, &bytes)?;
+            join(off, bytes.len())
+        };
+        if new != old {
+            s.record.store(new, Ordering::Release);
+            if old != 0 {
+                self.free(old)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells (up to `n` of) the watchers of slot `s` that it changed.
+    fn notify(&self, s: &RawSlot, n: u32) {
+        s.seq.fetch_add(1, Ordering::SeqCst);
+        if s.watchers.load(Ordering::SeqCst) != 0 {
+            sys::futex_wake(&s.seq, n, true);
+        }
+    }
+
+    fn ctx_step(&self, i: u32, name: &str, op: Op) -> Result<Reply> {
+        let s = self.slot(i);
+        let m = self.slot_mutex(i)?;
+        let guard = m.lock()?;
+        if guard.previous_owner_died() {
+            // Records are published with one store, so the slot is consistent.
+            tracing::warn!(name, "a process died inside a step on this name; recovered");
+        }
+        let (mut record, old, old_bytes) = self.load(s)?;
+        let (old_len, old_tickets) = queue_of(&record);
+        let mut op = op;
+        match &mut op {
+            // A waiter that finds the queue full waits outside it (its ticket is not
+            // stored), so a record never holds more than `queue_cap` waiters.
+            Op::Acquire(a) => {
+                if let Some(t) = a.ticket {
+                    if old_len >= self.queue_cap && !old_tickets.contains(&t) {
+                        a.ticket = None;
+                        self.overflowed().insert(t);
+                    } else {
+                        self.overflowed().remove(&t);
+                    }
+                }
+            }
+            Op::Dequeue { ticket } => {
+                self.overflowed().remove(ticket);
+            }
+            _ => {}
+        }
+        let is_dead = |o: &Owner| o.is_dead();
+        let ctx = Ctx {
+            now: now_millis(),
+            is_dead: Some(&is_dead),
+            waiter_ttl: Some(WAITER_TTL),
+        };
+        let (reply, wake) = model::apply(&mut record, name, op, &ctx)?;
+        self.store(s, &record, old, &old_bytes)?;
+        drop(guard);
+        let (new_len, new_tickets) = queue_of(&record);
+        if wake.all {
+            self.notify(s, u32::MAX);
+            for t in old_tickets.iter().chain(&new_tickets) {
+                self.ring(i, *t);
+            }
+        } else {
+            for t in &wake.tickets {
+                self.ring(i, *t);
+            }
+            if new_len < old_len && new_len < self.queue_cap {
+                // Places in the queue freed up: let as many outside waiters in.
+                self.notify(s, (self.queue_cap - new_len) as u32);
+            }
+        }
+        Ok(reply)
+    }
+}
+
+/// The length of a permit queue and the tickets of its waiters and sleepers.
+fn queue_of(record: &Record) -> (usize, Vec<u64>) {
+    match &record.state {
+        Some(State::Permits(p)) => (
+            p.queue.len(),
+            p.queue
+                .iter()
+                .map(|w| w.ticket)
+                .chain(p.sleepers.iter().map(|s| s.ticket))
+                .collect(),
+        ),
+        _ => (0, Vec::new()),
+    }
+}
+
+/// Registers an async waiter on the word at region offset `at`, starting its ringer
+/// thread if there is none.
+fn join_ringer(shared: &Arc<Shared>, at: usize) -> Result<Arc<Ringer>> {
+    let mut ringers = shared.ringers();
+    if let Some(r) = ringers.get(&at) {
+        r.waiting.fetch_add(1, Ordering::Relaxed);
+        return Ok(r.clone());
+    }
+    let ringer = Arc::new(Ringer {
+        event: event_listener::Event::new(),
+        waiting: AtomicU64::new(1),
+    });
+    ringers.insert(at, ringer.clone());
+    let (sh, r) = (shared.clone(), ringer.clone());
+    let spawned = std::thread::Builder::new()
+        .name("locksmith-shm-ringer".into())
+        .spawn(move || ring_loop(&sh, at, &r));
+    if let Err(e) = spawned {
+        ringers.remove(&at);
+        return Err(Error::backend(format!("cannot start a waiter thread: {e}")));
+    }
+    Ok(ringer)
+}
+
+/// An async waiter's registration with a ringer; dropping it (also when the wait is
+/// cancelled) leaves.
+struct Joined<'a> {
+    shared: &'a Shared,
+    ringer: Arc<Ringer>,
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        let _ringers = self.shared.ringers();
+        self.ringer.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn ring_loop(shared: &Shared, at: usize, ringer: &Ringer) {
+    let word = shared.word_at(at);
+    let mut last = word.load(Ordering::Acquire);
+    loop {
+        sys::futex_wait(word, last, Some(shared.poll), true);
+        // Notify after every change seen since the last notification, and at every
+        // poll interval (the waiters' retry tick).
+        last = word.load(Ordering::Acquire);
+        // A bell is rung for its own ticket(s): wake every task on it. The `seq`
+        // word of a lock is mostly slept on by waiters outside a full queue, which
+        // join as places free up: waking them all would have thousands retry for a
+        // few places, so at most one queue's worth is woken per change or tick
+        // (the rest follow on later ticks, in the order they began waiting).
+        ringer.event.notify(if at < TABLE_AT {
+            usize::MAX
+        } else {
+            shared.queue_cap
+        });
+        let mut ringers = shared.ringers();
+        if ringer.waiting.load(Ordering::Relaxed) == 0 {
+            ringers.remove(&at);
+            return;
+        }
+    }
+}
+
+fn split(word: u64) -> (u64, usize) {
+    (word >> 32, (word & 0xffff_ffff) as usize)
+}
+
+fn join(off: u64, len: usize) -> u64 {
+    off << 32 | len as u64
+}
+
+impl Backend for ShmBackend {
+    fn step(&self, key: &Key, op: Op) -> Result<Reply> {
+        let i = self.resolve(key)?;
+        self.shared.ctx_step(i, key.name(), op)
+    }
+
+    fn watch(&self, key: &Key, ticket: Option<u64>) -> Result<Box<dyn Watch>> {
+        let i = self.resolve(key)?;
+        let s = self.shared.slot(i);
+        // SeqCst on both sides (here: count, then read; `notify`: bump, then read the
+        // count): either the step sees this watcher and wakes it, or this read sees
+        // the bump and the wait returns at once.
+        s.watchers.fetch_add(1, Ordering::SeqCst);
+        let seq = s.seq.load(Ordering::SeqCst);
+        // Both words are read now; which one to sleep on is decided when waiting, once
+        // the step has said whether this ticket is queued or found the queue full.
+        let bell = ticket.map(|t| (t, self.shared.bell(i, t).load(Ordering::SeqCst)));
+        Ok(Box::new(ShmWatch {
+            shared: self.shared.clone(),
+            slot: i,
+            seq,
+            bell,
+        }))
+    }
+
+    fn names(&self) -> Result<Vec<String>> {
+        let sh = &self.shared;
+        let mut names = Vec::new();
+        for i in 0..sh.capacity {
+            let s = sh.slot(i);
+            if s.state.load(Ordering::Acquire) == NAMED {
+                names.push(String::from_utf8_lossy(&sh.slot_name(s)?).into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn evict_tag(&self, tag: &str) -> Result<usize> {
+        let sh = &self.shared;
+        let mut evicted = 0;
+        for i in 0..sh.capacity {
+            let s = sh.slot(i);
+            if s.state.load(Ordering::Acquire) != NAMED || s.record.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let m = sh.slot_mutex(i)?;
+            let guard = m.lock()?;
+            let (mut record, old, old_bytes) = sh.load(s)?;
+            if record.tag.as_deref() == Some(tag) && record.state.is_some() {
+                record.state = None;
+                record.tag = None;
+                sh.store(s, &record, old, &old_bytes)?;
+                drop(guard);
+                sh.notify(s, u32::MAX);
+                evicted += 1;
+            }
+        }
+        Ok(evicted)
+    }
+}
+
+/// A registration on one slot's change sequence.
+struct ShmWatch {
+    shared: Arc<Shared>,
+    slot: u32,
+    seq: u32,
+    /// The ticket and the value its bell had when the watch began.
+    bell: Option<(u64, u32)>,
+}
+
+impl ShmWatch {
+    /// The futex word to sleep on, the value it had, and the longest sleep.
+    fn word(&self) -> (&AtomicU32, u32, Duration) {
+        let sh = &self.shared;
+        match self.bell {
+            Some((t, v)) if !sh.overflowed().contains(&t) => (sh.bell(self.slot, t), v, sh.poll),
+            Some(_) => (&sh.slot(self.slot).seq, self.seq, OVERFLOW_POLL),
+            None => (&sh.slot(self.slot).seq, self.seq, sh.poll),
+        }
+    }
+
+    /// Sleeps until the word moves on, `deadline`, or the poll interval.
+    fn sleep(&self, deadline: Option<Instant>) {
+        let (word, value, mut timeout) = self.word();
+        if let Some(d) = deadline {
+            timeout = timeout.min(d.saturating_duration_since(Instant::now()));
+        }
+        if timeout.is_zero() {
+            return;
+        }
+        sys::futex_wait(word, value, Some(timeout), true);
+    }
+
+    fn changed(&self) -> bool {
+        let (word, value, _) = self.word();
+        word.load(Ordering::Acquire) != value
+    }
+}
+
+impl Drop for ShmWatch {
+    fn drop(&mut self) {
+        self.shared
+            .slot(self.slot)
+            .watchers
+            .fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Watch for ShmWatch {
+    fn wait(self: Box<Self>, deadline: Option<Instant>) -> Result<()> {
+        self.sleep(deadline);
+        Ok(())
+    }
+
+    fn wait_async(self: Box<Self>, deadline: Option<Instant>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            if self.changed() || deadline.is_some_and(|d| d <= Instant::now()) {
+                // Let the executor run other tasks before the caller retries, so that
+                // retries never monopolise a worker.
+                tokio::task::yield_now().await;
+                return Ok(());
+            }
+            // The futex wait runs on a blocking-pool thread (or a thread of its own
+            // outside tokio), never on the executor. It lasts at most the poll
+            // interval, so a cancelled wait frees its thread soon after.
+            match tokio::runtime::Handle::try_current() {
+                Ok(_) => {
+                    let (word, value, _) = self.word();
+                    let at = self.shared.offset_of(word);
+                    let ringer = Joined {
+                        ringer: join_ringer(&self.shared, at)?,
+                        shared: &self.shared,
+                    };
+                    let listener = ringer.ringer.event.listen();
+                    // The ringer notifies after every change it sees after its last
+                    // notification; a change before `listen` is caught here.
+                    if self.shared.word_at(at).load(Ordering::Acquire) == value {
+                        match deadline {
+                            Some(d) => {
+                                let _ = tokio::time::timeout_at(d.into(), listener).await;
+                            }
+                            None => listener.await,
+                        }
+                    }
+                    drop(ringer);
+                }
+                Err(_) => {
+                    let done = Arc::new(event_listener::Event::new());
+                    let listener = done.listen();
+                    let notify = done.clone();
+                    std::thread::Builder::new()
+                        .name("locksmith-shm-wait".into())
+                        .spawn(move || {
+                            self.sleep(deadline);
+                            notify.notify(usize::MAX);
+                        })
+                        .map_err(|e| {
+                            Error::backend(format!("cannot start a waiter thread: {e}"))
+                        })?;
+                    listener.await;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unique(tag: &str) -> String {
+        use std::sync::atomic::AtomicU64;
+        static N: AtomicU64 = AtomicU64::new(0);
+        format!(
+            "locksmith-test-shmspace-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Region::unlink(&self.0);
+        }
+    }
+
+    #[test]
+    fn options_parse_and_refuse_nonsense() {
+        let o = ShmOptions::parse("app?capacity=10&arena=8M&mode=640&check_ms=5").unwrap();
+        assert_eq!(o.name, "app");
+        assert_eq!(o.capacity, Some(10));
+        assert_eq!(o.arena, Some(8 << 20));
+        assert_eq!(o.mode, 0o640);
+        assert_eq!(o.check, Duration::from_millis(5));
+        for bad in [
+            "",
+            "?capacity=1",
+            "a?capacity=0",
+            "a?capacity=x",
+            "a?arena=1",
+            "a?mode=999",
+            "a?check_ms=0",
+            "a?colour=blue",
+        ] {
+            assert!(ShmOptions::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn classes_cover_lengths() {
+        assert_eq!(class_of(1), Some(0));
+        assert_eq!(class_of(64), Some(0));
+        assert_eq!(class_of(65), Some(1));
+        assert_eq!(class_of(MIN_BLOCK << (CLASSES - 1)), Some(CLASSES - 1));
+        assert_eq!(class_of((MIN_BLOCK << (CLASSES - 1)) + 1), None);
+    }
+
+    #[test]
+    fn names_short_and_long_share_slots_across_opens_and_fill_up() {
+        let name = unique("names");
+        let _c = Cleanup(name.clone());
+        let url = format!("{name}?capacity=3");
+        let a = ShmBackend::open(&url).unwrap();
+        let b = ShmBackend::open(&name).unwrap();
+        let long = "x".repeat(200);
+        let ia = a.shared.find_or_create("deploy").unwrap();
+        let ib = b.shared.find_or_create("deploy").unwrap();
+        assert_eq!(ia, ib);
+        let la = a.shared.find_or_create(&long).unwrap();
+        assert_eq!(b.shared.find_or_create(&long).unwrap(), la);
+        assert_ne!(la, ia);
+        a.shared.find_or_create("third").unwrap();
+        let err = b.shared.find_or_create("fourth").unwrap_err().to_string();
+        assert!(err.contains("capacity="), "{err}");
+        assert_eq!(a.names().unwrap(), vec!["deploy", "third", long.as_str()]);
+        // Another capacity than the region's is refused, not silently ignored.
+        assert!(ShmBackend::open(&format!("{name}?capacity=4")).is_err());
+    }
+
+    #[test]
+    fn racing_creators_get_one_slot() {
+        let name = unique("race");
+        let _c = Cleanup(name.clone());
+        let backends: Vec<_> = (0..4)
+            .map(|_| ShmBackend::open(&format!("{name}?capacity=64")).unwrap())
+            .collect();
+        let found: Vec<Vec<u32>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = backends
+                .iter()
+                .map(|b| {
+                    scope.spawn(move || {
+                        (0..40)
+                            .map(|n| b.shared.find_or_create(&format!("n{n}")).unwrap())
+                            .collect::<Vec<u32>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(found.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(backends[0].names().unwrap().len(), 40);
+    }
+
+    #[test]
+    fn blocks_are_reused_and_the_arena_runs_out_clearly() {
+        let name = unique("arena");
+        let _c = Cleanup(name.clone());
+        let b = ShmBackend::open(&format!("{name}?capacity=1&arena=4M")).unwrap();
+        let sh = &b.shared;
+        let x = sh.alloc(100).unwrap();
+        sh.free(join(x, 100)).unwrap();
+        assert_eq!(sh.alloc(120).unwrap(), x, "a freed block is reused");
+        let mut err = None;
+        for _ in 0..100 {
+            if let Err(e) = sh.alloc(1 << 20) {
+                err = Some(e.to_string());
+                break;
+            }
+        }
+        assert!(err.unwrap().contains("arena="));
+        assert!(sh.alloc(usize::MAX / 2).is_err());
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused() {
+        let name = unique("foreign");
+        let _c = Cleanup(name.clone());
+        let _r = Region::create(&name, 4096).unwrap();
+        let err = ShmBackend::open(&name).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    }
+}
