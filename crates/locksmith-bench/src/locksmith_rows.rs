@@ -14,7 +14,7 @@
 //!
 //! Each backend's rows go in its own function below, called from [`run`].
 
-use crate::harness::{Ctx, ProcLock};
+use crate::harness::{Channel, Ctx, ProcLock, Signal};
 use crate::scenario::{ASYNC, CONTENTION, HANDOFF, NAMES, OPEN, UNCONTENDED};
 
 /// A locksmith lock as the harness holds locks: acquire, run, release (reporting errors).
@@ -86,14 +86,131 @@ fn mem(ctx: &mut Ctx) {
     );
 }
 
-/// The shared-memory backend (`shm:`): every cross-process scenario and opening by name.
-fn shm(_ctx: &mut Ctx) {
-    // Pending: the shm backend (issue 3).
+/// The shared-memory backend: the placed `shm::Mutex` and `shm::Semaphore` (the
+/// runtime.sync primitives, what the speed targets of issue 3 are about) and the
+/// `shm:NAME` space's Lock, cross-process.
+fn shm(ctx: &mut Ctx) {
+    use locksmith::shm::{Layout, Mutex, MutexOptions, Region, Semaphore, SemaphoreOptions};
+    let pid = std::process::id();
+    let region_name = format!("locksmith-bench-placed-{pid}");
+    let mut layout = Layout::new();
+    let mutex_at = layout.add::<Mutex>();
+    let ping_at = layout.add::<Semaphore>();
+    let pong_at = layout.add::<Semaphore>();
+    // Created before any fork; every process maps it by name and leaks the mapping
+    // for the life of the run, so the placed handles can be 'static.
+    let made = Region::create_with(&region_name, layout.size(), &Default::default(), |r| {
+        Mutex::init(r.place(mutex_at)?, &MutexOptions::new().recursive(false))?;
+        let untracked = SemaphoreOptions::new().track_holders(false);
+        Semaphore::init_with(r.place(ping_at)?, 0, &untracked)?;
+        Semaphore::init_with(r.place(pong_at)?, 0, &untracked)?;
+        Ok(())
+    });
+    if let Err(e) = made {
+        return ctx.skip(UNCONTENDED, "locksmith shm", "Lock", &e.to_string());
+    }
+    let region = || -> anyhow::Result<&'static Region> {
+        Ok(Box::leak(Box::new(Region::open(&region_name)?)))
+    };
+    let open = || Ok(Placed(Mutex::attach(region()?.place(mutex_at)?)?));
+    let note = "placed shm::Mutex";
+    ctx.lock_uncontended("locksmith shm", "Lock", note, open);
+    ctx.lock_contention("locksmith shm", note, open);
+    ctx.lock_handoff("locksmith shm", "Lock", note, open);
+    ctx.ping_pong(
+        "locksmith shm",
+        "Semaphore",
+        "placed shm::Semaphore",
+        |channel| {
+            let at = match channel {
+                Channel::Ping => ping_at,
+                Channel::Pong => pong_at,
+            };
+            Ok(PlacedSignal(Semaphore::attach(region()?.place(at)?)?))
+        },
+    );
+    let _ = Region::unlink(&region_name);
+
+    let url = format!("shm:locksmith-bench-{pid}");
+    let open = || Ok(Held(locksmith::Space::open(&url)?.lock("bench")));
+    let note = "Space::open(\"shm:…\").lock()";
+    ctx.lock_uncontended("locksmith shm Space", "Lock", note, open);
+    ctx.lock_contention("locksmith shm Space", note, open);
+    ctx.lock_handoff("locksmith shm Space", "Lock", note, open);
+    let _ = Region::unlink(&format!("locksmith-bench-{pid}"));
 }
 
-/// The SQLite backend (`sqlite:`): uncontended vs the SQLite floor, hand-off.
-fn sqlite(_ctx: &mut Ctx) {
-    // Pending: the sqlite backend (issue 8).
+/// A placed mutex as the harness holds locks.
+struct Placed(locksmith::shm::Mutex<'static>);
+
+impl ProcLock for Placed {
+    fn hold<R>(&mut self, f: impl FnOnce() -> R) -> anyhow::Result<R> {
+        let guard = self.0.lock()?;
+        let out = f();
+        guard.release()?;
+        Ok(out)
+    }
+}
+
+/// One direction of a ping-pong over a placed semaphore.
+struct PlacedSignal(locksmith::shm::Semaphore<'static>);
+
+impl Signal for PlacedSignal {
+    fn post(&mut self) -> anyhow::Result<()> {
+        Ok(self.0.release()?)
+    }
+
+    fn wait(&mut self) -> anyhow::Result<()> {
+        self.0.acquire(None)?;
+        Ok(())
+    }
+}
+
+/// The SQLite backend (`sqlite:`): uncontended vs the SQLite floor, contention, hand-off
+/// to a blocking and to an async waiter.
+fn sqlite(ctx: &mut Ctx) {
+    let dir = std::env::temp_dir().join(format!("locksmith-bench-sqlite-{}", std::process::id()));
+    let url = format!("sqlite:{}/bench.sqlite", dir.display());
+    let open = || Ok(Held(locksmith::Space::open(&url)?.lock("bench")));
+    ctx.lock_uncontended("locksmith sqlite", "Lock", "one transaction per step", open);
+    ctx.lock_contention("locksmith sqlite", "", open);
+    ctx.lock_handoff("locksmith sqlite", "Lock", "doorbell wake-up", open);
+    let open_async = || {
+        Ok(HeldAsync::new(
+            locksmith::Space::open(&url)?.lock("bench-async"),
+        )?)
+    };
+    ctx.lock_handoff(
+        "locksmith sqlite async",
+        "Lock",
+        "acquire_async waiter",
+        open_async,
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A locksmith lock taken with `acquire_async` on a current-thread runtime.
+struct HeldAsync {
+    lock: locksmith::Lock,
+    rt: tokio::runtime::Runtime,
+}
+
+impl HeldAsync {
+    fn new(lock: locksmith::Lock) -> anyhow::Result<HeldAsync> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        Ok(HeldAsync { lock, rt })
+    }
+}
+
+impl ProcLock for HeldAsync {
+    fn hold<R>(&mut self, f: impl FnOnce() -> R) -> anyhow::Result<R> {
+        let guard = self.rt.block_on(self.lock.acquire_async())?;
+        let out = f();
+        guard.release()?;
+        Ok(out)
+    }
 }
 
 /// The Redis backend (`redis://`): uncontended vs two round trips, hand-off.
