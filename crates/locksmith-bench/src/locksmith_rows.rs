@@ -175,11 +175,7 @@ fn sqlite(ctx: &mut Ctx) {
     ctx.lock_uncontended("locksmith sqlite", "Lock", "one transaction per step", open);
     ctx.lock_contention("locksmith sqlite", "", open);
     ctx.lock_handoff("locksmith sqlite", "Lock", "doorbell wake-up", open);
-    let open_async = || {
-        Ok(HeldAsync::new(
-            locksmith::Space::open(&url)?.lock("bench-async"),
-        )?)
-    };
+    let open_async = || HeldAsync::new(locksmith::Space::open(&url)?.lock("bench-async"));
     ctx.lock_handoff(
         "locksmith sqlite async",
         "Lock",
