@@ -101,6 +101,8 @@ fn shm(ctx: &mut Ctx) {
     // for the life of the run, so the placed handles can be 'static.
     let made = Region::create_with(&region_name, layout.size(), &Default::default(), |r| {
         Mutex::init(r.place(mutex_at)?, &MutexOptions::new().recursive(false))?;
+        // Not tracking holders: in a ping-pong, the process that takes a permit is
+        // never the one that gives it back.
         let untracked = SemaphoreOptions::new().track_holders(false);
         Semaphore::init_with(r.place(ping_at)?, 0, &untracked)?;
         Semaphore::init_with(r.place(pong_at)?, 0, &untracked)?;
