@@ -99,9 +99,9 @@ pub const TARGETS: &[Target] = &[
     ),
     t(
         4,
-        "shm async hand-off within 1.5× of shm blocking hand-off",
-        (H, "locksmith shm async"),
-        Some((H, "locksmith shm")),
+        "shm: space async hand-off within 1.5× of its blocking hand-off",
+        (H, "locksmith shm Space async"),
+        Some((H, "locksmith shm Space")),
         1.0,
         1.0 / 1.5,
     ),

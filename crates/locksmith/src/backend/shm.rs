@@ -845,8 +845,10 @@ fn queue_of(record: &Record) -> (usize, Vec<u64>) {
 }
 
 /// Registers an async waiter on the word at region offset `at`, starting its ringer
-/// thread if there is none.
-fn join_ringer(shared: &Arc<Shared>, at: usize) -> Result<Arc<Ringer>> {
+/// thread if there is none. `seen` is the word's value the waiter checked against: a
+/// new ringer starts from it, so a change between that check and the thread's start
+/// is rung at once rather than at the next poll tick.
+fn join_ringer(shared: &Arc<Shared>, at: usize, seen: u32) -> Result<Arc<Ringer>> {
     let mut ringers = shared.ringers();
     if let Some(r) = ringers.get(&at) {
         r.waiting.fetch_add(1, Ordering::Relaxed);
@@ -860,7 +862,7 @@ fn join_ringer(shared: &Arc<Shared>, at: usize) -> Result<Arc<Ringer>> {
     let (sh, r) = (shared.clone(), ringer.clone());
     let spawned = std::thread::Builder::new()
         .name("locksmith-shm-ringer".into())
-        .spawn(move || ring_loop(&sh, at, &r));
+        .spawn(move || ring_loop(&sh, at, &r, seen));
     if let Err(e) = spawned {
         ringers.remove(&at);
         return Err(Error::backend(format!("cannot start a waiter thread: {e}")));
@@ -882,9 +884,9 @@ impl Drop for Joined<'_> {
     }
 }
 
-fn ring_loop(shared: &Shared, at: usize, ringer: &Ringer) {
+fn ring_loop(shared: &Shared, at: usize, ringer: &Ringer, seen: u32) {
     let word = shared.word_at(at);
-    let mut last = word.load(Ordering::Acquire);
+    let mut last = seen;
     loop {
         sys::futex_wait(word, last, Some(shared.poll), true);
         // Notify after every change seen since the last notification, and at every
@@ -1047,7 +1049,7 @@ impl Watch for ShmWatch {
                     let (word, value, _) = self.word();
                     let at = self.shared.offset_of(word);
                     let ringer = Joined {
-                        ringer: join_ringer(&self.shared, at)?,
+                        ringer: join_ringer(&self.shared, at, value)?,
                         shared: &self.shared,
                     };
                     let listener = ringer.ringer.event.listen();
