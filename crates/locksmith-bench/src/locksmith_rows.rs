@@ -179,12 +179,23 @@ impl Signal for PlacedSignal {
 /// to a blocking and to an async waiter.
 fn sqlite(ctx: &mut Ctx) {
     let dir = std::env::temp_dir().join(format!("locksmith-bench-sqlite-{}", std::process::id()));
-    let url = format!("sqlite:{}/bench.sqlite", dir.display());
-    let open = || Ok(Held(locksmith::Space::open(&url)?.lock("bench")));
+    // A file per row: SQLite's per-process lock bookkeeping is copied into a forked
+    // child, so a child must not open a file its parent still has open (the
+    // uncontended row opens its file in this process).
+    let url = |row: &str| format!("sqlite:{}/{row}.sqlite", dir.display());
+    let (u, c, h, a) = (
+        url("uncontended"),
+        url("contention"),
+        url("handoff"),
+        url("async"),
+    );
+    let open = || Ok(Held(locksmith::Space::open(&u)?.lock("bench")));
     ctx.lock_uncontended("locksmith sqlite", "Lock", "one transaction per step", open);
+    let open = || Ok(Held(locksmith::Space::open(&c)?.lock("bench")));
     ctx.lock_contention("locksmith sqlite", "", open);
+    let open = || Ok(Held(locksmith::Space::open(&h)?.lock("bench")));
     ctx.lock_handoff("locksmith sqlite", "Lock", "doorbell wake-up", open);
-    let open_async = || HeldAsync::new(locksmith::Space::open(&url)?.lock("bench-async"));
+    let open_async = || HeldAsync::new(locksmith::Space::open(&a)?.lock("bench"));
     ctx.lock_handoff(
         "locksmith sqlite async",
         "Lock",
