@@ -617,6 +617,25 @@ fn permits_of<'r>(
     }
 }
 
+/// The permit state of a record whose kind was checked, created free if absent.
+fn permits_or_new(state: &mut Option<State>, kind: PermitKind) -> Result<&mut Permits> {
+    let state = state.get_or_insert_with(|| {
+        State::Permits(Permits {
+            kind,
+            available: kind.initial(),
+            holders: Vec::new(),
+            queue: VecDeque::new(),
+            sleepers: Vec::new(),
+            owner_died: false,
+        })
+    });
+    match state {
+        State::Permits(p) => Ok(p),
+        // Callers checked the kind with `permits_of` first.
+        _ => Err(Error::invalid("permit state vanished")),
+    }
+}
+
 /// The permit state of `name`, whatever its kind; `NotHeld` if it is free.
 fn permits_held<'r>(record: &'r mut Record, name: &str) -> Result<&'r mut Permits> {
     match &mut record.state {
@@ -715,23 +734,7 @@ fn acquire(record: &mut Record, name: &str, a: Acquire, ctx: &Ctx<'_>) -> Result
         }
     }
     let tag = a.tag.clone();
-    let p = match &mut record.state {
-        Some(State::Permits(p)) => p,
-        state => {
-            *state = Some(State::Permits(Permits {
-                kind: a.kind,
-                available: a.kind.initial(),
-                holders: Vec::new(),
-                queue: VecDeque::new(),
-                sleepers: Vec::new(),
-                owner_died: false,
-            }));
-            match state {
-                Some(State::Permits(p)) => p,
-                _ => return Err(Error::invalid("permit state vanished")),
-            }
-        }
-    };
+    let p = permits_or_new(&mut record.state, a.kind)?;
     if tag.is_some() {
         record.tag = tag;
     }
@@ -798,23 +801,7 @@ fn release_owned(
     }
     match kind {
         PermitKind::Semaphore { .. } | PermitKind::BoundedSemaphore { .. } => {
-            let p = match &mut record.state {
-                Some(State::Permits(p)) => p,
-                state => {
-                    *state = Some(State::Permits(Permits {
-                        kind,
-                        available: kind.initial(),
-                        holders: Vec::new(),
-                        queue: VecDeque::new(),
-                        sleepers: Vec::new(),
-                        owner_died: false,
-                    }));
-                    match state {
-                        Some(State::Permits(p)) => p,
-                        _ => return Err(Error::invalid("permit state vanished")),
-                    }
-                }
-            };
+            let p = permits_or_new(&mut record.state, kind)?;
             let ceiling = match kind {
                 PermitKind::BoundedSemaphore { max } => i64::from(max),
                 _ => i64::from(u32::MAX),
