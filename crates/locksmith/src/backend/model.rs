@@ -336,11 +336,7 @@ pub(crate) fn apply(
         Op::Release { token } => {
             let p = permits_held(record, name)?;
             p.prune(ctx);
-            let i = p
-                .holders
-                .iter()
-                .position(|h| h.token == token)
-                .ok_or_else(|| not_held(name))?;
+            let i = p.hold(token, name)?;
             p.release_at(i);
             Ok((Reply::Done, p.wake(None)))
         }
@@ -367,12 +363,8 @@ pub(crate) fn apply(
         Op::Renew { token, lease } => {
             let p = permits_held(record, name)?;
             p.prune(ctx);
-            let h = p
-                .holders
-                .iter_mut()
-                .find(|h| h.token == token)
-                .ok_or_else(|| not_held(name))?;
-            h.until = Some(ctx.now.saturating_add(lease));
+            let i = p.hold(token, name)?;
+            p.holders[i].until = Some(ctx.now.saturating_add(lease));
             Ok((Reply::Done, Wake::default()))
         }
         Op::Check { token } => match permits_held(record, name) {
@@ -408,11 +400,7 @@ pub(crate) fn apply(
             let p =
                 permits_of(record, name, PermitKind::Condition)?.ok_or_else(|| not_held(name))?;
             p.prune(ctx);
-            let i = p
-                .holders
-                .iter()
-                .position(|h| h.token == token)
-                .ok_or_else(|| not_held(name))?;
+            let i = p.hold(token, name)?;
             p.release_at(i);
             p.sleepers.push(Sleeper {
                 ticket,
@@ -858,6 +846,14 @@ fn barrier_arrive(
 }
 
 impl Permits {
+    /// The index of the hold granted with `token`; `NotHeld` if it ended.
+    fn hold(&self, token: u64, name: &str) -> Result<usize> {
+        self.holders
+            .iter()
+            .position(|h| h.token == token)
+            .ok_or_else(|| not_held(name))
+    }
+
     fn holds_exclusive(&self) -> bool {
         self.holders.iter().any(|h| h.mode == Mode::Exclusive)
     }
