@@ -15,6 +15,7 @@
 //! Each backend's rows go in its own function below, called from [`run`].
 
 use crate::harness::{Channel, Ctx, ProcLock, Signal};
+use crate::measure::keep;
 use crate::scenario::{ASYNC, CONTENTION, HANDOFF, NAMES, OPEN, UNCONTENDED};
 
 /// A locksmith lock as the harness holds locks: acquire, run, release (reporting errors).
@@ -52,12 +53,9 @@ fn mem(ctx: &mut Ctx) {
         "locksmith mem",
         "Lock",
         "acquire_async+release",
-        || {
-            let lock = lock.clone();
-            async move {
-                lock.acquire_async().await?.release()?;
-                Ok(())
-            }
+        || async {
+            keep(&lock).acquire_async().await?.release()?;
+            Ok(())
         },
     );
     ctx.async_per_op(
@@ -65,10 +63,7 @@ fn mem(ctx: &mut Ctx) {
         "locksmith mem run(f)",
         "Lock",
         "run(ready f)",
-        || {
-            let lock = lock.clone();
-            async move { Ok(lock.run(|| async {}).await?) }
-        },
+        || async { Ok(keep(&lock).run(|| async {}).await?) },
     );
     let space = match locksmith::Space::open("mem:") {
         Ok(space) => space,

@@ -137,8 +137,31 @@ pub(crate) fn fresh_id() -> u64 {
     z ^ (z >> 31)
 }
 
+/// Set in the `thread` of async owners: threads are numbered 1, 2, 3… in the order
+/// they first ask, and tasks get random ids with this bit, so the two never meet.
+/// Small thread numbers let the mem store keep a lock's holder in one atomic word.
+const TASK_BIT: u64 = 1 << 63;
+
+/// The number the next thread to ask gets.
+static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The calling thread's owner, made on first use.
+    static THREAD: RefCell<Option<Owner>> = const { RefCell::new(None) };
+}
+
+/// The calling thread's number, as [`Owner::current_thread`] has it, without cloning
+/// the owner.
+pub(crate) fn thread_number() -> u64 {
+    let cached = THREAD.with(|cell| match &*cell.borrow() {
+        Some(owner) if owner.pid == pid() => Some(owner.thread),
+        _ => None,
+    });
+    cached.unwrap_or_else(|| Owner::current_thread().thread)
+}
+
 impl Owner {
-    fn with_thread(thread: u64) -> Owner {
+    pub(crate) fn with_thread(thread: u64) -> Owner {
         let p = process();
         Owner {
             host: p.host.clone(),
@@ -151,16 +174,13 @@ impl Owner {
 
     /// The calling thread, as the owner of its blocking acquisitions.
     pub(crate) fn current_thread() -> Owner {
-        thread_local! {
-            static THREAD: RefCell<Option<Owner>> = const { RefCell::new(None) };
-        }
         THREAD.with(|cell| {
             let mut cell = cell.borrow_mut();
             match &*cell {
                 // After fork the thread-local is the parent's copy: the pid tells.
                 Some(owner) if owner.pid == pid() => owner.clone(),
                 _ => {
-                    let owner = Owner::with_thread(fresh_id());
+                    let owner = Owner::with_thread(NEXT_THREAD.fetch_add(1, Ordering::Relaxed));
                     *cell = Some(owner.clone());
                     owner
                 }
@@ -171,7 +191,13 @@ impl Owner {
     /// A new owner for one async acquisition: tasks move between threads, so each
     /// acquisition is its own owner.
     pub(crate) fn new_task() -> Owner {
-        Owner::with_thread(fresh_id())
+        Owner::with_thread(fresh_id() | TASK_BIT)
+    }
+
+    /// The owner the mem store records for an async hold it granted without asking
+    /// who took it (its lock fast path): any one task of this process.
+    pub(crate) fn some_task() -> Owner {
+        Owner::with_thread(TASK_BIT)
     }
 
     /// Whether this owner's process is known to be gone. Only processes of this host
@@ -188,14 +214,15 @@ impl Owner {
         start_time(self.pid) != Some(self.start)
     }
 
-    /// A short human description: `host pid 1234 (thread 5f3a…)`.
+    /// A short human description: `host pid 1234 (thread 3)` or
+    /// `host pid 1234 (task 5f3a09c1)`.
     pub(crate) fn describe(&self) -> String {
-        format!(
-            "{} pid {} (thread {:08x})",
-            self.host,
-            self.pid,
-            self.thread >> 32
-        )
+        if self.thread & TASK_BIT == 0 {
+            format!("{} pid {} (thread {})", self.host, self.pid, self.thread)
+        } else {
+            let task = (self.thread >> 31) as u32;
+            format!("{} pid {} (task {task:08x})", self.host, self.pid)
+        }
     }
 }
 
@@ -225,6 +252,9 @@ mod tests {
         let b = std::thread::spawn(Owner::current_thread).join().unwrap();
         assert_ne!(a, b);
         assert_ne!(Owner::new_task(), Owner::new_task());
+        assert_eq!(thread_number(), a.thread);
+        assert!(a.describe().contains("thread"));
+        assert!(Owner::new_task().describe().contains("task"));
     }
 
     #[test]

@@ -68,6 +68,11 @@ impl Key {
         t
     }
 
+    /// The backend's cached resolution of this key, if `cached` already made it.
+    pub(crate) fn cached_ref<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.cache.get()?.downcast_ref::<T>()
+    }
+
     /// [`Key::cached`] for a resolution that may fail; a failure is not cached.
     #[allow(dead_code)] // used by the shm backend only
     pub(crate) fn try_cached<T, F>(&self, resolve: F) -> Result<Arc<T>>
@@ -114,6 +119,21 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// returns how many were dropped.
     fn evict_tag(&self, tag: &str) -> Result<usize>;
 
+    /// Takes a free plain Lock (no lease, no tag, nobody waiting) in a few atomic
+    /// instructions, for stores that can; `None`: take the general path through
+    /// [`Backend::step`]. `thread` is the taker's thread number
+    /// ([`crate::owner::thread_number`]), or 0 for an async acquisition.
+    fn lock_fast(&self, _key: &Key, _thread: u64) -> Option<FastHold> {
+        None
+    }
+
+    /// Gives back a hold [`Backend::lock_fast`] took; `false` if the store has since
+    /// moved the hold into its record (someone looked or queued), and the release must
+    /// go through [`Backend::step`].
+    fn unlock_fast(&self, _key: &Key, _hold: FastHold) -> bool {
+        false
+    }
+
     /// The lease given to holds taken without one, for stores that cannot tell
     /// whether a holder's process still lives (a server shared by many hosts): the
     /// primitive layer renews it while the guard lives, so only a dead holder's hold
@@ -121,6 +141,15 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     fn default_lease(&self) -> Option<Duration> {
         None
     }
+}
+
+/// A hold taken by [`Backend::lock_fast`]: its fencing token, and what the store needs
+/// to give it back just as fast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FastHold {
+    pub token: u64,
+    /// Never zero, so that an `Option<FastHold>` fits in two registers.
+    pub word: std::num::NonZeroU64,
 }
 
 /// A registration for change notifications, made before re-checking the state.

@@ -624,6 +624,28 @@ fn permits_or_new(state: &mut Option<State>, kind: PermitKind) -> Result<&mut Pe
     }
 }
 
+/// The state of a Lock that `owner` holds with `token` since `since`, for a store
+/// that kept an uncontended hold outside the record (mem's fast path) and now writes
+/// it back.
+pub(crate) fn lock_held(token: u64, owner: Owner, since: Millis) -> State {
+    let kind = PermitKind::Lock;
+    State::Permits(Permits {
+        kind,
+        available: kind.initial(),
+        holders: vec![Holder {
+            token,
+            owner,
+            mode: Mode::Exclusive,
+            count: 1,
+            since,
+            until: None,
+        }],
+        queue: VecDeque::new(),
+        sleepers: Vec::new(),
+        owner_died: false,
+    })
+}
+
 /// The permit state of `name`, whatever its kind; `NotHeld` if it is free.
 fn permits_held<'r>(record: &'r mut Record, name: &str) -> Result<&'r mut Permits> {
     match &mut record.state {

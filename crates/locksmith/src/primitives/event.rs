@@ -39,7 +39,8 @@ impl Event {
 
     /// Tags the event, so that [`crate::Space::evict_tag`] can drop it.
     pub fn tag(mut self, tag: impl Into<String>) -> Self {
-        self.handle.opts.tag = Some(tag.into());
+        let tag = tag.into();
+        self.handle.update_opts(|o| o.tag = Some(tag));
         self
     }
 

@@ -1,9 +1,10 @@
 //! The guard of a held lock or permit.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
-use crate::backend::{Grant, Op, Reply};
+use crate::backend::{FastHold, Grant, Op, Reply};
 use crate::lease::Lease;
 use crate::primitives::handle::Handle;
 use crate::{Error, Result};
@@ -28,6 +29,9 @@ pub struct Guard {
     grant: Grant,
     lease: Option<Arc<Lease>>,
     held: bool,
+    /// Set for a hold the store took on its fast path, to give back the same way
+    /// (the [`FastHold::word`]; the token is the grant's).
+    fast: Option<NonZeroU64>,
 }
 
 impl Guard {
@@ -37,9 +41,25 @@ impl Guard {
             grant,
             lease: None,
             held: true,
+            fast: None,
         };
         guard.keep_lease();
         guard
+    }
+
+    /// The guard of a hold taken by [`crate::backend::Backend::lock_fast`] (a plain
+    /// lock: no lease to keep).
+    pub(crate) fn fast(handle: &Handle, hold: FastHold) -> Guard {
+        Guard {
+            handle: handle.clone(),
+            grant: Grant {
+                token: hold.token,
+                previous_owner_died: false,
+            },
+            lease: None,
+            held: true,
+            fast: Some(hold.word),
+        }
     }
 
     fn keep_lease(&mut self) {
@@ -121,14 +141,27 @@ impl Guard {
     /// no longer renewed. Release later with the handle's `release()` from the same
     /// thread, or let the lease lapse. Returns the fencing token.
     pub fn detach(mut self) -> u64 {
-        self.held = false;
-        self.lease = None;
+        self.forget_hold();
         self.grant.token
     }
 
     fn release_now(&mut self) -> Result<()> {
         if !std::mem::take(&mut self.held) {
             return Ok(());
+        }
+        if let Some(word) = self.fast.take() {
+            let hold = FastHold {
+                token: self.grant.token,
+                word,
+            };
+            if self
+                .handle
+                .space
+                .backend
+                .unlock_fast(&self.handle.key, hold)
+            {
+                return Ok(());
+            }
         }
         let lost = self.lease.take().is_some_and(|l| l.is_lost());
         match self.handle.step(Op::Release {
@@ -155,12 +188,14 @@ impl Guard {
     pub(crate) fn forget_hold(&mut self) {
         self.held = false;
         self.lease = None;
+        self.fast = None;
     }
 
     /// Takes up a new hold of the same primitive (a condition re-acquiring its lock).
     pub(crate) fn rebind(&mut self, grant: Grant) {
         self.grant = grant;
         self.held = true;
+        self.fast = None;
         self.keep_lease();
     }
 }

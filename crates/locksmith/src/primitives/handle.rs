@@ -12,12 +12,28 @@ use crate::{Error, Result};
 /// The longest name a primitive may have, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
 
-/// A primitive's link to its store.
+/// A primitive's link to its store. Cloning it (as every guard does) touches one
+/// reference count.
 #[derive(Clone)]
-pub(crate) struct Handle {
+pub(crate) struct Handle(Arc<Link>);
+
+/// What a [`Handle`] shares.
+#[derive(Clone)]
+pub(crate) struct Link {
     pub space: Arc<SpaceInner>,
     pub key: Arc<Key>,
     pub opts: Options,
+    /// Whether the name and options passed [`Handle::validate`]: they change only
+    /// while the primitive is built, so the hot path need not look at them again.
+    valid: bool,
+}
+
+impl std::ops::Deref for Handle {
+    type Target = Link;
+
+    fn deref(&self) -> &Link {
+        &self.0
+    }
 }
 
 /// The options every primitive may carry.
@@ -56,11 +72,22 @@ pub(crate) enum Step<T> {
 
 impl Handle {
     pub(crate) fn new(space: Arc<SpaceInner>, name: &str) -> Handle {
-        Handle {
+        let mut link = Link {
             space,
             key: Arc::new(Key::new(name)),
             opts: Options::default(),
-        }
+            valid: false,
+        };
+        link.valid = Handle::validate(&link).is_ok();
+        Handle(Arc::new(link))
+    }
+
+    /// Changes the options while the primitive is being built (a handle already shared
+    /// with guards is copied first, so their holds keep the options they had).
+    pub(crate) fn update_opts(&mut self, change: impl FnOnce(&mut Options)) {
+        let link = Arc::make_mut(&mut self.0);
+        change(&mut link.opts);
+        link.valid = Handle::validate(link).is_ok();
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -70,7 +97,14 @@ impl Handle {
     /// Checks the name and options; every operation calls it first, so bad input is
     /// refused before anything changes.
     pub(crate) fn check(&self) -> Result<()> {
-        let name = self.name();
+        if self.valid {
+            return Ok(());
+        }
+        Handle::validate(self)
+    }
+
+    fn validate(link: &Link) -> Result<()> {
+        let name = link.key.name();
         if name.is_empty() {
             return Err(Error::invalid("a name must not be empty"));
         }
@@ -83,7 +117,7 @@ impl Handle {
         if name.contains('\0') {
             return Err(Error::invalid("a name must not contain NUL"));
         }
-        if let Some(lease) = self.opts.lease {
+        if let Some(lease) = link.opts.lease {
             if lease.as_millis() == 0 {
                 return Err(Error::invalid("a lease must be at least 1 ms"));
             }
@@ -222,20 +256,20 @@ macro_rules! lease_options {
         /// that dies loses the hold when the lease lapses, and the next holder is told
         /// [`crate::Guard::previous_owner_died`].
         pub fn lease(mut self, lease: std::time::Duration) -> Self {
-            self.handle.opts.lease = Some(lease);
+            self.handle.update_opts(|o| o.lease = Some(lease));
             self
         }
 
         /// Whether leases renew themselves while the guard lives (default: yes). With
         /// `false`, a lease is a fixed expiry, as diskcache's `expire` is.
         pub fn keep_alive(mut self, keep_alive: bool) -> Self {
-            self.handle.opts.keep_alive = keep_alive;
+            self.handle.update_opts(|o| o.keep_alive = keep_alive);
             self
         }
 
         /// Tags the primitive, so that [`crate::Space::evict_tag`] can drop it.
         pub fn tag(mut self, tag: impl Into<String>) -> Self {
-            self.handle.opts.tag = Some(tag.into());
+            self.handle.update_opts(|o| o.tag = Some(tag.into()));
             self
         }
 

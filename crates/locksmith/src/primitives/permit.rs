@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::backend::model::Acquire;
 use crate::backend::{Grant, Mode, Op, PermitKind, Reply};
-use crate::owner::{fresh_id, Owner};
+use crate::owner::{fresh_id, thread_number, Owner};
 use crate::primitives::guard::{unexpected, Guard};
 use crate::primitives::handle::{instant_at, Handle, OnDrop, Step};
 use crate::Result;
@@ -53,7 +53,32 @@ pub(crate) fn acquire(
     mode: Mode,
     wait: Wait,
 ) -> Result<Option<Guard>> {
+    if let Some(guard) = acquire_fast(handle, kind, mode, thread_number()) {
+        return Ok(Some(guard));
+    }
     Ok(acquire_grant(handle, kind, mode, wait)?.map(|g| Guard::new(handle, g)))
+}
+
+/// The store's fast path, for a plain Lock (no lease, no tag) that is free: `thread`
+/// is the taker's thread number, 0 for an async acquisition. `None`: take the
+/// general path (which also reports bad input).
+#[inline]
+pub(crate) fn acquire_fast(
+    handle: &Handle,
+    kind: PermitKind,
+    mode: Mode,
+    thread: u64,
+) -> Option<Guard> {
+    let plain = kind == PermitKind::Lock
+        && mode == Mode::Exclusive
+        && handle.opts.lease.is_none()
+        && handle.opts.tag.is_none()
+        && handle.check().is_ok();
+    if !plain {
+        return None;
+    }
+    let hold = handle.space.backend.lock_fast(&handle.key, thread)?;
+    Some(Guard::fast(handle, hold))
 }
 
 /// [`acquire`], answering with the grant rather than a guard.
@@ -91,7 +116,12 @@ pub(crate) async fn acquire_async(
     mode: Mode,
     wait: Wait,
 ) -> Result<Option<Guard>> {
-    let grant = acquire_grant_async(handle, kind, mode, wait).await?;
+    if let Some(guard) = acquire_fast(handle, kind, mode, 0) {
+        return Ok(Some(guard));
+    }
+    // Boxed: the general path's future is large, and callers that took the fast path
+    // above should not pay for moving it around.
+    let grant = Box::pin(acquire_grant_async(handle, kind, mode, wait)).await?;
     Ok(grant.map(|g| Guard::new(handle, g)))
 }
 
@@ -151,9 +181,17 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = T>,
 {
-    let guard = acquire_async(handle, kind, Mode::Exclusive, Wait::Until(None))
+    let guard = match acquire_fast(handle, kind, Mode::Exclusive, 0) {
+        Some(guard) => guard,
+        None => Box::pin(acquire_async(
+            handle,
+            kind,
+            Mode::Exclusive,
+            Wait::Until(None),
+        ))
         .await?
-        .ok_or(crate::Error::Timeout)?;
+        .ok_or(crate::Error::Timeout)?,
+    };
     // The guard is dropped, and so released, if `f` panics or this future is dropped.
     let out = f().await;
     guard.release()?;
@@ -215,15 +253,13 @@ macro_rules! acquire_methods {
         /// Cancel safe: a dropped future leaves the queue at once, never holds, and
         /// passes on any wake-up it was given.
         pub async fn acquire_async(&self) -> crate::Result<crate::Guard> {
+            let (kind, mode) = (self.kind()?, crate::backend::Mode::Exclusive);
+            if let Some(guard) = crate::primitives::permit::acquire_fast(&self.handle, kind, mode, 0) {
+                return Ok(guard);
+            }
             let wait = crate::primitives::permit::Wait::Until(None);
             crate::primitives::handle::forever(
-                crate::primitives::permit::acquire_async(
-                    &self.handle,
-                    self.kind()?,
-                    crate::backend::Mode::Exclusive,
-                    wait,
-                )
-                .await,
+                crate::primitives::permit::acquire_async(&self.handle, kind, mode, wait).await,
             )
         }
 

@@ -40,6 +40,15 @@ pub fn tests() -> Vec<Test> {
         ("lock::holders_lists_owner_and_lease", holders_listing),
         ("lock::evict_tag_drops_tagged_state_only", evict_tag),
         ("lock::force_release_breaks_the_hold", force_release),
+        ("lock::a_plain_hold_is_seen_by_everyone", plain_hold_seen),
+        (
+            "lock::a_broken_hold_cannot_release_a_later_one",
+            broken_hold_is_stale,
+        ),
+        (
+            "lock::holds_stay_exclusive_while_watched",
+            exclusive_while_watched,
+        ),
         ("lock::detach_then_release_by_owner", detach_then_release),
         ("lock::name_of_another_kind_is_a_mismatch", kind_mismatch),
         (
@@ -297,6 +306,114 @@ fn force_release(store: &Store) {
         next.previous_owner_died(),
         "the holder after a break is told"
     );
+}
+
+fn plain_hold_seen(store: &Store) {
+    // A lock without lease or tag, the one stores may take on a fast path: every
+    // query and every other owner still sees the hold.
+    let space = store.open();
+    let lock = space.lock("plain");
+    let guard = lock.acquire().unwrap();
+    assert!(lock.is_locked().unwrap());
+    let holders = space.holders("plain").unwrap();
+    assert_eq!(holders.len(), 1);
+    assert_eq!(holders[0].token, guard.token());
+    assert_eq!(holders[0].pid, std::process::id());
+    let other = lock.clone();
+    let taken = std::thread::spawn(move || other.try_acquire().unwrap().is_some());
+    assert!(!taken.join().unwrap(), "another thread took a held lock");
+    assert!(matches!(
+        lock.try_acquire(),
+        Err(Error::WouldDeadlock { .. })
+    ));
+    guard.release().unwrap();
+    assert!(!lock.is_locked().unwrap());
+    assert!(space.holders("plain").unwrap().is_empty());
+    // And an async hold, from a task.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let guard = rt.block_on(lock.acquire_async()).unwrap();
+    assert_eq!(space.holders("plain").unwrap()[0].token, guard.token());
+    assert!(lock.try_acquire().unwrap().is_none(), "a task holds it");
+    drop(guard);
+    assert!(lock.try_acquire().unwrap().is_some());
+}
+
+fn broken_hold_is_stale(store: &Store) {
+    // The guard of a hold an operator broke must never release a later hold, even
+    // one the same thread took again.
+    let space = store.open();
+    let lock = space.lock("stale");
+    let broken = lock.acquire().unwrap();
+    assert_eq!(space.force_release("stale").unwrap(), 1);
+    let second = lock.acquire().unwrap();
+    assert!(second.previous_owner_died());
+    second.release().unwrap();
+    let third = lock.acquire().unwrap();
+    assert!(third.token() > broken.token());
+    assert!(matches!(broken.release(), Err(Error::LeaseLost { .. })));
+    assert!(
+        third.is_held().unwrap(),
+        "the stale guard released a later hold"
+    );
+    assert_eq!(space.holders("stale").unwrap()[0].token, third.token());
+    third.release().unwrap();
+}
+
+fn exclusive_while_watched(store: &Store) {
+    // Threads and tasks take a plain lock while another thread keeps asking who holds
+    // it: queries must never let two owners in, lose a hold or repeat a token.
+    const ROUNDS: usize = 200;
+    let space = store.open();
+    let lock = space.lock("watched");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (space, done) = (space.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut looks = 0u64;
+            while !done.load(Ordering::SeqCst) || looks == 0 {
+                assert!(space.holders("watched").unwrap().len() <= 1);
+                looks += 1;
+            }
+        })
+    };
+    let tokens = threads(3, {
+        let (lock, inside) = (lock.clone(), inside.clone());
+        move |i| {
+            let mut tokens = Vec::new();
+            let mut enter = |guard: locksmith::Guard| {
+                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                tokens.push(guard.token());
+                std::thread::yield_now();
+                inside.fetch_sub(1, Ordering::SeqCst);
+                guard.release().unwrap();
+            };
+            if i == 0 {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                for _ in 0..ROUNDS {
+                    enter(rt.block_on(lock.acquire_async()).unwrap());
+                }
+            } else {
+                for _ in 0..ROUNDS {
+                    enter(lock.acquire().unwrap());
+                }
+            }
+            tokens
+        }
+    });
+    done.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
+    let mut all: Vec<u64> = tokens.into_iter().flatten().collect();
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), n, "a fencing token was handed out twice");
+    assert_eq!(n, 3 * ROUNDS);
+    assert!(!lock.is_locked().unwrap());
 }
 
 fn detach_then_release(store: &Store) {

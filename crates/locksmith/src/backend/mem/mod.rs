@@ -5,6 +5,10 @@
 //! their own ticket's event, so a release wakes exactly the waiters that can proceed
 //! rather than every waiter of the name. `mem:` opens a private space; `mem:NAME` opens
 //! the process-wide space of that name, shared by every `Space::open("mem:NAME")`.
+//!
+//! An uncontended plain Lock skips the record and the mutex altogether: see [`fast`].
+
+mod fast;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -12,8 +16,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use event_listener::{Event, EventListener, Listener};
 
+use self::fast::{FastLock, Folded};
 use super::model::{self, Ctx, Millis, Op, Record, Reply};
-use super::{Backend, BoxFuture, Key, Watch};
+use super::{Backend, BoxFuture, FastHold, Key, Watch};
+use crate::owner::Owner;
 use crate::{Error, Result};
 
 #[derive(Debug, Default)]
@@ -26,6 +32,8 @@ struct Slot {
     inner: Mutex<SlotInner>,
     /// Wakes watchers without a ticket (event and barrier waiters).
     changed: Event,
+    /// The lock's state while it is a plain uncontended Lock; see [`fast`].
+    fast: FastLock,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +74,15 @@ impl MemBackend {
         b
     }
 
+    /// Runs `f` on the slot of `key`, through the key's cache when it has one (no
+    /// reference count to touch on the hot path).
+    fn with_slot<R>(&self, key: &Key, f: impl FnOnce(&Slot) -> R) -> R {
+        match key.cached_ref::<Slot>() {
+            Some(slot) => f(slot),
+            None => f(&self.slot(key)),
+        }
+    }
+
     fn slot(&self, key: &Key) -> Arc<Slot> {
         key.cached(|| {
             lock(&self.slots)
@@ -78,41 +95,16 @@ impl MemBackend {
 
 impl Backend for MemBackend {
     fn step(&self, key: &Key, op: Op) -> Result<Reply> {
-        let slot = self.slot(key);
-        let mut inner = lock(&slot.inner);
-        let ctx = Ctx {
-            now: now_millis(),
-            is_dead: None,
-            waiter_ttl: None,
-        };
-        // The ticket whose wait this step may end, and whether it ended it.
-        let ends_wait = match &op {
-            Op::Acquire(a) => a.ticket.map(|t| (t, false)),
-            Op::Dequeue { ticket } | Op::CondCancel { ticket } => Some((*ticket, true)),
-            Op::CondCheck { ticket } => Some((*ticket, false)),
-            _ => None,
-        };
-        let (reply, wake) = model::apply(&mut inner.record, key.name(), op, &ctx)?;
-        if let Some((ticket, always)) = ends_wait {
-            if always || matches!(reply, Reply::Granted(_) | Reply::Flag(true)) {
-                inner.tickets.remove(&ticket);
-            }
-        }
-        if wake.all {
-            slot.changed.notify(usize::MAX);
-            for event in inner.tickets.values() {
-                event.notify(usize::MAX);
-            }
-        } else {
-            for ticket in &wake.tickets {
-                if let Some(event) = inner.tickets.get(ticket) {
-                    event.notify(usize::MAX);
-                }
-            }
-        }
-        Ok(reply)
+        self.with_slot(key, |slot| step(slot, key, op))
     }
 
+    fn lock_fast(&self, key: &Key, thread: u64) -> Option<FastHold> {
+        self.with_slot(key, |slot| slot.fast.try_acquire(thread))
+    }
+
+    fn unlock_fast(&self, key: &Key, hold: FastHold) -> bool {
+        self.with_slot(key, |slot| slot.fast.try_release(hold))
+    }
     fn watch(&self, key: &Key, ticket: Option<u64>) -> Result<Box<dyn Watch>> {
         let slot = self.slot(key);
         let listener = match ticket {
@@ -149,6 +141,64 @@ impl Backend for MemBackend {
         }
         Ok(evicted)
     }
+}
+
+/// One step on `slot`: the fast word folded into the record, the state machine
+/// applied, the waiters it concerns woken, and the fast path opened again if the
+/// record is left idle.
+fn step(slot: &Slot, key: &Key, op: Op) -> Result<Reply> {
+    let mut inner = lock(&slot.inner);
+    let now = now_millis();
+    match slot.fast.fold() {
+        Folded::Slow => {}
+        Folded::Free { last_token } => inner.record.next_token = last_token,
+        Folded::Held { token, holder } => {
+            let owner = match holder {
+                0 => Owner::some_task(),
+                thread => Owner::with_thread(thread),
+            };
+            inner.record.next_token = token;
+            // The hold's start was not recorded; it is at least this old.
+            inner.record.state = Some(model::lock_held(token, owner, now));
+        }
+    }
+    let ctx = Ctx {
+        now,
+        is_dead: None,
+        waiter_ttl: None,
+    };
+    // The ticket whose wait this step may end, and whether it ended it.
+    let ends_wait = match &op {
+        Op::Acquire(a) => a.ticket.map(|t| (t, false)),
+        Op::Dequeue { ticket } | Op::CondCancel { ticket } => Some((*ticket, true)),
+        Op::CondCheck { ticket } => Some((*ticket, false)),
+        _ => None,
+    };
+    let result = model::apply(&mut inner.record, key.name(), op, &ctx);
+    if let Ok((reply, wake)) = &result {
+        if let Some((ticket, always)) = ends_wait {
+            if always || matches!(reply, Reply::Granted(_) | Reply::Flag(true)) {
+                inner.tickets.remove(&ticket);
+            }
+        }
+        if wake.all {
+            slot.changed.notify(usize::MAX);
+            for event in inner.tickets.values() {
+                event.notify(usize::MAX);
+            }
+        } else {
+            for ticket in &wake.tickets {
+                if let Some(event) = inner.tickets.get(ticket) {
+                    event.notify(usize::MAX);
+                }
+            }
+        }
+    }
+    // Also after a failed op: the record may be idle, and the path must not stay shut.
+    if inner.record.state.is_none() && inner.record.tag.is_none() {
+        slot.fast.unfold(inner.record.next_token);
+    }
+    result.map(|(reply, _)| reply)
 }
 
 struct MemWatch(EventListener);
