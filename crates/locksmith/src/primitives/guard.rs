@@ -32,6 +32,8 @@ pub struct Guard {
     /// Set for a hold the store took on its fast path, to give back the same way
     /// (the [`FastHold::word`]; the token is the grant's).
     fast: Option<NonZeroU64>,
+    /// An async release was sent and may have been applied (its future was dropped).
+    releasing: bool,
 }
 
 impl Guard {
@@ -42,6 +44,7 @@ impl Guard {
             lease: None,
             held: true,
             fast: None,
+            releasing: false,
         };
         guard.keep_lease();
         guard
@@ -59,6 +62,7 @@ impl Guard {
             lease: None,
             held: true,
             fast: Some(hold.word),
+            releasing: false,
         }
     }
 
@@ -137,6 +141,32 @@ impl Guard {
         self.release_now()
     }
 
+    /// Releases the hold from async code: on a network store the release is a round
+    /// trip, which this awaits instead of blocking the executor thread as
+    /// [`Guard::release`] (and dropping the guard) would.
+    ///
+    /// # Errors
+    /// As [`Guard::release`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: if the future is dropped before the store answered, the guard it
+    /// owns releases on drop as usual, so the hold never outlives both.
+    pub async fn release_async(mut self) -> Result<()> {
+        if let Some(released) = self.release_fast() {
+            return released;
+        }
+        self.releasing = true;
+        let result = self
+            .handle
+            .step_async(Op::Release {
+                token: self.grant.token,
+            })
+            .await;
+        (self.held, self.releasing) = (false, false);
+        let lost = self.lease.take().is_some_and(|l| l.is_lost());
+        self.judge_release(result, lost)
+    }
+
     /// Keeps holding without a guard: nothing is released on drop and the lease is
     /// no longer renewed. Release later with the handle's `release()` from the same
     /// thread, or let the lease lapse. Returns the fencing token.
@@ -146,29 +176,44 @@ impl Guard {
     }
 
     fn release_now(&mut self) -> Result<()> {
-        if !std::mem::take(&mut self.held) {
-            return Ok(());
+        if let Some(released) = self.release_fast() {
+            return released;
         }
-        if let Some(word) = self.fast.take() {
-            let hold = FastHold {
-                token: self.grant.token,
-                word,
-            };
-            if self
-                .handle
-                .space
-                .backend
-                .unlock_fast(&self.handle.key, hold)
-            {
-                return Ok(());
-            }
-        }
+        self.held = false;
         let lost = self.lease.take().is_some_and(|l| l.is_lost());
-        match self.handle.step(Op::Release {
+        let result = self.handle.step(Op::Release {
             token: self.grant.token,
-        }) {
+        });
+        self.judge_release(result, lost)
+    }
+
+    /// The release that needs no step: nothing held, or a fast hold given back the
+    /// way it was taken. `None`: a release step is needed.
+    fn release_fast(&mut self) -> Option<Result<()>> {
+        if !self.held {
+            return Some(Ok(()));
+        }
+        let word = self.fast.take()?;
+        let hold = FastHold {
+            token: self.grant.token,
+            word,
+        };
+        let backend = &self.handle.space.backend;
+        if backend.unlock_fast(&self.handle.key, hold) {
+            self.held = false;
+            return Some(Ok(()));
+        }
+        None
+    }
+
+    /// What a release step's `result` means for the caller.
+    fn judge_release(&self, result: Result<Reply>, lost: bool) -> Result<()> {
+        match result {
             Ok(_) if lost => Err(self.lease_lost_error()),
             Ok(_) => Ok(()),
+            // A release cancelled mid-way may have been applied: finding nothing to
+            // release on drop after it is no loss.
+            Err(Error::NotHeld { .. }) if self.releasing => Ok(()),
             Err(Error::NotHeld { .. }) => Err(self.lease_lost_error()),
             Err(e) => Err(e),
         }

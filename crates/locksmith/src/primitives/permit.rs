@@ -194,7 +194,7 @@ where
     };
     // The guard is dropped, and so released, if `f` panics or this future is dropped.
     let out = f().await;
-    guard.release()?;
+    guard.release_async().await?;
     Ok(out)
 }
 

@@ -20,6 +20,10 @@ pub fn tests() -> Vec<Test> {
         ),
         ("async::timeouts_by_method_and_by_tokio_time", timeouts),
         ("async::run_releases_on_panic_and_cancel", run_releases),
+        (
+            "async::release_async_frees_and_is_cancel_safe",
+            release_async,
+        ),
         ("async::semaphore_run_limits_concurrency", semaphore_run),
         (
             "async::sync_and_async_holders_exclude_each_other",
@@ -27,6 +31,55 @@ pub fn tests() -> Vec<Test> {
         ),
         ("async::event_condition_barrier_wait_async", other_waits),
     ]
+}
+
+fn release_async(store: &Store) {
+    let space = store.open();
+    runtime().block_on(async {
+        let lock = space.lock("released");
+        for lease in [None, Some(Duration::from_secs(60))] {
+            let lock = match lease {
+                Some(lease) => lock.clone().lease(lease),
+                None => lock.clone(),
+            };
+            // Awaited: free at once, and a waiter gets it.
+            let guard = lock.acquire_async().await.unwrap();
+            let waiter = tokio::spawn({
+                let lock = lock.clone();
+                async move { lock.acquire_async().await.unwrap().token() }
+            });
+            eventually("the waiter queued", || {
+                space.waiting("released").unwrap() == 1
+            });
+            let token = guard.token();
+            guard.release_async().await.unwrap();
+            assert!(waiter.await.unwrap() > token);
+            assert!(!lock.is_locked().unwrap());
+            // Dropped before it ran: the guard inside releases on drop.
+            let release = lock.acquire_async().await.unwrap().release_async();
+            assert!(lock.is_locked().unwrap());
+            drop(release);
+            assert!(
+                !lock.is_locked().unwrap(),
+                "a cancelled release left a holder"
+            );
+            // Dropped after its first poll (mid-flight on a network store).
+            let release = lock.acquire_async().await.unwrap().release_async();
+            let _ = tokio::time::timeout(Duration::ZERO, release).await;
+            assert!(
+                !lock.is_locked().unwrap(),
+                "a cancelled release left a holder"
+            );
+            // Broken meanwhile: reported, as by release().
+            let guard = lock.acquire_async().await.unwrap();
+            assert_eq!(space.force_release("released").unwrap(), 1);
+            assert!(matches!(
+                guard.release_async().await,
+                Err(locksmith::Error::LeaseLost { .. })
+            ));
+            drop(lock.acquire_async().await.unwrap());
+        }
+    });
 }
 
 fn runtime() -> tokio::runtime::Runtime {
