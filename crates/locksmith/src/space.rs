@@ -85,7 +85,9 @@ pub struct Holder {
     pub pid: u32,
     /// The hold's fencing token.
     pub token: u64,
-    /// When the hold was taken.
+    /// When the hold was taken. On `mem:`, a plain lock taken while free records no
+    /// time (its fast path is one atomic instruction): there it is when the hold was
+    /// first looked at, so it may be later than the acquisition.
     pub since: SystemTime,
     /// When the lease ends unless renewed; `None` for a hold without a lease.
     pub until: Option<SystemTime>,
