@@ -182,6 +182,7 @@ pub(crate) struct ShmOptions {
     mode: u32,
     check: Duration,
     queue: usize,
+    uring: bool,
 }
 
 impl ShmOptions {
@@ -204,6 +205,7 @@ impl ShmOptions {
             mode: 0o600,
             check: DEFAULT_CHECK,
             queue: DEFAULT_QUEUE,
+            uring: true,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -238,6 +240,13 @@ impl ShmOptions {
                     }
                     opts.queue = n;
                 }
+                "uring" => {
+                    opts.uring = match v {
+                        "on" | "1" => true,
+                        "off" | "0" => false,
+                        _ => return Err(bad("use uring=on or uring=off")),
+                    };
+                }
                 "check_ms" => {
                     let ms: u64 = v.parse().map_err(|_| bad("not a whole number"))?;
                     if !(1..=60_000).contains(&ms) {
@@ -245,11 +254,9 @@ impl ShmOptions {
                     }
                     opts.check = Duration::from_millis(ms);
                 }
-                _ => {
-                    return Err(bad(
-                        "unknown option; shm: takes capacity, arena, mode, queue and check_ms",
-                    ))
-                }
+                _ => return Err(bad(
+                    "unknown option; shm: takes capacity, arena, mode, queue, check_ms and uring",
+                )),
             }
         }
         Ok(opts)
@@ -303,6 +310,9 @@ struct Shared {
     /// Async waits: one thread per futex word that tasks of this process wait on,
     /// keyed by the word's offset in the region.
     ringers: std::sync::Mutex<HashMap<usize, Arc<Ringer>>>,
+    /// Whether queued async waiters may sleep on their bell through io_uring
+    /// (`?uring=off`: always through a ringer thread).
+    uring: bool,
 }
 
 /// A thread that sleeps on one futex word for every async task of this process
@@ -426,6 +436,7 @@ impl Shared {
             queue_cap: opts.queue,
             overflowed: std::sync::Mutex::new(HashSet::new()),
             ringers: std::sync::Mutex::new(HashMap::new()),
+            uring: opts.uring,
         })
     }
 
@@ -1012,6 +1023,26 @@ impl ShmWatch {
         sys::futex_wait(word, value, Some(timeout), true);
     }
 
+    /// A queued waiter's sleep on its bell as an io_uring request, which wakes the
+    /// task without a ringer thread in between; `None` where io_uring cannot serve
+    /// (the caller uses a ringer). Only bells: a bell has at most one queue's worth of
+    /// waiters, while crowds outside the queue share `seq`, where a ringer wakes a
+    /// queue's worth of them per change rather than all.
+    fn bell_wait(&self) -> Option<super::futex_async::FutexWait> {
+        let sh = &self.shared;
+        if !sh.uring {
+            return None;
+        }
+        let (t, value) = self.bell?;
+        if sh.overflowed().contains(&t) {
+            return None;
+        }
+        let word = sh.bell(self.slot, t);
+        // SAFETY: the bell lies in the region that `Shared` maps for as long as it
+        // lives, and the wait keeps this `Arc<Shared>`.
+        unsafe { super::futex_async::wait(word, value, sh.clone()) }
+    }
+
     fn changed(&self) -> bool {
         let (word, value, _) = self.word();
         word.load(Ordering::Acquire) != value
@@ -1046,6 +1077,13 @@ impl Watch for ShmWatch {
             // interval, so a cancelled wait frees its thread soon after.
             match tokio::runtime::Handle::try_current() {
                 Ok(_) => {
+                    if let Some(wait) = self.bell_wait() {
+                        let (_, _, poll) = self.word();
+                        let until = Instant::now() + poll;
+                        let until = deadline.map_or(until, |d| d.min(until));
+                        let _ = tokio::time::timeout_at(until.into(), wait).await;
+                        return Ok(());
+                    }
                     let (word, value, _) = self.word();
                     let at = self.shared.offset_of(word);
                     let ringer = Joined {
