@@ -27,6 +27,10 @@
 //! - The queue holds at most `queue` waiters (URL option, 16 by default), so a record
 //!   stays small however many wait: a waiter that finds it full waits outside it, on
 //!   `seq`, and a step that frees places wakes that many of them to join.
+//! - Async waiters in the queue sleep on their bell through io_uring where it works
+//!   ([`super::futex_async`]), so a ring wakes their task directly; other async
+//!   waiters share a "ringer" thread per word, which sleeps on it for every task of
+//!   this process and wakes them (a queue's worth per change on `seq`).
 //! - Every sleep is bounded by the check interval (`check_ms`, 50 ms), after which the
 //!   waiter retries: that retry is what notices a holder whose process died, and
 //!   keeps a live queued waiter from being expired (after 5 s without a retry).
@@ -187,7 +191,7 @@ pub(crate) struct ShmOptions {
 
 impl ShmOptions {
     /// Parses the part of the URL after `shm:`: `NAME` then optional
-    /// `?capacity=N&arena=BYTES&mode=OCTAL&check_ms=MS`.
+    /// `?capacity=N&arena=BYTES&mode=OCTAL&queue=N&check_ms=MS&uring=on|off`.
     pub(crate) fn parse(spec: &str) -> Result<ShmOptions> {
         let (name, query) = match spec.split_once('?') {
             Some((n, q)) => (n, q),
@@ -1153,9 +1157,12 @@ mod tests {
         assert_eq!(o.arena, Some(8 << 20));
         assert_eq!(o.mode, 0o640);
         assert_eq!(o.check, Duration::from_millis(5));
+        assert!(!ShmOptions::parse("app?uring=off").unwrap().uring);
+        assert!(ShmOptions::parse("app").unwrap().uring);
         for bad in [
             "",
             "?capacity=1",
+            "a?uring=maybe",
             "a?capacity=0",
             "a?capacity=x",
             "a?arena=1",

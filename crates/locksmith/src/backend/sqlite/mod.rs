@@ -46,8 +46,9 @@
 //! instead of SQLite's fixed one-millisecond naps.
 //!
 //! Only one waiter per name and process queues in the store (see [`Gates`]); async
-//! waiters of one slot share one sleeping thread of tokio's blocking pool (see
-//! [`Sleepers`]). WAL checkpoints run on a background thread (see [`Checkpointer`]).
+//! waiters sleep on the doorbell through io_uring where it works (see
+//! [`super::futex_async`]), else those of one slot share one sleeping thread of
+//! tokio's blocking pool (see [`Sleepers`]). WAL checkpoints run on a background thread (see [`Checkpointer`]).
 //!
 //! # Liveness
 //!
@@ -1356,6 +1357,8 @@ mod tests {
         assert_eq!(o.shards, Some(8));
         assert_eq!(o.poll, Duration::from_secs(1));
         assert!(o.sync_full);
+        assert!(o.uring);
+        assert!(!Options::parse("x?uring=off", "u").unwrap().uring);
         for bad in [
             "",
             "?shards=2",
@@ -1363,6 +1366,7 @@ mod tests {
             "x?shards=999",
             "x?nope=1",
             "x?sync=maybe",
+            "x?uring=maybe",
         ] {
             assert!(
                 matches!(Options::parse(bad, bad), Err(Error::InvalidArgument(_))),
