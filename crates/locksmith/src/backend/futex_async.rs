@@ -679,7 +679,7 @@ mod tests {
     }
 
     #[test]
-    fn a_runtime_without_io_is_refused_quietly() {
+    fn a_runtime_without_an_io_driver_is_refused_without_a_panic() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -690,6 +690,48 @@ mod tests {
             // SAFETY: as in `start`.
             assert!(unsafe { wait(word, 0, words.clone()) }.is_none());
         });
+    }
+
+    #[test]
+    fn a_forked_child_makes_its_own_ring() {
+        let words = Words::new();
+        let rt = runtime();
+        let parent_ring = rt.block_on(async {
+            let ring = local_ring().unwrap();
+            // SAFETY: as in `start`; a stale value, so it completes at once.
+            let waited = unsafe { wait(words.word(6), 1, words.clone()) }.unwrap();
+            tokio::time::timeout(Duration::from_secs(60), waited)
+                .await
+                .unwrap();
+            Arc::as_ptr(&ring) as usize
+        });
+        // SAFETY: the child only builds a runtime, waits once and leaves with _exit;
+        // the parent only waits for it.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = std::panic::catch_unwind(|| {
+                // The runtime's id can equal the parent's at fork: the pid tells.
+                rt.block_on(async {
+                    let ring = local_ring().unwrap();
+                    // SAFETY: as in `start`.
+                    let waited = unsafe { wait(words.word(6), 1, words.clone()) }.unwrap();
+                    tokio::time::timeout(Duration::from_secs(60), waited)
+                        .await
+                        .is_ok()
+                        && Arc::as_ptr(&ring) as usize != parent_ring
+                })
+            });
+            // SAFETY: leaves the forked child at once, running no destructors.
+            unsafe { libc::_exit(if ok.unwrap_or(false) { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above; `status` is a live int.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child could not wait through a ring of its own ({status:#x})"
+        );
     }
 
     fn ring_is_idle() -> bool {
