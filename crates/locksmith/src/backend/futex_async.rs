@@ -70,7 +70,7 @@ pub(crate) const ENV: &str = "LOCKSMITH_URING";
 /// Completes when the word is woken, when it no longer held the expected value at
 /// submission, or when the request ends for another reason (the submitting thread
 /// exited); callers re-check their state in every case. Dropping it cancels the wait.
-#[must_use = "a futex wait does nothing unless awaited"]
+#[must_use = "a futex wait is cancelled when dropped"]
 pub(crate) struct FutexWait {
     ring: Arc<Ring>,
     id: u64,
@@ -187,6 +187,19 @@ struct Pending {
     state: State,
     /// Keeps the word mapped while the kernel may still use the request.
     _mapping: Arc<dyn Any + Send + Sync>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for (_, p) in self.waits.drain() {
+            if !matches!(p.state, State::Done(_)) {
+                // Its completion was never reaped (a cancel that could not be
+                // submitted): the kernel may still hold the request, so its mapping
+                // is leaked rather than unmapped under it.
+                std::mem::forget(p);
+            }
+        }
+    }
 }
 
 impl Pending {
