@@ -1076,12 +1076,14 @@ impl Watch for ShmWatch {
                 tokio::task::yield_now().await;
                 return Ok(());
             }
-            // The futex wait runs on a blocking-pool thread (or a thread of its own
-            // outside tokio), never on the executor. It lasts at most the poll
-            // interval, so a cancelled wait frees its thread soon after.
+            // Never a futex wait on the executor: in tokio, an io_uring request (a
+            // queued waiter's bell) or the word's ringer thread; outside, a thread of
+            // its own. Each lasts at most the poll interval.
             match tokio::runtime::Handle::try_current() {
                 Ok(_) => {
                     if let Some(wait) = self.bell_wait() {
+                        // The poll interval bounds the sleep, as the ringer's tick does;
+                        // the wait is cancelled when it ends by timeout.
                         let (_, _, poll) = self.word();
                         let until = Instant::now() + poll;
                         let until = deadline.map_or(until, |d| d.min(until));
