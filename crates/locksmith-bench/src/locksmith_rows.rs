@@ -200,7 +200,9 @@ fn sqlite(ctx: &mut Ctx) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A locksmith lock taken with `acquire_async` on a current-thread runtime.
+/// A locksmith lock taken with `acquire_async` on a current-thread runtime with its IO
+/// driver on, as `#[tokio::main]` builds it (shm and sqlite waiters sleep through
+/// io_uring there; without the IO driver they fall back to a helper thread).
 struct HeldAsync {
     lock: locksmith::Lock,
     rt: tokio::runtime::Runtime,
@@ -209,7 +211,7 @@ struct HeldAsync {
 impl HeldAsync {
     fn new(lock: locksmith::Lock) -> anyhow::Result<HeldAsync> {
         let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .build()?;
         Ok(HeldAsync { lock, rt })
     }

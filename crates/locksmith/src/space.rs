@@ -28,14 +28,21 @@ use crate::{Error, Result};
 /// `shm:` takes options after a `?`, joined by `&`, used when the region is created:
 /// `capacity=N` names (65536), `arena=BYTES` of state (64M; `K`/`M`/`G` suffixes),
 /// `mode=OCTAL` (600), `queue=N` waiters per name queued first-come first-served (16;
-/// later ones join as places free) and `check_ms=MS`, how long a dead holder can go
-/// unnoticed (50).
+/// later ones join as places free), `check_ms=MS`, how long a dead holder can go
+/// unnoticed (50), and `uring=on|off` (per open: whether queued async waiters sleep
+/// through io_uring where it works; on).
 ///
 /// `sqlite:` takes `shards=N` (1–256), `timeout=MS` (how long a step waits for another
 /// process's transaction; 5000), `poll=MS` (the longest a waiter sleeps before
 /// re-checking on its own; 250), `sync=normal|full` (`full` fsyncs every step, so
-/// fencing tokens survive power loss too) and `bell=on|off` (the shared-memory doorbell
-/// that wakes waiting processes at once).
+/// fencing tokens survive power loss too), `bell=on|off` (the shared-memory doorbell
+/// that wakes waiting processes at once) and `uring=on|off` (whether async waiters sleep
+/// on the doorbell through io_uring where it works; on).
+///
+/// Async waits on `shm:` and `sqlite:` are fastest in a tokio runtime with its IO
+/// driver (`enable_all`, as `#[tokio::main]` builds it): Linux 6.7+ then wakes the
+/// waiting task directly. Elsewhere, or with `LOCKSMITH_URING=off` in the environment,
+/// a helper thread sleeps for the waiting tasks and wakes them.
 ///
 /// On Redis, a hold taken without a lease gets a 30 s one that renews itself while the
 /// holder lives, so a holder that dies on another machine is recovered when it lapses.

@@ -27,6 +27,10 @@
 //! - The queue holds at most `queue` waiters (URL option, 16 by default), so a record
 //!   stays small however many wait: a waiter that finds it full waits outside it, on
 //!   `seq`, and a step that frees places wakes that many of them to join.
+//! - Async waiters in the queue sleep on their bell through io_uring where it works
+//!   ([`super::futex_async`]), so a ring wakes their task directly; other async
+//!   waiters share a "ringer" thread per word, which sleeps on it for every task of
+//!   this process and wakes them (a queue's worth per change on `seq`).
 //! - Every sleep is bounded by the check interval (`check_ms`, 50 ms), after which the
 //!   waiter retries: that retry is what notices a holder whose process died, and
 //!   keeps a live queued waiter from being expired (after 5 s without a retry).
@@ -182,11 +186,12 @@ pub(crate) struct ShmOptions {
     mode: u32,
     check: Duration,
     queue: usize,
+    uring: bool,
 }
 
 impl ShmOptions {
     /// Parses the part of the URL after `shm:`: `NAME` then optional
-    /// `?capacity=N&arena=BYTES&mode=OCTAL&check_ms=MS`.
+    /// `?capacity=N&arena=BYTES&mode=OCTAL&queue=N&check_ms=MS&uring=on|off`.
     pub(crate) fn parse(spec: &str) -> Result<ShmOptions> {
         let (name, query) = match spec.split_once('?') {
             Some((n, q)) => (n, q),
@@ -204,6 +209,7 @@ impl ShmOptions {
             mode: 0o600,
             check: DEFAULT_CHECK,
             queue: DEFAULT_QUEUE,
+            uring: true,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -238,6 +244,13 @@ impl ShmOptions {
                     }
                     opts.queue = n;
                 }
+                "uring" => {
+                    opts.uring = match v {
+                        "on" | "1" => true,
+                        "off" | "0" => false,
+                        _ => return Err(bad("use uring=on or uring=off")),
+                    };
+                }
                 "check_ms" => {
                     let ms: u64 = v.parse().map_err(|_| bad("not a whole number"))?;
                     if !(1..=60_000).contains(&ms) {
@@ -245,11 +258,9 @@ impl ShmOptions {
                     }
                     opts.check = Duration::from_millis(ms);
                 }
-                _ => {
-                    return Err(bad(
-                        "unknown option; shm: takes capacity, arena, mode, queue and check_ms",
-                    ))
-                }
+                _ => return Err(bad(
+                    "unknown option; shm: takes capacity, arena, mode, queue, check_ms and uring",
+                )),
             }
         }
         Ok(opts)
@@ -303,6 +314,9 @@ struct Shared {
     /// Async waits: one thread per futex word that tasks of this process wait on,
     /// keyed by the word's offset in the region.
     ringers: std::sync::Mutex<HashMap<usize, Arc<Ringer>>>,
+    /// Whether queued async waiters may sleep on their bell through io_uring
+    /// (`?uring=off`: always through a ringer thread).
+    uring: bool,
 }
 
 /// A thread that sleeps on one futex word for every async task of this process
@@ -426,6 +440,7 @@ impl Shared {
             queue_cap: opts.queue,
             overflowed: std::sync::Mutex::new(HashSet::new()),
             ringers: std::sync::Mutex::new(HashMap::new()),
+            uring: opts.uring,
         })
     }
 
@@ -1012,6 +1027,26 @@ impl ShmWatch {
         sys::futex_wait(word, value, Some(timeout), true);
     }
 
+    /// A queued waiter's sleep on its bell as an io_uring request, which wakes the
+    /// task without a ringer thread in between; `None` where io_uring cannot serve
+    /// (the caller uses a ringer). Only bells: a bell has at most one queue's worth of
+    /// waiters, while crowds outside the queue share `seq`, where a ringer wakes a
+    /// queue's worth of them per change rather than all.
+    fn bell_wait(&self) -> Option<super::futex_async::FutexWait> {
+        let sh = &self.shared;
+        if !sh.uring {
+            return None;
+        }
+        let (t, value) = self.bell?;
+        if sh.overflowed().contains(&t) {
+            return None;
+        }
+        let word = sh.bell(self.slot, t);
+        // SAFETY: the bell lies in the region that `Shared` maps for as long as it
+        // lives, and the wait keeps this `Arc<Shared>`.
+        unsafe { super::futex_async::wait(word, value, sh.clone()) }
+    }
+
     fn changed(&self) -> bool {
         let (word, value, _) = self.word();
         word.load(Ordering::Acquire) != value
@@ -1041,11 +1076,20 @@ impl Watch for ShmWatch {
                 tokio::task::yield_now().await;
                 return Ok(());
             }
-            // The futex wait runs on a blocking-pool thread (or a thread of its own
-            // outside tokio), never on the executor. It lasts at most the poll
-            // interval, so a cancelled wait frees its thread soon after.
+            // Never a futex wait on the executor: in tokio, an io_uring request (a
+            // queued waiter's bell) or the word's ringer thread; outside, a thread of
+            // its own. Each lasts at most the poll interval.
             match tokio::runtime::Handle::try_current() {
                 Ok(_) => {
+                    if let Some(wait) = self.bell_wait() {
+                        // The poll interval bounds the sleep, as the ringer's tick does;
+                        // the wait is cancelled when it ends by timeout.
+                        let (_, _, poll) = self.word();
+                        let until = Instant::now() + poll;
+                        let until = deadline.map_or(until, |d| d.min(until));
+                        let _ = tokio::time::timeout_at(until.into(), wait).await;
+                        return Ok(());
+                    }
                     let (word, value, _) = self.word();
                     let at = self.shared.offset_of(word);
                     let ringer = Joined {
@@ -1115,9 +1159,12 @@ mod tests {
         assert_eq!(o.arena, Some(8 << 20));
         assert_eq!(o.mode, 0o640);
         assert_eq!(o.check, Duration::from_millis(5));
+        assert!(!ShmOptions::parse("app?uring=off").unwrap().uring);
+        assert!(ShmOptions::parse("app").unwrap().uring);
         for bad in [
             "",
             "?capacity=1",
+            "a?uring=maybe",
             "a?capacity=0",
             "a?capacity=x",
             "a?arena=1",

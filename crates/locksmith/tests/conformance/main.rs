@@ -34,6 +34,9 @@ pub struct Store {
     pub fresh_url: fn() -> String,
     /// Whether other processes can open the URL (and see the same primitives).
     pub cross_process: bool,
+    /// Runs only the async and cross-process tests: a variant of another store that
+    /// differs only in how async waiters sleep.
+    pub async_only: bool,
 }
 
 impl Store {
@@ -51,6 +54,7 @@ fn stores() -> Vec<Store> {
             name: "mem",
             fresh_url: || format!("mem:conformance-{}", unique()),
             cross_process: false,
+            async_only: false,
         },
         Store {
             name: "sqlite",
@@ -62,6 +66,7 @@ fn stores() -> Vec<Store> {
                 )
             },
             cross_process: true,
+            async_only: false,
         },
         Store {
             name: "sqlite-sharded",
@@ -73,12 +78,14 @@ fn stores() -> Vec<Store> {
                 )
             },
             cross_process: true,
+            async_only: false,
         },
         #[cfg(feature = "redis")]
         Store {
             name: "redis",
             fresh_url: redis::fresh_url,
             cross_process: true,
+            async_only: false,
         },
         #[cfg(target_os = "linux")]
         Store {
@@ -91,6 +98,34 @@ fn stores() -> Vec<Store> {
                 )
             },
             cross_process: true,
+            async_only: false,
+        },
+        // Async waiters through helper threads rather than io_uring: the path taken
+        // where io_uring is unavailable (old kernels, seccomp, LOCKSMITH_URING=off).
+        Store {
+            name: "sqlite-threads",
+            fresh_url: || {
+                format!(
+                    "sqlite:{}/conformance-{}.sqlite?uring=off",
+                    env!("CARGO_TARGET_TMPDIR"),
+                    unique()
+                )
+            },
+            cross_process: true,
+            async_only: true,
+        },
+        #[cfg(target_os = "linux")]
+        Store {
+            name: "shm-threads",
+            fresh_url: || {
+                format!(
+                    "shm:{SHM_PREFIX}{}-{}?capacity=256&arena=8M&queue=8&uring=off",
+                    std::process::id(),
+                    unique()
+                )
+            },
+            cross_process: true,
+            async_only: true,
         },
     ]
 }
@@ -130,12 +165,14 @@ fn main() {
     let mut trials = Vec::new();
     for store in stores() {
         let mut tests: Vec<Test> = Vec::new();
-        tests.extend(locks::tests());
-        tests.extend(semaphores::tests());
-        tests.extend(events::tests());
-        tests.extend(conditions::tests());
-        tests.extend(barriers::tests());
-        tests.extend(inputs::tests());
+        if !store.async_only {
+            tests.extend(locks::tests());
+            tests.extend(semaphores::tests());
+            tests.extend(events::tests());
+            tests.extend(conditions::tests());
+            tests.extend(barriers::tests());
+            tests.extend(inputs::tests());
+        }
         tests.extend(asyncs::tests());
         if store.cross_process {
             tests.extend(processes::tests());

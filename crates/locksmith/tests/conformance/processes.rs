@@ -19,6 +19,10 @@ pub fn tests() -> Vec<Test> {
         ("process::semaphore_of_k_across_processes", semaphore_limit),
         ("process::sigkilled_holder_is_recovered", sigkill_holder),
         ("process::event_wakes_another_process", event_wakes),
+        (
+            "process::release_wakes_an_async_waiter_in_another_process",
+            async_waiter_woken,
+        ),
         ("process::barrier_phases_across_processes", barrier_phases),
     ]
 }
@@ -148,6 +152,28 @@ pub fn child_main(role: &str) -> i32 {
             });
             0
         }
+        ["async-acquire", _, name] => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let lock = space.lock(name);
+            // A hang guard only: the holder releases as soon as this waiter is queued.
+            let acquired = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(120), lock.acquire_async()).await
+            });
+            match acquired {
+                Ok(Ok(guard)) => {
+                    println!("acquired {}", guard.token());
+                    0
+                }
+                Ok(Err(e)) => {
+                    eprintln!("child: {e}");
+                    5
+                }
+                Err(_) => 6,
+            }
+        }
         ["semaphore", _, name, k, dir, m] => {
             let k: usize = k.parse().unwrap();
             let sem = space.semaphore(name, k as u32);
@@ -273,6 +299,40 @@ fn event_wakes(store: &Store) {
     let mut kids = Kids::spawn(1, &["event", &url, "ready"], Stdio::null);
     Space::open(&url).unwrap().event("ready").set().unwrap();
     kids.wait_all("event waiter");
+}
+
+/// `url` with its store's re-check interval made as long as the store allows, so that
+/// a waiter that gets in before the hang guard was woken rather than polling (sqlite:
+/// an hour; shm: its cap of 1.6 s, so there it shows the hand-off only).
+fn slow_polling(url: &str) -> String {
+    let join = if url.contains('?') { '&' } else { '?' };
+    if url.starts_with("sqlite:") {
+        format!("{url}{join}poll=3600000")
+    } else if url.starts_with("shm:") {
+        format!("{url}{join}check_ms=60000")
+    } else {
+        url.to_owned()
+    }
+}
+
+fn async_waiter_woken(store: &Store) {
+    let url = slow_polling(&(store.fresh_url)());
+    let space = Space::open(&url).unwrap();
+    let held = space.lock("wake").acquire().unwrap();
+    let mut kids = Kids::spawn(1, &["async-acquire", &url, "wake"], Stdio::piped);
+    crate::eventually("the child queues for the lock", || {
+        space.waiting("wake").unwrap() == 1
+    });
+    let token = held.token();
+    held.release().unwrap();
+    let out = kids.wait_all("async waiter");
+    let got: u64 = out[0]
+        .trim()
+        .strip_prefix("acquired ")
+        .expect("the child acquired")
+        .parse()
+        .unwrap();
+    assert!(got > token);
 }
 
 fn barrier_phases(store: &Store) {

@@ -158,6 +158,11 @@ impl Bell {
         unsafe { &*self.base.add(i) }
     }
 
+    /// The futex word that watchers of `slot` sleep on.
+    pub(crate) fn seq_word(&self, slot: usize) -> &AtomicU32 {
+        self.seq(slot)
+    }
+
     fn seq(&self, slot: usize) -> &AtomicU32 {
         self.word(HEADER + slot % SLOTS)
     }

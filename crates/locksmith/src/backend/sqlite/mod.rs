@@ -46,8 +46,9 @@
 //! instead of SQLite's fixed one-millisecond naps.
 //!
 //! Only one waiter per name and process queues in the store (see [`Gates`]); async
-//! waiters of one slot share one sleeping thread of tokio's blocking pool (see
-//! [`Sleepers`]). WAL checkpoints run on a background thread (see [`Checkpointer`]).
+//! waiters sleep on the doorbell through io_uring where it works (see
+//! [`super::futex_async`]), else those of one slot share one sleeping thread of
+//! tokio's blocking pool (see [`Sleepers`]). WAL checkpoints run on a background thread (see [`Checkpointer`]).
 //!
 //! # Liveness
 //!
@@ -111,6 +112,9 @@ pub(crate) struct Options {
     pub poll: Duration,
     /// `?bell=0`: never use the doorbell (poll only); for tests and odd hosts.
     pub bell: bool,
+    /// `?uring=off`: async waiters sleep on the doorbell through a helper thread
+    /// rather than an io_uring futex wait.
+    pub uring: bool,
 }
 
 impl Options {
@@ -134,6 +138,7 @@ impl Options {
             sync_full: false,
             poll: Duration::from_millis(250),
             bell: true,
+            uring: true,
         };
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
             if pair.is_empty() {
@@ -174,10 +179,21 @@ impl Options {
                         }
                     }
                 }
+                "uring" => {
+                    opts.uring = match v {
+                        "1" | "on" => true,
+                        "0" | "off" => false,
+                        _ => {
+                            return Err(Error::invalid(format!(
+                                "'uring={v}' in '{url}': use uring=on or uring=off"
+                            )))
+                        }
+                    }
+                }
                 _ => {
                     return Err(Error::invalid(format!(
                         "unknown option '{k}' in '{url}': sqlite: takes shards, timeout, \
-                         poll, sync and bell"
+                         poll, sync, bell and uring"
                     )))
                 }
             }
@@ -194,6 +210,8 @@ pub(crate) struct SqliteBackend {
     waiter_ttl: Millis,
     gates: Arc<Gates>,
     sleepers: Sleepers,
+    /// Whether async waiters may sleep on the doorbell through io_uring.
+    uring: bool,
     checkpointer: Checkpointer,
 }
 
@@ -296,6 +314,7 @@ impl SqliteBackend {
                 .max(WAITER_TTL_FLOOR),
             gates: Arc::default(),
             sleepers: Sleepers::default(),
+            uring: opts.uring,
             checkpointer,
         })
     }
@@ -773,6 +792,7 @@ impl Backend for SqliteBackend {
             local,
             poll: self.poll,
             sleepers: self.sleepers.clone(),
+            uring: self.uring,
         }))
     }
 
@@ -1053,6 +1073,7 @@ struct SqliteWatch {
     local: Option<LocalWatch>,
     poll: Duration,
     sleepers: Sleepers,
+    uring: bool,
 }
 
 /// The threads that sleep on the doorbell for async watchers, one per (bell, slot,
@@ -1167,6 +1188,24 @@ impl SqliteWatch {
     }
 }
 
+impl SqliteWatch {
+    /// A sleep on the doorbell as an io_uring futex wait; `None` where io_uring cannot
+    /// serve (see `futex_async`), without a doorbell, or with `?uring=off`.
+    #[cfg(target_os = "linux")]
+    fn uring_wait(&self) -> Option<super::futex_async::FutexWait> {
+        let reg = self.reg.as_ref().filter(|_| self.uring)?;
+        let word = reg.bell.seq_word(reg.slot);
+        // SAFETY: the word lies in the doorbell's mapping, which lasts as long as the
+        // `Bell`, and the wait keeps this `Arc<Bell>`.
+        unsafe { super::futex_async::wait(word, reg.seen, reg.bell.clone()) }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn uring_wait(&self) -> Option<std::future::Pending<()>> {
+        None
+    }
+}
+
 impl Watch for SqliteWatch {
     fn wait(self: Box<Self>, deadline: Option<Instant>) -> Result<()> {
         self.sleep(deadline);
@@ -1195,6 +1234,19 @@ impl Watch for SqliteWatch {
             } else if local.listener.discard() {
                 return Box::pin(std::future::ready(Ok(())));
             }
+        }
+        if let Some(wait) = this.uring_wait() {
+            // The doorbell's futex word as an io_uring request: its wake-up reaches this
+            // task with no thread in between, and the retry step that follows runs on
+            // the task itself.
+            let until = Instant::now() + this.poll;
+            let until = deadline.map_or(until, |d| d.min(until));
+            return Box::pin(async move {
+                // The registration stays while the task waits, so rings wake it.
+                let _registered = this;
+                let _ = tokio::time::timeout_at(until.into(), wait).await;
+                Ok(())
+            });
         }
         if let (Some(reg), Ok(rt)) = (&this.reg, tokio::runtime::Handle::try_current()) {
             // The futex wait blocks a thread: one thread of tokio's blocking pool sleeps
@@ -1305,6 +1357,8 @@ mod tests {
         assert_eq!(o.shards, Some(8));
         assert_eq!(o.poll, Duration::from_secs(1));
         assert!(o.sync_full);
+        assert!(o.uring);
+        assert!(!Options::parse("x?uring=off", "u").unwrap().uring);
         for bad in [
             "",
             "?shards=2",
@@ -1312,6 +1366,7 @@ mod tests {
             "x?shards=999",
             "x?nope=1",
             "x?sync=maybe",
+            "x?uring=maybe",
         ] {
             assert!(
                 matches!(Options::parse(bad, bad), Err(Error::InvalidArgument(_))),
