@@ -80,6 +80,12 @@ fn stores() -> Vec<Store> {
             fresh_url: redis::fresh_url,
             cross_process: true,
         },
+        #[cfg(feature = "redis-tls")]
+        Store {
+            name: "redis-tls",
+            fresh_url: redis::fresh_tls_url,
+            cross_process: true,
+        },
         #[cfg(target_os = "linux")]
         Store {
             name: "shm",
@@ -143,6 +149,10 @@ fn main() {
         #[cfg(feature = "redis")]
         if store.name == "redis" {
             tests.extend(redis::tests());
+        }
+        #[cfg(feature = "redis-tls")]
+        if store.name == "redis-tls" {
+            tests.extend(redis::tls_tests());
         }
         for (name, test) in tests {
             trials.push(Trial::test(
