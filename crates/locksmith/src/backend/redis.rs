@@ -178,7 +178,7 @@ fn block_on<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) ->
 // The URL ------------------------------------------------------------------------------
 
 /// A Redis URL, split into what the `redis` crate reads and what locksmith reads.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 struct Url {
     /// The URL without locksmith's parameters.
     server: String,
@@ -389,8 +389,8 @@ struct Resolved {
 
 impl RedisBackend {
     /// Opens `url` (`redis://[user:password@]host[:port][/db][?prefix=P]`, or
-    /// `rediss://` for TLS): checks that the server answers and subscribes to the
-    /// prefix's wake-ups.
+    /// `rediss://…[&cacert=PATH][&cert=PATH&key=PATH]` for TLS): checks that the server
+    /// answers and subscribes to the prefix's wake-ups.
     pub(crate) fn open(url: &str) -> Result<RedisBackend> {
         let parsed = split_url(url)?;
         if url.starts_with("rediss:") && !cfg!(feature = "redis-tls") {
@@ -1408,6 +1408,29 @@ mod tests {
         );
         assert_eq!(redact("redis://u:pw@h:1/0"), "redis://***@h:1/0");
         assert_eq!(glob_escape("a*b?[c]"), "a\\*b\\?\\[c\\]");
+    }
+
+    #[test]
+    fn certificate_files_need_tls_and_come_in_pairs() {
+        let client = |url: &str| split_url(url).and_then(|u| u.client(url)).map(drop);
+        assert!(matches!(
+            client("redis://h/0?cacert=/ca.pem"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            client("rediss://h/0?cert=/c.pem"),
+            Err(Error::InvalidArgument(_))
+        ));
+        // A file that cannot be read is the caller's mistake, found at open.
+        let missing = client("rediss://h/0?cacert=/nonexistent/ca.pem");
+        if cfg!(feature = "redis-tls") {
+            assert!(
+                matches!(missing, Err(Error::InvalidArgument(_))),
+                "{missing:?}"
+            );
+        } else {
+            assert!(matches!(missing, Err(Error::Unsupported(_))), "{missing:?}");
+        }
     }
 
     #[test]
