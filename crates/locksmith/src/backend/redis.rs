@@ -177,8 +177,23 @@ fn block_on<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) ->
 
 // The URL ------------------------------------------------------------------------------
 
-/// Splits `?prefix=…` off a Redis URL: the rest goes to the `redis` crate.
-fn split_url(url: &str) -> Result<(String, String)> {
+/// A Redis URL, split into what the `redis` crate reads and what locksmith reads.
+#[derive(Debug, Default)]
+struct Url {
+    /// The URL without locksmith's parameters.
+    server: String,
+    prefix: String,
+    /// `cacert=PATH`: the PEM certificates that a `rediss://` server's certificate must
+    /// chain to (besides the system's).
+    cacert: Option<String>,
+    /// `cert=PATH` and `key=PATH`: a client certificate and its PKCS#8 key, PEM, for
+    /// servers that ask for one (Redis does, unless `tls-auth-clients no`).
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+/// Splits locksmith's parameters (`prefix`, `cacert`, `cert`, `key`) off a Redis URL.
+fn split_url(url: &str) -> Result<Url> {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, q),
         None => (url, ""),
@@ -188,10 +203,14 @@ fn split_url(url: &str) -> Result<(String, String)> {
         None => (query, None),
     };
     let mut prefix = None;
+    let mut parsed = Url::default();
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("prefix", v)) => prefix = Some(percent_decode(v)?),
+            Some(("cacert", v)) => parsed.cacert = Some(percent_decode(v)?),
+            Some(("cert", v)) => parsed.cert = Some(percent_decode(v)?),
+            Some(("key", v)) => parsed.key = Some(percent_decode(v)?),
             _ => rest.push(pair),
         }
     }
@@ -204,7 +223,83 @@ fn split_url(url: &str) -> Result<(String, String)> {
         out.push('#');
         out.push_str(f);
     }
-    Ok((out, prefix.unwrap_or_else(|| "locksmith:".to_owned())))
+    parsed.server = out;
+    parsed.prefix = prefix.unwrap_or_else(|| "locksmith:".to_owned());
+    Ok(parsed)
+}
+
+impl Url {
+    /// What tells two servers apart, for sharing a subscriber: the URL and the
+    /// certificates it is reached with.
+    fn identity(&self) -> String {
+        format!(
+            "{} {:?} {:?} {:?}",
+            self.server, self.cacert, self.cert, self.key
+        )
+    }
+
+    fn has_tls_files(&self) -> bool {
+        self.cacert.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// The `redis` crate's client for this URL. `original` is the URL as given, for
+    /// messages.
+    fn client(&self, original: &str) -> Result<redis::Client> {
+        let bad = |e: &dyn fmt::Display| {
+            Error::invalid(format!("'{}' is not a Redis URL: {e}", redact(original)))
+        };
+        if !self.has_tls_files() {
+            return redis::Client::open(self.server.as_str()).map_err(|e| bad(&e));
+        }
+        if !self.server.starts_with("rediss:") {
+            return Err(bad(&"cacert, cert and key need rediss:// (TLS)"));
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(bad(&"cert and key go together"));
+        }
+        self.tls_client(original)
+    }
+
+    #[cfg(feature = "redis-tls")]
+    fn tls_client(&self, original: &str) -> Result<redis::Client> {
+        let read = |what: &str, path: &Option<String>| -> Result<Option<Vec<u8>>> {
+            path.as_ref()
+                .map(|p| {
+                    std::fs::read(p)
+                        .map_err(|e| Error::invalid(format!("cannot read the {what} '{p}': {e}")))
+                })
+                .transpose()
+        };
+        let root_cert = read("CA certificate", &self.cacert)?;
+        let client_tls = match (
+            read("client certificate", &self.cert)?,
+            read("client key", &self.key)?,
+        ) {
+            (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+            _ => None,
+        };
+        let certs = redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        };
+        redis::Client::build_with_tls(self.server.as_str(), certs).map_err(|e| {
+            Error::invalid(format!(
+                "'{}': bad TLS certificates or URL: {e}",
+                redact(original)
+            ))
+        })
+    }
+
+    #[cfg(not(feature = "redis-tls"))]
+    fn tls_client(&self, original: &str) -> Result<redis::Client> {
+        Err(Error::Unsupported(format!(
+            "'{}' needs TLS: build locksmith with the redis-tls feature",
+            redact(original)
+        )))
+    }
 }
 
 fn percent_decode(s: &str) -> Result<String> {
@@ -265,8 +360,10 @@ struct Inner {
     url: String,
     prefix: String,
     client: redis::Client,
-    /// Idle synchronous connections: the blocking steps' fast path.
-    pool: Mutex<Vec<redis::Connection>>,
+    /// Idle synchronous connections, the blocking steps' path, and the process they
+    /// belong to: a forked child must not talk on its parent's sockets (the two would
+    /// read each other's replies).
+    pool: Mutex<(u32, Vec<redis::Connection>)>,
     /// The async steps' connection (multiplexed, reconnecting), made on first use.
     manager: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
     hub: Arc<Hub>,
@@ -292,25 +389,25 @@ struct Resolved {
 
 impl RedisBackend {
     /// Opens `url` (`redis://[user:password@]host[:port][/db][?prefix=P]`, or
-    /// `rediss://` for TLS): checks that the server answers and subscribes to the
-    /// prefix's wake-ups.
+    /// `rediss://…[&cacert=PATH][&cert=PATH&key=PATH]` for TLS): checks that the server
+    /// answers and subscribes to the prefix's wake-ups.
     pub(crate) fn open(url: &str) -> Result<RedisBackend> {
-        let (server, prefix) = split_url(url)?;
+        let parsed = split_url(url)?;
         if url.starts_with("rediss:") && !cfg!(feature = "redis-tls") {
             return Err(Error::Unsupported(format!(
                 "'{}' needs TLS: build locksmith with the redis-tls feature",
                 redact(url)
             )));
         }
-        let client = redis::Client::open(server.as_str())
-            .map_err(|e| Error::invalid(format!("'{}' is not a Redis URL: {e}", redact(url))))?;
-        let hub = Hub::for_server(&server, &client)?;
+        let client = parsed.client(url)?;
+        let prefix = parsed.prefix.clone();
+        let hub = Hub::for_server(&parsed.identity(), &client)?;
         let pattern = format!("{}*", glob_escape(&prefix));
         let mut inner = Inner {
             url: redact(url),
             prefix,
             client,
-            pool: Mutex::new(Vec::new()),
+            pool: Mutex::new((crate::owner::pid(), Vec::new())),
             manager: tokio::sync::OnceCell::new(),
             hub: hub.clone(),
             pattern: pattern.clone(),
@@ -322,7 +419,7 @@ impl RedisBackend {
         // served), so that it can be tested on Redis 7.
         let force_eval = std::env::var_os("LOCKSMITH_REDIS_EVAL").is_some_and(|v| v == "1");
         inner.functions = !force_eval && load_library_cmd().query::<String>(&mut conn).is_ok();
-        lock(&inner.pool).push(conn);
+        lock(&inner.pool).1.push(conn);
         let subscribed = block_on({
             let hub = hub.clone();
             async move { hub.subscribe(pattern).await }
@@ -411,26 +508,41 @@ impl Inner {
         &self,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
-        let pooled = lock(&self.pool).pop();
+        let pooled = {
+            let mut pool = lock(&self.pool);
+            let pid = crate::owner::pid();
+            if pool.0 != pid {
+                // Closing the child's copies leaves the parent's connections open.
+                *pool = (pid, Vec::new());
+            }
+            pool.1.pop()
+        };
         let mut conn = match pooled {
             Some(c) => c,
             None => self.connect()?,
         };
         match f(&mut conn) {
             Ok(t) => {
-                lock(&self.pool).push(conn);
+                self.put_back(conn);
                 Ok(t)
             }
             Err(e) => {
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
                     && !e.is_connection_dropped()
                 {
-                    lock(&self.pool).push(conn);
+                    self.put_back(conn);
                 } else {
-                    lock(&self.pool).clear();
+                    lock(&self.pool).1.clear();
                 }
                 Err(backend_err(format!("{}: {e}", self.url)))
             }
+        }
+    }
+
+    fn put_back(&self, conn: redis::Connection) {
+        let mut pool = lock(&self.pool);
+        if pool.0 == crate::owner::pid() {
+            pool.1.push(conn);
         }
     }
 
@@ -1280,14 +1392,45 @@ mod tests {
 
     #[test]
     fn urls_split_off_the_prefix() {
-        let (server, prefix) = split_url("redis://h:1/0?prefix=a%3Ab&protocol=resp3").unwrap();
-        assert_eq!(server, "redis://h:1/0?protocol=resp3");
-        assert_eq!(prefix, "a:b");
-        let (server, prefix) = split_url("rediss://u:pw@h/2#insecure").unwrap();
-        assert_eq!(server, "rediss://u:pw@h/2#insecure");
-        assert_eq!(prefix, "locksmith:");
+        let url = split_url("redis://h:1/0?prefix=a%3Ab&protocol=resp3").unwrap();
+        assert_eq!(url.server, "redis://h:1/0?protocol=resp3");
+        assert_eq!(url.prefix, "a:b");
+        let url = split_url("rediss://u:pw@h/2#insecure").unwrap();
+        assert_eq!(url.server, "rediss://u:pw@h/2#insecure");
+        assert_eq!(url.prefix, "locksmith:");
+        let url =
+            split_url("rediss://h/0?cacert=/c%20a.pem&prefix=p:&cert=/c.pem&key=/k.pem").unwrap();
+        assert_eq!(url.server, "rediss://h/0");
+        assert_eq!(url.cacert.as_deref(), Some("/c a.pem"));
+        assert_eq!(
+            (url.cert.as_deref(), url.key.as_deref()),
+            (Some("/c.pem"), Some("/k.pem"))
+        );
         assert_eq!(redact("redis://u:pw@h:1/0"), "redis://***@h:1/0");
         assert_eq!(glob_escape("a*b?[c]"), "a\\*b\\?\\[c\\]");
+    }
+
+    #[test]
+    fn certificate_files_need_tls_and_come_in_pairs() {
+        let client = |url: &str| split_url(url).and_then(|u| u.client(url)).map(drop);
+        assert!(matches!(
+            client("redis://h/0?cacert=/ca.pem"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            client("rediss://h/0?cert=/c.pem"),
+            Err(Error::InvalidArgument(_))
+        ));
+        // A file that cannot be read is the caller's mistake, found at open.
+        let missing = client("rediss://h/0?cacert=/nonexistent/ca.pem");
+        if cfg!(feature = "redis-tls") {
+            assert!(
+                matches!(missing, Err(Error::InvalidArgument(_))),
+                "{missing:?}"
+            );
+        } else {
+            assert!(matches!(missing, Err(Error::Unsupported(_))), "{missing:?}");
+        }
     }
 
     #[test]

@@ -87,6 +87,12 @@ fn stores() -> Vec<Store> {
             cross_process: true,
             async_only: false,
         },
+        #[cfg(feature = "redis-tls")]
+        Store {
+            name: "redis-tls",
+            fresh_url: redis::fresh_tls_url,
+            cross_process: true,
+        },
         #[cfg(target_os = "linux")]
         Store {
             name: "shm",
@@ -180,6 +186,10 @@ fn main() {
         #[cfg(feature = "redis")]
         if store.name == "redis" {
             tests.extend(redis::tests());
+        }
+        #[cfg(feature = "redis-tls")]
+        if store.name == "redis-tls" {
+            tests.extend(redis::tls_tests());
         }
         for (name, test) in tests {
             trials.push(Trial::test(

@@ -72,33 +72,7 @@ fn free_port() -> u16 {
 /// that the server, told to die with its parent thread, dies with the process; returns
 /// once it accepts connections. Returns the server's pid.
 fn start_server(port: u16) -> Result<u32, String> {
-    static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        std::thread::spawn(move || {
-            let mut children: Vec<Child> = Vec::new();
-            for (port, reply) in rx {
-                children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
-                let spawned = spawn_server(port);
-                let _ = reply.send(spawned.as_ref().map(Child::id).map_err(Clone::clone));
-                if let Ok(child) = spawned {
-                    children.push(child);
-                }
-            }
-            // Keep this thread (the servers' parent) alive for the process's life.
-            loop {
-                std::thread::park();
-            }
-        });
-        std::sync::Mutex::new(tx)
-    });
-    let (reply, answer) = mpsc::channel();
-    spawner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((port, reply))
-        .map_err(|e| e.to_string())?;
-    let pid = answer.recv().map_err(|e| e.to_string())??;
+    let pid = spawn_via_keeper(vec!["--port".into(), port.to_string()])?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if redis::Client::open(format!("redis://127.0.0.1:{port}/0"))
@@ -115,12 +89,44 @@ fn start_server(port: u16) -> Result<u32, String> {
     }
 }
 
-/// A port to start a server on, and where to say how that went.
-type SpawnRequest = (u16, mpsc::Sender<Result<u32, String>>);
+/// Starts `redis-server` with `args` (besides the suite's defaults) from the thread
+/// that keeps the servers; returns its pid.
+fn spawn_via_keeper(args: Vec<String>) -> Result<u32, String> {
+    static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::spawn(move || {
+            let mut children: Vec<Child> = Vec::new();
+            for (args, reply) in rx {
+                children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+                let spawned = spawn_server(&args);
+                let _ = reply.send(spawned.as_ref().map(Child::id).map_err(Clone::clone));
+                if let Ok(child) = spawned {
+                    children.push(child);
+                }
+            }
+            // Keep this thread (the servers' parent) alive for the process's life.
+            loop {
+                std::thread::park();
+            }
+        });
+        std::sync::Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((args, reply))
+        .map_err(|e| e.to_string())?;
+    answer.recv().map_err(|e| e.to_string())?
+}
 
-fn spawn_server(port: u16) -> Result<Child, String> {
+/// A server's arguments, and where to say how starting it went.
+type SpawnRequest = (Vec<String>, mpsc::Sender<Result<u32, String>>);
+
+fn spawn_server(args: &[String]) -> Result<Child, String> {
     let mut cmd = Command::new("redis-server");
-    cmd.args(["--port", &port.to_string()])
+    cmd.args(args)
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])
@@ -344,4 +350,173 @@ fn push_wakeup(_: &Store) {
         "ten hand-offs took {:?}: the waiters were not woken by push",
         start.elapsed()
     );
+}
+
+// TLS ----------------------------------------------------------------------------------
+
+/// The tests only the TLS store needs.
+#[cfg(feature = "redis-tls")]
+pub fn tls_tests() -> Vec<Test> {
+    vec![(
+        "tls::a_server_certificate_from_an_unknown_ca_is_refused",
+        unknown_ca,
+    )]
+}
+
+/// A URL with a fresh key prefix on the suite's TLS server: `rediss://localhost`, the
+/// server's certificate checked against a CA made for this run, and a client
+/// certificate (the server asks for one).
+#[cfg(feature = "redis-tls")]
+pub fn fresh_tls_url() -> String {
+    with_prefix(&tls_server().url, &format!("t{}:", unique()))
+}
+
+#[cfg(feature = "redis-tls")]
+struct TlsServer {
+    /// The URL, with `cacert`, `cert` and `key`.
+    url: String,
+    /// The same, trusting only the system's CAs.
+    without_ca: String,
+}
+
+/// The suite's TLS server, started once for this process (and killed with it), with
+/// certificates made by the `openssl` command in a directory of its own.
+#[cfg(feature = "redis-tls")]
+fn tls_server() -> &'static TlsServer {
+    static SERVER: OnceLock<Result<TlsServer, String>> = OnceLock::new();
+    let server = SERVER.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("redis-tls-{}", std::process::id()));
+        make_certificates(&dir)?;
+        let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let port = free_port();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+        ];
+        spawn_via_keeper(args.iter().map(|a| a.to_string()).collect())?;
+        let base = format!("rediss://localhost:{port}/0");
+        let client = format!("cert={}&key={}", file("client.pem"), file("client.key"));
+        let server = TlsServer {
+            url: format!("{base}?cacert={}&{client}", file("ca.pem")),
+            without_ca: format!("{base}?{client}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Space::open(&server.url) {
+                Ok(_) => return Ok(server),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!(
+                        "the TLS redis-server on port {port} did not come up \
+                         (redis-server must be built with TLS): {e}"
+                    ))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    match server {
+        Ok(server) => server,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A CA, a server certificate for localhost and 127.0.0.1, and a client certificate,
+/// each with its key, in `dir`.
+#[cfg(feature = "redis-tls")]
+fn make_certificates(dir: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let openssl = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("the TLS tests need the openssl command: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", "/CN=locksmith test CA"],
+        ]
+        .concat()
+        .into_iter()
+        .chain(["-keyout", "ca.key", "-out", "ca.pem"])
+        .collect::<Vec<_>>(),
+    )?;
+    for (name, cn, ext) in [
+        ("server", "localhost", Some("server.ext")),
+        ("client", "locksmith test client", None),
+    ] {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let subject = format!("/CN={cn}");
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-subj", &subject, "-keyout", &key, "-out", &csr]);
+        openssl(&req)?;
+        let mut sign = vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+        ];
+        let serial = if ext.is_some() { "1" } else { "2" };
+        sign.extend([serial, "-days", "2", "-out", &pem]);
+        if let Some(ext) = ext {
+            sign.extend(["-extfile", ext]);
+        }
+        openssl(&sign)?;
+    }
+    Ok(())
+}
+
+/// The server's certificate really is checked: without the run's CA, a client
+/// refuses the server (no space opens), where the same URL with it works.
+#[cfg(feature = "redis-tls")]
+fn unknown_ca(_: &Store) {
+    let server = tls_server();
+    match Space::open(&server.without_ca) {
+        Err(Error::Backend(_)) => {}
+        other => panic!("a server certificate from an unknown CA was accepted: {other:?}"),
+    }
+    let space = Space::open(&server.url).unwrap();
+    assert!(space.lock("x").try_acquire().unwrap().is_some());
 }
