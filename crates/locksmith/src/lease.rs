@@ -64,6 +64,23 @@ struct State {
     next_id: u64,
     running: bool,
     stop: bool,
+    /// When `due` grows to this many entries, those of released holds are swept out
+    /// (they would otherwise stay until their renewal falls due).
+    sweep_at: usize,
+}
+
+/// The smallest `State::sweep_at`.
+const SWEEP_MIN: usize = 1024;
+
+impl State {
+    /// Drops the entries of leases whose guards are gone; doubling the threshold
+    /// keeps the cost per registration constant.
+    fn sweep(&mut self) {
+        self.leases.retain(|_, lease| lease.strong_count() > 0);
+        let leases = &self.leases;
+        self.due.retain(|Reverse((_, id))| leases.contains_key(id));
+        self.sweep_at = SWEEP_MIN.max(2 * self.due.len());
+    }
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, State> {
@@ -97,7 +114,17 @@ impl Keeper {
         let id = state.next_id;
         state.next_id += 1;
         state.leases.insert(id, Arc::downgrade(&lease));
-        state.due.push(Reverse((Instant::now() + length / 3, id)));
+        if state.due.len() >= state.sweep_at.max(SWEEP_MIN) {
+            state.sweep();
+        }
+        let at = Instant::now() + length / 3;
+        // The keeper sleeps until the earliest renewal: only an earlier one (or the
+        // first) needs it to wake up and look again.
+        let sooner = state
+            .due
+            .peek()
+            .is_none_or(|Reverse((first, _))| at < *first);
+        state.due.push(Reverse((at, id)));
         if !state.running {
             state.running = true;
             let shared = self.shared.clone();
@@ -111,7 +138,9 @@ impl Keeper {
             }
         }
         drop(state);
-        self.shared.changed.notify_one();
+        if sooner {
+            self.shared.changed.notify_one();
+        }
         lease
     }
 }
@@ -178,5 +207,31 @@ fn renew_loop(shared: &Shared, backend: &dyn Backend) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::mem::MemBackend;
+
+    #[test]
+    fn released_leases_do_not_pile_up() {
+        let keeper = Keeper::new();
+        let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let key = Arc::new(Key::new("lease"));
+        let live = keeper.register(&backend, key.clone(), 0, Duration::from_secs(600));
+        for token in 1..=10 * SWEEP_MIN as u64 {
+            drop(keeper.register(&backend, key.clone(), token, Duration::from_secs(600)));
+        }
+        let state = lock(&keeper.shared);
+        assert!(
+            state.due.len() <= 2 * SWEEP_MIN,
+            "{} entries",
+            state.due.len()
+        );
+        assert!(state.leases.values().any(|l| l.upgrade().is_some()));
+        drop(state);
+        drop(live);
     }
 }

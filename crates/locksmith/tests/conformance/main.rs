@@ -92,6 +92,7 @@ fn stores() -> Vec<Store> {
             name: "redis-tls",
             fresh_url: redis::fresh_tls_url,
             cross_process: true,
+            async_only: false,
         },
         #[cfg(target_os = "linux")]
         Store {
