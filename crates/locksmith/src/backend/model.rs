@@ -1016,7 +1016,7 @@ impl Record {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn ctx(now: Millis) -> Ctx<'static> {
@@ -1027,7 +1027,8 @@ mod tests {
         }
     }
 
-    fn acq(kind: PermitKind, owner: &Owner, ticket: Option<u64>) -> Op {
+    /// An exclusive acquisition without lease or tag (also for the stores' own tests).
+    pub(crate) fn acq(kind: PermitKind, owner: &Owner, ticket: Option<u64>) -> Op {
         Op::Acquire(Acquire {
             kind,
             mode: Mode::Exclusive,

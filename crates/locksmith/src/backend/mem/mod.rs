@@ -235,20 +235,8 @@ impl Watch for MemWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::model::Acquire;
-    use crate::backend::{Mode, PermitKind};
-    use crate::owner::Owner;
-
-    fn acquire(kind: PermitKind, owner: &Owner, ticket: Option<u64>) -> Op {
-        Op::Acquire(Acquire {
-            kind,
-            mode: Mode::Exclusive,
-            owner: owner.clone(),
-            lease: None,
-            tag: None,
-            ticket,
-        })
-    }
+    use crate::backend::model::tests::acq as acquire;
+    use crate::backend::PermitKind;
 
     #[test]
     fn every_way_a_wait_ends_drops_its_ticket_event() {
