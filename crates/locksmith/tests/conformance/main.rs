@@ -201,6 +201,8 @@ fn main() {
     }
     let conclusion = libtest_mimic::run(&args, trials);
     remove_shm_regions();
+    #[cfg(feature = "redis-tls")]
+    redis::remove_tls_files();
     conclusion.exit();
 }
 

@@ -379,14 +379,26 @@ struct TlsServer {
     without_ca: String,
 }
 
+/// The directory of this run's TLS certificates.
+#[cfg(feature = "redis-tls")]
+fn tls_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("redis-tls-{}", std::process::id()))
+}
+
+/// Removes this run's TLS certificates (the server read them when it started).
+#[cfg(feature = "redis-tls")]
+pub fn remove_tls_files() {
+    let _ = std::fs::remove_dir_all(tls_dir());
+}
+
 /// The suite's TLS server, started once for this process (and killed with it), with
 /// certificates made by the `openssl` command in a directory of its own.
 #[cfg(feature = "redis-tls")]
 fn tls_server() -> &'static TlsServer {
     static SERVER: OnceLock<Result<TlsServer, String>> = OnceLock::new();
     let server = SERVER.get_or_init(|| {
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("redis-tls-{}", std::process::id()));
+        let dir = tls_dir();
         make_certificates(&dir)?;
         let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
         let port = free_port();
