@@ -105,6 +105,7 @@ impl Backend for MemBackend {
     fn unlock_fast(&self, key: &Key, hold: FastHold) -> bool {
         self.with_slot(key, |slot| slot.fast.try_release(hold))
     }
+
     fn watch(&self, key: &Key, ticket: Option<u64>) -> Result<Box<dyn Watch>> {
         let slot = self.slot(key);
         let listener = match ticket {
