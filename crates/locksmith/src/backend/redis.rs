@@ -109,6 +109,19 @@ fn script() -> &'static redis::Script {
     SCRIPT.get_or_init(|| redis::Script::new(&format!("{SOURCE}\nreturn step(KEYS, ARGV)\n")))
 }
 
+/// The EVALSHA form of a step, as [`fcall_cmd`] is its FCALL form.
+fn script_call(keys: &[String; 4], args: &[String]) -> redis::ScriptInvocation<'static> {
+    let mut call = script().prepare_invoke();
+    for k in keys {
+        call.key(k);
+    }
+    call.arg(WAITER_TTL);
+    for a in args {
+        call.arg(a);
+    }
+    call
+}
+
 fn load_library_cmd() -> redis::Cmd {
     let mut cmd = redis::cmd("FUNCTION");
     cmd.arg("LOAD").arg("REPLACE").arg(library());
@@ -558,14 +571,7 @@ impl Inner {
             })?;
             return into_array(value);
         }
-        let mut call = script().prepare_invoke();
-        for k in keys {
-            call.key(k);
-        }
-        call.arg(WAITER_TTL);
-        for a in args {
-            call.arg(a);
-        }
+        let call = script_call(keys, args);
         let value: Value = self.with_conn(|c| call.invoke(c))?;
         into_array(value)
     }
@@ -604,14 +610,7 @@ impl Inner {
             .map_err(|e| backend_err(format!("{}: {e}", self.url)))?;
             return into_array(value);
         }
-        let mut call = script().prepare_invoke();
-        for k in keys {
-            call.key(k);
-        }
-        call.arg(WAITER_TTL);
-        for a in args {
-            call.arg(a);
-        }
+        let call = script_call(keys, args);
         let value: Value = call
             .invoke_async(&mut conn)
             .await
