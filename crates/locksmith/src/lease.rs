@@ -13,14 +13,32 @@ use crate::backend::model::Millis;
 use crate::backend::{Backend, Key, Op};
 use crate::Error;
 
+/// What a holder asked to run when its lease is lost.
+type LostCallback = Box<dyn FnOnce() + Send + 'static>;
+
 /// The lease of one live hold.
-#[derive(Debug)]
 pub(crate) struct Lease {
     pub key: Arc<Key>,
     pub token: u64,
     pub length: Duration,
     lost: AtomicBool,
     lost_event: Event,
+    /// Run once, on the keeper's thread, when the lease is found lost.
+    on_lost: Mutex<Vec<LostCallback>>,
+    /// Until when the store surely still counts the hold: the moment the last
+    /// successful renewal (or the registration) was sent, plus the lease's length.
+    valid_until: Mutex<Instant>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .field("length", &self.length)
+            .field("lost", &self.is_lost())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Lease {
@@ -29,8 +47,29 @@ impl Lease {
     }
 
     fn mark_lost(&self) {
-        self.lost.store(true, Ordering::Release);
+        if self.lost.swap(true, Ordering::AcqRel) {
+            return;
+        }
         self.lost_event.notify(usize::MAX);
+        // The flag is set before the list is taken: a callback added later sees it
+        // and runs at once instead (see `on_lost`).
+        let callbacks =
+            std::mem::take(&mut *self.on_lost.lock().unwrap_or_else(|e| e.into_inner()));
+        for callback in callbacks {
+            callback();
+        }
+    }
+
+    /// Runs `callback` once when the lease is lost: at once (on this thread) if it
+    /// already is, else on the keeper's thread the moment the keeper finds out.
+    pub(crate) fn on_lost(&self, callback: LostCallback) {
+        let mut callbacks = self.on_lost.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_lost() {
+            drop(callbacks);
+            callback();
+        } else {
+            callbacks.push(callback);
+        }
     }
 
     /// Resolves once the lease is lost.
@@ -109,6 +148,8 @@ impl Keeper {
             length,
             lost: AtomicBool::new(false),
             lost_event: Event::new(),
+            on_lost: Mutex::new(Vec::new()),
+            valid_until: Mutex::new(Instant::now() + length),
         });
         let mut state = lock(&self.shared);
         let id = state.next_id;
@@ -186,16 +227,33 @@ fn renew_loop(shared: &Shared, backend: &dyn Backend) {
                     token: lease.token,
                     lease: length,
                 };
+                let sent = Instant::now();
                 let again = match backend.step(&lease.key, op) {
-                    Ok(_) => Some(lease.length / 3),
+                    Ok(_) => {
+                        *lease.valid_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                            sent + lease.length;
+                        Some(lease.length / 3)
+                    }
                     Err(Error::NotHeld { .. }) => {
                         lease.mark_lost();
                         None
                     }
                     Err(e) => {
-                        // The store may come back before the lease ends: try again soon.
-                        tracing::warn!(name = lease.key.name(), error = %e, "lease renewal failed");
-                        Some(lease.length / 10)
+                        let valid_until =
+                            *lease.valid_until.lock().unwrap_or_else(|e| e.into_inner());
+                        let now = Instant::now();
+                        if now >= valid_until {
+                            // No renewal got through within a lease's length: the store
+                            // may have let the hold go and granted it to another.
+                            tracing::warn!(name = lease.key.name(), error = %e, "lease renewal failed until the lease ran out: the hold is presumed lost");
+                            lease.mark_lost();
+                            None
+                        } else {
+                            // The store may come back before the lease ends: try again
+                            // soon, and at the latest when it ends.
+                            tracing::warn!(name = lease.key.name(), error = %e, "lease renewal failed");
+                            Some((lease.length / 10).min(valid_until - now))
+                        }
                     }
                 };
                 state = lock(shared);

@@ -107,7 +107,7 @@ impl Guard {
     /// Asks the store whether this hold still stands: `false` once its lease lapsed or
     /// an operator broke it.
     pub fn is_held(&self) -> Result<bool> {
-        if !self.held || self.lease.as_ref().is_some_and(|l| l.is_lost()) {
+        if !self.held || self.is_lease_lost() {
             return Ok(false);
         }
         match self.handle.step(Op::Check {
@@ -118,9 +118,27 @@ impl Guard {
         }
     }
 
-    /// Resolves when the lease renewal finds the hold gone (it lapsed, the store lost
-    /// it, or an operator broke it). Never resolves for a hold without a kept-alive
-    /// lease.
+    /// Resolves when the lease keeper finds the hold gone: a renewal was refused (the
+    /// lease lapsed, e.g. while this process was paused, or an operator broke or
+    /// evicted the hold), or no renewal got through for a whole lease (the store
+    /// is unreachable, so another holder may already have it). Never resolves for a
+    /// hold without a kept-alive lease.
+    ///
+    /// It resolves the moment the keeper learns of the loss, which is at its next
+    /// renewal (every third of the lease) or at once after a pause: another holder
+    /// may have been granted the hold up to that long before. Stop writing when it
+    /// resolves, and let the resource check the fencing token ([`Guard::token`]) for
+    /// a guarantee.
+    ///
+    /// ```
+    /// # async fn work() {}
+    /// # async fn f(guard: locksmith::Guard) {
+    /// tokio::select! {
+    ///     _ = work() => {}
+    ///     _ = guard.lease_lost() => eprintln!("hold lost: stopped writing"),
+    /// }
+    /// # }
+    /// ```
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future changes nothing.
@@ -128,6 +146,42 @@ impl Guard {
         match &self.lease {
             Some(lease) => lease.lost().await,
             None => std::future::pending().await,
+        }
+    }
+
+    /// Whether the lease keeper found this hold lost (as [`Guard::lease_lost`]
+    /// resolves), without asking the store.
+    pub fn is_lease_lost(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.is_lost())
+    }
+
+    /// Calls `callback` once when the lease keeper finds this hold lost (as
+    /// [`Guard::lease_lost`] resolves): for threads that cannot await. It runs on the
+    /// keeper's thread, which renews every lease of the space, so it should only
+    /// signal, e.g. send on a channel, set a flag or kill a child process, and never
+    /// block. If the hold is already known lost, it runs at once on this thread.
+    /// It never runs for a hold without a kept-alive lease, nor after the guard is
+    /// released or dropped.
+    ///
+    /// ```
+    /// # fn main() -> locksmith::Result<()> {
+    /// let space = locksmith::Space::open("mem:")?;
+    /// let lock = space.lock("deploy").lease(std::time::Duration::from_secs(10));
+    /// let guard = lock.acquire()?;
+    /// let (lost, when_lost) = std::sync::mpsc::channel();
+    /// guard.on_lease_lost(move || {
+    ///     let _ = lost.send(());
+    /// });
+    /// // ... between steps of the work:
+    /// if when_lost.try_recv().is_ok() {
+    ///     return Ok(()); // stop writing: another holder may be in
+    /// }
+    /// guard.release()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_lease_lost(&self, callback: impl FnOnce() + Send + 'static) {
+        if let Some(lease) = &self.lease {
+            lease.on_lost(Box::new(callback));
         }
     }
 
