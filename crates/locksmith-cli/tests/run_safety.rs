@@ -335,15 +335,15 @@ fn run_waiter_ended_by_a_signal_leaves_the_queue() {
                 });
             } else {
                 assert_eq!(
-                    status.code(),
-                    Some(128 + sig),
-                    "{}: a waiter ended by signal {sig}",
-                    store.url
-                );
-                assert_eq!(
                     waiting(&store.url),
                     0,
                     "{}: the waiter ended by signal {sig} is still queued after it exited",
+                    store.url
+                );
+                assert_eq!(
+                    status.code(),
+                    Some(128 + sig),
+                    "{}: a waiter ended by signal {sig} exits 128+{sig}",
                     store.url
                 );
             }
