@@ -12,8 +12,9 @@
 //!
 //! When the launcher dies of anything (even SIGKILL), the holder sees the end of a
 //! pipe whose only writer was the launcher, SIGKILLs the whole tree, waits until it
-//! is gone, and only then lets the hold go: the hold outlives the tree, so the next
-//! holder can never overlap it. A waiter gives up its place in the queue the same
+//! is gone, and only then exits, without releasing, so that the next holder is told
+//! its previous owner died: the hold outlives the tree, so the next holder can never
+//! overlap it. A waiter gives up its place in the queue the same
 //! way, or when it gets SIGINT, SIGTERM, SIGHUP or SIGQUIT.
 
 use std::ffi::OsString;
@@ -127,6 +128,12 @@ pub fn run(store: Option<&str>, a: RunArgs) -> Outcome {
         let _ = tx.send(Event::Lost);
     });
     let ended = supervise(program, rest, &guard, &mut events, a.on_lost, &what);
+    if matches!(&ended, Ok(e) if e.abandoned) {
+        // The command was killed half-way: leave the hold to end with this process,
+        // so that the next holder is told its previous owner died.
+        let _ = guard.detach();
+        return Ok(ExitCode::from(Stop::Launcher.exit_code()));
+    }
     let released = guard.release();
     let ended = ended?;
     if ended.lost_acted {
@@ -379,6 +386,8 @@ struct Ended {
     status: ExitStatus,
     /// The hold was lost and `--on-lost` signalled the tree.
     lost_acted: bool,
+    /// The launcher died, and the tree was killed for it.
+    abandoned: bool,
 }
 
 /// Starts the command with the hold's token in its environment, forwards signals to
@@ -429,6 +438,7 @@ fn supervise(
     let rx = &mut events.rx;
     let mut status = None;
     let mut lost_acted = false;
+    let mut abandoned = false;
     // Set once the whole tree must go: SIGKILL it until the holder has no child left.
     let mut killing = false;
     events.rt.block_on(async {
@@ -452,6 +462,7 @@ fn supervise(
                     unsafe { libc::kill(pid, sig) };
                 }
                 Some(Event::LauncherGone) => {
+                    abandoned = true;
                     killing = true;
                     signal_tree(libc::SIGKILL);
                 }
@@ -486,6 +497,7 @@ fn supervise(
     Ok(Ended {
         status: status.unwrap_or_else(|| ExitStatus::from_raw(libc::SIGKILL)),
         lost_acted,
+        abandoned,
     })
 }
 

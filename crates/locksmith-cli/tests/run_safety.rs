@@ -157,6 +157,7 @@ fn spawn_run(store: &str, args: &[&str], script: &str) -> Child {
 fn successor(store: &str, name: &str, pid_file: &Path, log: &Path) {
     let script = format!(
         "if kill -0 \"$(cat {pids})\" 2>/dev/null; then echo overlap >> {log}; fi; \
+         echo died=$LOCKSMITH_PREVIOUS_OWNER_DIED >> {log}; \
          echo second >> {log}; sleep 1; echo second-end >> {log}",
         pids = pid_file.display(),
         log = log.display()
@@ -208,6 +209,11 @@ fn run_killed_tree_never_outlives_hold() {
             "{}: the killed run's tree wrote {} line(s) inside the next holder's section",
             store.url,
             late.len()
+        );
+        assert!(
+            log_text.contains("died=1"),
+            "{}: the next holder is told the previous one died (its command was killed)",
+            store.url
         );
         let orphan: i32 = read(&pid_file).trim().parse().expect("the subshell's pid");
         assert!(!pid_alive(orphan), "{}: the orphan survived", store.url);
