@@ -23,6 +23,7 @@
 mod backend;
 mod error;
 mod lease;
+mod os;
 mod owner;
 mod primitives;
 mod space;
@@ -32,7 +33,7 @@ pub use primitives::handle::MAX_NAME_LEN;
 pub use primitives::{
     Averager, Barrier, BoundedSemaphore, Condition, Event, Guard, Lock, RLock, RwLock, Semaphore,
 };
-pub use space::{Holder, Space};
+pub use space::{Holder, Liveness, Space};
 
 #[cfg(all(target_os = "linux", feature = "shm"))]
 pub mod shm;

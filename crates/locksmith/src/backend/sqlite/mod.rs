@@ -632,23 +632,21 @@ fn queued_tickets(record: &Record) -> Vec<u64> {
 /// Liveness checks for one step: owners in this process are alive without a look at
 /// `/proc`, and each other process is looked up once per step.
 fn liveness() -> impl Fn(&Owner) -> bool {
-    let memo: RefCell<Vec<(u32, u64, bool)>> = RefCell::new(Vec::new());
+    type Process = (u64, u64, u64, u32, u64);
+    let memo: RefCell<Vec<(Process, bool)>> = RefCell::new(Vec::new());
     move |o: &Owner| {
+        let process = (o.boot, o.machine, o.pidns, o.pid, o.start);
         if o.pid == std::process::id() {
             let me = Owner::current_thread();
-            if o.start == me.start && o.boot == me.boot && o.host == me.host {
+            if process == (me.boot, me.machine, me.pidns, me.pid, me.start) {
                 return false;
             }
         }
-        if let Some(&(_, _, dead)) = memo
-            .borrow()
-            .iter()
-            .find(|(pid, start, _)| *pid == o.pid && *start == o.start)
-        {
+        if let Some(&(_, dead)) = memo.borrow().iter().find(|(p, _)| *p == process) {
             return dead;
         }
         let dead = o.is_dead();
-        memo.borrow_mut().push((o.pid, o.start, dead));
+        memo.borrow_mut().push((process, dead));
         dead
     }
 }
