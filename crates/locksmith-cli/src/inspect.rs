@@ -38,8 +38,16 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// RFC 3339 for any instant: humantime formats years 1970 to 9999 only (and panics
+/// past them); a later instant, which a store may hold (a lease a program took with
+/// `Duration::MAX`), is printed as the bound it lies beyond.
 fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    // 9999-12-31T23:59:59.999Z.
+    let last = UNIX_EPOCH + std::time::Duration::from_millis(253_402_300_799_999);
+    if t > last {
+        return "after 9999-12-31T23:59:59.999Z".to_owned();
+    }
+    humantime::format_rfc3339_millis(t.max(UNIX_EPOCH)).to_string()
 }
 
 fn millis(t: SystemTime) -> u64 {
@@ -183,6 +191,13 @@ pub fn evict(space: &Space, a: EvictArgs) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_instant_prints() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let far = UNIX_EPOCH + std::time::Duration::from_millis(u64::MAX);
+        assert_eq!(rfc3339(far), "after 9999-12-31T23:59:59.999Z");
+    }
 
     #[test]
     fn globs() {
