@@ -59,13 +59,20 @@ fn millis(t: SystemTime) -> u64 {
 /// `locksmith status [PATTERN] [--json]`.
 pub fn status(space: &Space, a: StatusArgs) -> Outcome {
     let mut rows = Vec::new();
+    let mut damaged = Vec::new();
     for name in space.names()? {
         if a.pattern.as_deref().is_some_and(|p| !glob_match(p, &name)) {
             continue;
         }
-        let holders = space.holders(&name)?;
-        let waiting = space.waiting(&name)?;
-        rows.push((name, holders, waiting));
+        // A damaged record is listed as such; it never hides the others.
+        match space
+            .holders(&name)
+            .and_then(|h| Ok((h, space.waiting(&name)?)))
+        {
+            Ok((holders, waiting)) => rows.push((name, holders, waiting)),
+            Err(locksmith::Error::Damaged { reason, .. }) => damaged.push((name, reason)),
+            Err(e) => return Err(e.into()),
+        }
     }
     if a.json {
         let primitives: Vec<_> = rows
@@ -91,13 +98,16 @@ pub fn status(space: &Space, a: StatusArgs) -> Outcome {
                     .collect();
                 json!({ "name": name, "holders": holders, "waiting": waiting })
             })
+            .chain(damaged.iter().map(|(name, reason)| {
+                json!({ "name": name, "holders": [], "waiting": 0, "damaged": reason })
+            }))
             .collect();
         let doc = json!({ "store": space.url(), "primitives": primitives });
         println!("{doc:#}");
         return Ok(ExitCode::SUCCESS);
     }
     println!("store {}", space.url());
-    if rows.is_empty() {
+    if rows.is_empty() && damaged.is_empty() {
         println!(
             "(no primitives{})",
             if a.pattern.is_some() { " match" } else { "" }
@@ -106,7 +116,9 @@ pub fn status(space: &Space, a: StatusArgs) -> Outcome {
     }
     let width = rows
         .iter()
-        .map(|(n, _, _)| n.chars().count())
+        .map(|(n, _, _)| n)
+        .chain(damaged.iter().map(|(n, _)| n))
+        .map(|n| n.chars().count())
         .max()
         .unwrap_or(4)
         .max(4);
@@ -135,12 +147,33 @@ pub fn status(space: &Space, a: StatusArgs) -> Outcome {
             );
         }
     }
+    for (name, reason) in &damaged {
+        println!("{name:width$}  damaged: {reason} (`locksmith break {name} --force` resets it)");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `locksmith break NAME [--force]`.
 pub fn break_(space: &Space, a: BreakArgs) -> Outcome {
-    let holders = space.holders(&a.name)?;
+    let holders = match space.holders(&a.name) {
+        Ok(holders) => holders,
+        Err(locksmith::Error::Damaged { reason, .. }) => {
+            if !a.force {
+                return Err(Failure::new(
+                    error::REFUSED,
+                    format!(
+                        "the record of '{}' is damaged ({reason}): --force resets it, \
+                         keeping its fencing counter",
+                        a.name
+                    ),
+                ));
+            }
+            space.force_release(&a.name)?;
+            println!("reset the damaged record of '{}'", a.name);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if holders.is_empty() {
         println!("'{}' is not held: nothing to break", a.name);
         return Ok(ExitCode::SUCCESS);

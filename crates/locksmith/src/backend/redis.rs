@@ -1106,6 +1106,7 @@ fn decode(values: Vec<Value>, name: &str) -> Result<(Reply, Vec<String>)> {
                 "deadlock" => Error::WouldDeadlock { name },
                 "toomany" => Error::TooManyReleases { name },
                 "broken" => Error::BrokenBarrier { name },
+                "overflow" => Error::Overflow { name },
                 "mismatch" => Error::Mismatch {
                     name,
                     wanted: text(v(2).unwrap_or(&Value::Nil)).unwrap_or_default(),

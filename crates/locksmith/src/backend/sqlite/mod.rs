@@ -662,6 +662,7 @@ impl SqliteBackend {
             is_dead: Some(&is_dead),
             waiter_ttl: Some(self.waiter_ttl),
         };
+        let force = matches!(op, Op::ForceRelease);
         let (reply, wake, all_tickets, wrote) = shard.transact(|conn| {
             let err = |e| store_error(&shard.path, e);
             let mut select = conn.prepare_cached(SELECT).map_err(err)?;
@@ -676,19 +677,30 @@ impl SqliteBackend {
                 .optional()
                 .map_err(err)?;
             let (old_token, old_tag, old_state) = row.unwrap_or((0, None, None));
-            let state = match &old_state {
-                Some(bytes) => Some(
-                    serde_json::from_slice::<State>(bytes)
-                        .map_err(|e| corrupt(&shard.path, name, e))?,
-                ),
-                None => None,
+            let (state, damaged) = match old_state.as_deref().map(serde_json::from_slice::<State>) {
+                None => (None, false),
+                Some(Ok(state)) => (Some(state), false),
+                // A record that does not decode is this name's problem only; a forced
+                // release resets it (its fencing counter is a column of its own).
+                Some(Err(_)) if force => (None, true),
+                Some(Err(e)) => {
+                    return Err(Error::Damaged {
+                        name: name.into(),
+                        reason: e.to_string(),
+                    })
+                }
             };
             let mut record = Record {
                 next_token: old_token as u64,
-                tag: old_tag.clone(),
+                tag: if damaged { None } else { old_tag.clone() },
                 state,
             };
-            let (reply, wake) = model::apply(&mut record, name, op, &ctx)?;
+            let (reply, mut wake) = model::apply(&mut record, name, op, &ctx)?;
+            if damaged {
+                tracing::warn!(name, "reset a damaged record");
+                // Whoever waited on the damaged record looks again.
+                wake.all = true;
+            }
             let new_state = match &record.state {
                 Some(s) => Some(serde_json::to_vec(s).map_err(|e| corrupt(&shard.path, name, e))?),
                 None => None,
