@@ -7,15 +7,12 @@
 //! Every holder leaves a *stamp* in shared memory: its thread id (for a [`Mutex`] owner)
 //! or process id (for semaphore permits and barrier participants) together with the
 //! start time of that thread or process, field 22 of `/proc/ID/stat` (clock ticks since
-//! boot). A waiter that has seen the same holder for a whole check interval reads
-//! `/proc/ID/stat` of the holder:
-//!
-//! - no such entry and `kill(id, 0)` answers `ESRCH`, or the entry is a zombie (`Z`)
-//!   or dead (`X`): the holder is dead (an unreadable entry that `kill` still finds, as
-//!   under `hidepid`, counts as alive);
-//! - an entry whose start time differs from the stamp: the id was reused by a new thread
-//!   or process, so the holder is dead;
-//! - otherwise the holder is alive.
+//! boot). A waiter that has seen the same holder for a whole check interval asks
+//! [`crate::os::liveness`], the verdict every store uses: the holder is dead only when
+//! its entry is gone and `kill(id, 0)` answers `ESRCH`, or its start time differs from
+//! the stamp (the id was reused), or it is a zombie (a zombie group leader whose other
+//! threads still run is a live process). Anything else, an entry `hidepid` hides
+//! included, counts as alive.
 //!
 //! Alternatives considered:
 //!
@@ -29,8 +26,9 @@
 //! - *A per-process liveness `flock`*: needs a file per process and a file descriptor
 //!   for every check.
 //!
-//! All processes sharing a primitive must be in the same pid namespace (ids are
-//! compared as numbers), which is the case for processes of one container or host.
+//! All processes sharing a placed primitive must be in the same pid namespace (ids
+//! are compared as numbers, and a stamp has no room for the namespace), which is the
+//! case for processes of one container or host.
 //!
 //! The pid+start-time check costs one small `/proc` read, made only on the slow path (a
 //! waiter that has waited a full check interval on an unchanged holder), never when

@@ -32,6 +32,10 @@ pub fn tests() -> Vec<Test> {
             "process::zombie_leader_with_live_threads_is_not_reaped",
             zombie_leader_with_live_threads_is_not_reaped,
         ),
+        (
+            "process::holder_hidden_by_hidepid_is_not_reaped",
+            holder_hidden_by_hidepid_is_not_reaped,
+        ),
     ]
 }
 
@@ -222,6 +226,37 @@ pub fn child_main(role: &str) -> i32 {
             // Hold until killed.
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
+            0
+        }
+        ["hold-hidden", _, name] => {
+            // Not dumpable: a process without CAP_SYS_PTRACE may not look at this one,
+            // so a `/proc` mounted with hidepid hides it even from its own user.
+            // SAFETY: PR_SET_DUMPABLE takes a flag and changes only this process.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+            let guard = space
+                .lock(name)
+                .lease(Duration::from_secs(600))
+                .acquire()
+                .unwrap();
+            println!("held {}", guard.token());
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            0
+        }
+        ["judge", _, name, pid] => {
+            // Run where the holder's /proc entry is hidden: say what the holder looks
+            // like and whether the lock can be had.
+            let visible = std::path::Path::new(&format!("/proc/{pid}")).exists();
+            let process = match space.holders(name).unwrap().first() {
+                Some(h) => h.process.as_str(),
+                None => "none",
+            };
+            let got = space
+                .lock(name)
+                .acquire_timeout(Duration::from_secs(2))
+                .unwrap()
+                .is_some();
+            println!("visible={visible} process={process} got={got}");
             0
         }
         ["hold-then-leader-exits", _, name] => {
@@ -479,4 +514,35 @@ fn zombie_leader_with_live_threads_is_not_reaped(store: &Store) {
         .expect("the dead holder's lock is recovered");
     assert!(guard.previous_owner_died());
     assert!(guard.token() > token);
+}
+
+/// Item 12.3: a live holder whose `/proc` entry this process cannot read (`hidepid`) is
+/// not provably dead: `status` says `unknown` and no acquirer reaps it.
+fn holder_hidden_by_hidepid_is_not_reaped(store: &Store) {
+    let url = (store.fresh_url)();
+    let mut kids = Kids::spawn(1, &["hold-hidden", &url, "deploy"], Stdio::piped);
+    held_token(&mut kids.0[0]);
+    let pid = kids.0[0].id().to_string();
+    // The judge: in a mount namespace of its own, with a /proc that hides other
+    // processes (`hidepid=invisible`, a per-mount option since Linux 5.8; its `gid`,
+    // whose members see everything, a group nobody here is in rather than root's), and
+    // without CAP_SYS_PTRACE, which would see through it.
+    let judge = spawn_under(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t proc -o hidepid=invisible,gid=4242 proc /proc && \
+             exec setpriv --inh-caps -sys_ptrace --bounding-set -sys_ptrace \"$0\"",
+        ],
+        &["judge", &url, "deploy", &pid],
+        Stdio::piped(),
+    );
+    let out = wait_ok(judge, "judge under hidepid");
+    assert_eq!(out.trim(), "visible=false process=unknown got=false");
+    let_go(&mut kids.0[0]);
+    kids.wait_all("hidden holder");
 }
