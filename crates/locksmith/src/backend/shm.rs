@@ -361,15 +361,29 @@ impl ShmBackend {
             h.magic.store(MAGIC, Ordering::Release);
             Ok(())
         };
-        let region = match Region::create_with(
-            &opts.name,
-            size as usize,
-            &RegionOptions::new().mode(opts.mode),
-            init,
-        ) {
+        // The header, bells and slot table are reserved (allocated in /dev/shm) at
+        // creation, since lookups read any slot; the arena is reserved as blocks are
+        // first handed out (`alloc_locked`). So a full /dev/shm is an error, never a
+        // SIGBUS on a page touched for the first time.
+        let options = RegionOptions::new().mode(opts.mode).reserve(table as usize);
+        let region = match Region::create_with(&opts.name, size as usize, &options, init) {
             Ok(r) => r,
-            // Most often: it exists (maybe created by a racing process just now).
-            Err(created) => Region::open(&opts.name).map_err(|_| created)?,
+            // Most often: it exists (maybe created by a racing process just now). If
+            // it cannot be opened either, say why not (permission denied, ...), unless
+            // it is gone, when creating it failed for a reason of its own.
+            Err(created) => match Region::open(&opts.name) {
+                Ok(r) => r,
+                Err(_) if !std::path::Path::new("/dev/shm").join(&opts.name).exists() => {
+                    return Err(created)
+                }
+                Err(Error::InvalidArgument(_)) => {
+                    return Err(Error::invalid(format!(
+                        "/dev/shm/{} is not a locksmith shm: store (an empty file); choose another name",
+                        opts.name
+                    )))
+                }
+                Err(opened) => return Err(opened),
+            },
         };
         let shared = Shared::attach(region, &opts)?;
         Ok(ShmBackend {
@@ -613,6 +627,11 @@ impl Shared {
                 self.url_name
             )));
         }
+        // Pages the arena never used before: allocate them in /dev/shm now, so that a
+        // full /dev/shm fails this step (nothing changed yet) instead of a SIGBUS.
+        self.region
+            .reserve(bump as usize, size as usize)
+            .map_err(|e| Error::backend(format!("the shm: store is out of memory: {e}")))?;
         h.bump.store(end, Ordering::Release);
         Ok(bump)
     }
