@@ -123,6 +123,27 @@ fn millis(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// `text` with backslashes, control characters and bidirectional-text overrides
+/// escaped (`\\`, `\n`, `\t`, `\r`, `\u{…}`), on one line whatever it holds.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// `locksmith status [PATTERN] [--json]`.
 pub fn status(space: &Space, a: StatusArgs) -> Outcome {
     let mut rows = Vec::new();
@@ -171,6 +192,12 @@ pub fn status(space: &Space, a: StatusArgs) -> Outcome {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    // Names are anyone's bytes: shown escaped, so that a newline or a terminal control
+    // sequence in one cannot break the table or forge a row.
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|(n, h, w)| (escape(&n), h, w))
+        .collect();
     let width = rows
         .iter()
         .map(|(n, _, _)| n.chars().count())
@@ -195,7 +222,7 @@ pub fn status(space: &Space, a: StatusArgs) -> Outcome {
             println!(
                 "  token {} host {} pid {} ({}) since {} {lease}{extra}",
                 h.token,
-                h.host,
+                escape(&h.host),
                 h.pid,
                 liveness(h).as_str(),
                 rfc3339(h.since),
@@ -257,6 +284,13 @@ pub fn evict(space: &Space, a: EvictArgs) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_names_stay_on_one_line() {
+        assert_eq!(escape("deploy"), "deploy");
+        assert_eq!(escape("a\nb\tc\\d"), "a\\nb\\tc\\\\d");
+        assert_eq!(escape("x\u{1b}[31my\u{202e}"), "x\\u{1b}[31my\\u{202e}");
+    }
 
     #[test]
     fn globs() {

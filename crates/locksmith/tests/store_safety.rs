@@ -42,7 +42,10 @@ fn item12_a_missing_directory_is_an_error_and_is_not_created() {
         Err(e @ Error::Backend(_)) => {
             let msg = e.to_string();
             assert!(msg.contains("does not exist"), "{msg}");
-            assert!(msg.contains(&dir.join("missing").display().to_string()), "{msg}");
+            assert!(
+                msg.contains(&dir.join("missing").display().to_string()),
+                "{msg}"
+            );
         }
         other => panic!("a store in a missing directory: {other:?}"),
     }
@@ -121,7 +124,10 @@ fn item12_the_bell_of_a_store_is_created_only_once_it_passed_its_checks() {
     let dir = fresh_dir("bell-after");
     let path = dir.join("s.sqlite");
     drop(Space::open(&url_of(&path)).unwrap());
-    assert!(dir.join("s.sqlite-bell").exists(), "an accepted store rings a bell");
+    assert!(
+        dir.join("s.sqlite-bell").exists(),
+        "an accepted store rings a bell"
+    );
 }
 
 #[test]

@@ -62,7 +62,10 @@ enum Created {
 enum Map {
     /// The file is kept open to reserve its pages ([`Region::reserve`]).
     File(memmap2::MmapRaw, File),
-    Anon { ptr: NonNull<u8>, len: usize },
+    Anon {
+        ptr: NonNull<u8>,
+        len: usize,
+    },
 }
 
 /// A mapping of shared memory that primitives are placed in.

@@ -348,17 +348,19 @@ impl Shard {
             .truncate(false)
             .mode(0o600)
             .open(path)
-            .map_err(|e| match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                Some(dir) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
-                    Error::backend(format!(
-                        "cannot open the database '{}': the directory '{}' does not exist \
+            .map_err(
+                |e| match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    Some(dir) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
+                        Error::backend(format!(
+                            "cannot open the database '{}': the directory '{}' does not exist \
                          (create it first; only the default store makes its directory)",
-                        path.display(),
-                        dir.display()
-                    ))
-                }
-                _ => io_error(path, "open the database", e),
-            })?;
+                            path.display(),
+                            dir.display()
+                        ))
+                    }
+                    _ => io_error(path, "open the database", e),
+                },
+            )?;
         let canonical = path
             .canonicalize()
             .map_err(|e| io_error(path, "resolve the database path", e))?;
