@@ -154,3 +154,87 @@ fn item12_a_symlinked_store_has_its_bell_beside_the_target_as_sqlite_its_wal() {
     drop(g);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A `/dev/shm` region, removed on drop.
+struct Region(String);
+
+impl Region {
+    fn new(tag: &str) -> Region {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "locksmith-test-safety-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
+        Region(name)
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/dev/shm/{}", self.0));
+    }
+}
+
+#[test]
+fn item14_shm_reclaims_idle_names_and_tokens_never_go_back() {
+    let region = Region::new("reclaim");
+    let url = format!("shm:{}?capacity=16", region.0);
+    let a = Space::open(&url).unwrap();
+    let b = Space::open(&url).unwrap();
+    // `x` is used through one handle, whose cached slot goes stale below.
+    let x = a.lock("x");
+    let mut last = 0;
+    for _ in 0..3 {
+        let t = x.acquire().unwrap().token();
+        assert!(t > last);
+        last = t;
+    }
+    // Ten times as many names as the table holds, each used and left idle (before:
+    // the 17th failed with "the shm: store ... is full").
+    let mut tokens = Vec::new();
+    for i in 0..160 {
+        let g = b.lock(&format!("job-{i}")).acquire().unwrap();
+        tokens.push(g.token());
+    }
+    assert!(b.names().unwrap().len() <= 16);
+    assert!(
+        !b.names().unwrap().contains(&"x".to_owned()),
+        "the idle `x` was reclaimed"
+    );
+    // Names that live are never reclaimed: hold a few while more come and go.
+    let held: Vec<_> = (0..4)
+        .map(|i| b.lock(&format!("held-{i}")).acquire().unwrap())
+        .collect();
+    for i in 160..320 {
+        drop(b.lock(&format!("job-{i}")).acquire().unwrap());
+    }
+    for (i, g) in held.iter().enumerate() {
+        let holders = b.holders(&format!("held-{i}")).unwrap();
+        assert_eq!(holders.len(), 1, "held-{i} kept its holder");
+        assert_eq!(holders[0].token, g.token());
+    }
+    // `x`, re-created through the stale handle: a larger token than it ever had, and
+    // still one lock with the other space's view of `x`.
+    let g = x.acquire().unwrap();
+    assert!(g.token() > last, "token {} after {last}", g.token());
+    let other = b.clone();
+    let free = std::thread::spawn(move || other.lock("x").try_acquire().unwrap().is_some());
+    assert!(!free.join().unwrap(), "x is held");
+    assert_eq!(b.holders("x").unwrap()[0].token, g.token());
+    drop(g);
+    // A table full of live names refuses a new one, with a typed error.
+    let mut more = Vec::new();
+    for i in 0..16 {
+        match b.lock(&format!("live-{i}")).acquire() {
+            Ok(g) => more.push(g),
+            Err(e) => {
+                assert!(matches!(e, Error::Backend(_)), "{e}");
+                assert!(e.to_string().contains("full"), "{e}");
+                break;
+            }
+        }
+    }
+    assert!(more.len() < 16, "the table filled up");
+}
