@@ -310,6 +310,9 @@ pub fn open(url: Option<&str>, warn: bool) -> Result<Space, Failure> {
         let what = url.unwrap_or("the default store");
         Failure::new(f.code, format!("cannot open store '{what}': {}", f.message))
     })?;
+    for w in space.warnings() {
+        eprintln!("locksmith: warning: {}", one_line(&w));
+    }
     if warn && url.is_none() && space.url().starts_with("mem:") {
         eprintln!(
             "locksmith: warning: the default store is {}, private to this process: other \

@@ -56,6 +56,27 @@ fn millis(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// `text` with backslashes, control characters and bidirectional-text overrides
+/// escaped (`\\`, `\n`, `\t`, `\r`, `\u{…}`), on one line whatever it holds.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// `locksmith status [PATTERN] [--json]`.
 pub fn status(space: &Space, a: StatusArgs) -> Outcome {
     let mut rows = Vec::new();
@@ -114,6 +135,12 @@ pub fn status(space: &Space, a: StatusArgs) -> Outcome {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    // Names are anyone's bytes: shown escaped, so that a newline or a terminal control
+    // sequence in one cannot break the table or forge a row.
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|(n, h, w)| (escape(&n), h, w))
+        .collect();
     let width = rows
         .iter()
         .map(|(n, _, _)| n)
@@ -140,7 +167,7 @@ pub fn status(space: &Space, a: StatusArgs) -> Outcome {
             println!(
                 "  token {} host {} pid {} ({}) since {} {lease}{extra}",
                 h.token,
-                h.host,
+                escape(&h.host),
                 h.pid,
                 h.process.as_str(),
                 rfc3339(h.since),
@@ -230,6 +257,13 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let far = UNIX_EPOCH + std::time::Duration::from_millis(u64::MAX);
         assert_eq!(rfc3339(far), "after 9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn escaped_names_stay_on_one_line() {
+        assert_eq!(escape("deploy"), "deploy");
+        assert_eq!(escape("a\nb\tc\\d"), "a\\nb\\tc\\\\d");
+        assert_eq!(escape("x\u{1b}[31my\u{202e}"), "x\\u{1b}[31my\\u{202e}");
     }
 
     #[test]

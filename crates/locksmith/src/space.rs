@@ -240,6 +240,13 @@ impl Space {
     pub fn default_url() -> Result<String> {
         default_url()
     }
+    /// What the store found wrong when it was opened but worked around, one line each
+    /// (for example a `sqlite:` doorbell owned by another user: waiters then poll, and
+    /// hand-offs take up to the poll interval). Empty when all is well.
+    pub fn warnings(&self) -> Vec<String> {
+        self.inner.backend.warnings()
+    }
+
     /// The URL this space was opened with.
     pub fn url(&self) -> &str {
         &self.inner.url
