@@ -13,6 +13,9 @@ The seed APIs have their own modules: :mod:`locksmith.sync` (runtime.sync's plac
 """
 
 from locksmith._locksmith import (
+    Averager,
+    Event,
+    SyncError,
     BoundedSemaphore,
     BrokenBarrier,
     Condition,
@@ -36,6 +39,9 @@ from locksmith._locksmith import (
 )
 
 __all__ = [
+    "Averager",
+    "Event",
+    "SyncError",
     "BoundedSemaphore",
     "BrokenBarrier",
     "Condition",

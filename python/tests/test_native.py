@@ -213,3 +213,27 @@ def test_condition_wait_times_out_holding_the_lock(store):
         assert cond._count_mine() == 1
     with pytest.raises(locksmith.NotHeld):
         cond.wait(timeout=0)
+
+
+def test_averager(store):
+    avg = locksmith.Averager("latency", store)
+    assert avg.get() is None
+    for v in (0.08, 0.12, 0.16):
+        avg.add(v)
+    assert abs(pickle.loads(pickle.dumps(avg)).get() - 0.12) < 1e-9
+    assert abs(avg.pop() - 0.12) < 1e-9
+    assert avg.get() is None
+
+
+def test_event(store):
+    ev = locksmith.Event("ready", store)
+    assert not ev.is_set()
+    assert ev.wait(timeout=0.01) is False
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(ev.wait(timeout=30)))
+    t.start()
+    ev.set()
+    t.join(30)
+    assert seen == [True]
+    ev.clear()
+    assert not ev.is_set()

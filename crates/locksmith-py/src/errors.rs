@@ -59,7 +59,15 @@ class StoreError(LocksmithError, OSError):
     '''The store failed: I/O, a corrupt file, a server that is down (EIO).'''
     errno = _errno.EIO
 
-for _c in (LocksmithError, LockTimeout, WouldDeadlock, NotHeld, NotOwner,
+class SyncError(LocksmithError):
+    '''runtime.sync's error: `SyncError(message, errno, **context)`; the errno is also
+    in `.context['errno']`.'''
+    def __init__(self, message, errno, **context):
+        super().__init__(message)
+        self.errno = errno
+        self.context = {'errno': errno, **context}
+
+for _c in (LocksmithError, SyncError, LockTimeout, WouldDeadlock, NotHeld, NotOwner,
            TooManyReleases, BrokenBarrier, LeaseLost, Mismatch, InvalidArgument,
            Unsupported, StoreError):
     _c.__module__ = 'locksmith'
@@ -79,6 +87,7 @@ pub(crate) const NAMES: &[&str] = &[
     "InvalidArgument",
     "Unsupported",
     "StoreError",
+    "SyncError",
 ];
 
 static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();

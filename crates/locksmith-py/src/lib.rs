@@ -1,13 +1,16 @@
 //! The extension module `locksmith._locksmith`: the Python bindings of the locksmith
 //! core. The public API is the `locksmith` Python package, which re-exports these.
 
+mod averager;
 mod condition;
 mod errors;
+mod event;
 mod guard;
 mod lock;
 mod permits;
 mod semaphore;
 mod space;
+mod sync;
 mod wait;
 
 use pyo3::prelude::*;
@@ -25,5 +28,8 @@ fn _locksmith(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<semaphore::Semaphore>()?;
     m.add_class::<semaphore::BoundedSemaphore>()?;
     m.add_class::<condition::Condition>()?;
+    m.add_class::<sync::PlacedMutex>()?;
+    m.add_class::<averager::Averager>()?;
+    m.add_class::<event::Event>()?;
     Ok(())
 }
