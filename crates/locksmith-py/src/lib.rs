@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 fn _locksmith(m: &Bound<'_, PyModule>) -> PyResult<()> {
     wait::watch_forks();
     errors::register(m)?;
+    m.add("MAX_NAME_LEN", locksmith::MAX_NAME_LEN)?;
     m.add_class::<space::Space>()?;
     m.add_class::<space::Holder>()?;
     m.add_class::<guard::Guard>()?;
