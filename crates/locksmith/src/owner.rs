@@ -174,6 +174,29 @@ mod tests {
         assert!(!old.is_dead(), "an older build's owner is presumed alive");
     }
 
+    /// A record written by a build before machine ids and namespaces were recorded:
+    /// it still decodes, and its owner is never judged dead (its lease decides), even
+    /// with this host's boot id and a pid that is gone.
+    #[cfg(any(feature = "sqlite", feature = "shm"))]
+    #[test]
+    fn an_older_builds_owner_decodes_and_is_never_dead() {
+        let me = Owner::current_thread();
+        let old = format!(
+            r#"{{"host":"{}","boot":{},"pid":4000000,"start":7,"thread":1}}"#,
+            me.host, me.boot
+        );
+        let owner: Owner = serde_json::from_str(&old).unwrap();
+        assert_eq!((owner.machine, owner.pidns), (0, 0));
+        assert_eq!(owner.verdict(), Verdict::Unknown);
+        let mut new = owner.clone();
+        (new.machine, new.pidns) = (me.machine, me.pidns);
+        assert_eq!(
+            new.verdict(),
+            Verdict::Dead,
+            "the same owner, fully recorded"
+        );
+    }
+
     #[test]
     fn threads_and_tasks_are_distinct_owners() {
         let a = Owner::current_thread();
