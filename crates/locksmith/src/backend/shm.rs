@@ -982,9 +982,7 @@ impl Backend for ShmBackend {
             let m = sh.slot_mutex(i)?;
             let guard = m.lock()?;
             let (mut record, old, old_bytes) = sh.load(s)?;
-            if record.tag.as_deref() == Some(tag) && record.state.is_some() {
-                record.state = None;
-                record.tag = None;
+            if model::evict(&mut record, tag) {
                 sh.store(s, &record, old, &old_bytes)?;
                 drop(guard);
                 sh.notify(s, u32::MAX);

@@ -93,6 +93,11 @@ impl Condition {
         }
     }
 
+    /// Whether anyone holds the condition's lock now.
+    pub fn is_locked(&self) -> Result<bool> {
+        crate::primitives::permit::is_held(&self.handle)
+    }
+
     /// Wakes every sleeper; returns how many were woken.
     pub fn notify_all(&self) -> Result<usize> {
         self.notify(usize::MAX)
