@@ -11,6 +11,7 @@ mod permits;
 mod semaphore;
 mod space;
 mod sync;
+mod threading;
 mod wait;
 
 use pyo3::prelude::*;
@@ -32,5 +33,6 @@ fn _locksmith(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sync::PlacedMutex>()?;
     m.add_class::<averager::Averager>()?;
     m.add_class::<event::Event>()?;
+    threading::register(m)?;
     Ok(())
 }

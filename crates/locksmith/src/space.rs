@@ -71,6 +71,8 @@ pub(crate) struct SpaceInner {
     pub url: String,
     pub backend: Arc<dyn Backend>,
     pub keeper: Keeper,
+    /// Holds detached from their guards here, for the handles' `release()`.
+    pub detached: crate::primitives::detached::Detached,
 }
 
 impl fmt::Debug for Space {
@@ -211,6 +213,7 @@ impl Space {
                 url: url.to_owned(),
                 backend,
                 keeper: Keeper::new(),
+                detached: Default::default(),
             }),
         })
     }

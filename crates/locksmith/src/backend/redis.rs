@@ -887,9 +887,17 @@ fn encode(op: &Op) -> Vec<String> {
             ]
         }
         Op::Release { token } => vec![s("rel"), token.to_string()],
-        Op::ReleaseOwned { kind, owner } => {
+        Op::ReleaseOwned {
+            kind,
+            owner,
+            n: times,
+        } => {
             let [k, n] = kind_args(*kind);
-            vec![s("relown"), k, n, owner_str(owner)]
+            vec![s("relown"), k, n, owner_str(owner), times.to_string()]
+        }
+        Op::Value { kind } => {
+            let [k, n] = kind_args(*kind);
+            vec![s("value"), k, n]
         }
         Op::ForceRelease => vec![s("force")],
         Op::Dequeue { ticket } => vec![s("deq"), ticket.to_string()],

@@ -1228,9 +1228,7 @@ impl Backend for ShmBackend {
                 Err(Error::Damaged { .. }) => continue,
                 loaded => loaded?,
             };
-            if record.tag.as_deref() == Some(tag) && record.state.is_some() {
-                record.state = None;
-                record.tag = None;
+            if model::evict(&mut record, tag) {
                 sh.store(s, &record, old, &old_bytes)?;
                 drop(guard);
                 sh.notify(s, u32::MAX);

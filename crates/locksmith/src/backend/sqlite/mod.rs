@@ -896,6 +896,7 @@ impl Backend for SqliteBackend {
             let woken = shard.transact(|conn| {
                 let err = |e| store_error(&shard.path, e);
                 let mut woken = Vec::new();
+                let mut kept = Vec::new();
                 {
                     let mut stmt = conn
                         .prepare_cached(
@@ -911,15 +912,19 @@ impl Backend for SqliteBackend {
                         let (name, bytes) = row.map_err(err)?;
                         // A record that does not parse is evicted all the same; it
                         // just has no tickets to wake.
-                        let tickets = serde_json::from_slice::<State>(&bytes)
-                            .map(|state| {
-                                queued_tickets(&Record {
-                                    next_token: 0,
-                                    tag: None,
-                                    state: Some(state),
-                                })
-                            })
-                            .unwrap_or_default();
+                        let mut record = Record {
+                            next_token: 0,
+                            tag: Some(tag.to_owned()),
+                            state: serde_json::from_slice::<State>(&bytes).ok(),
+                        };
+                        let tickets = queued_tickets(&record);
+                        model::evict(&mut record, tag);
+                        if let Some(state) = &record.state {
+                            // Holds were cut short: the next holder is told.
+                            let bytes = serde_json::to_vec(state)
+                                .map_err(|e| corrupt(&shard.path, &name, e))?;
+                            kept.push((name.clone(), bytes));
+                        }
                         woken.push((stable_hash(name.as_bytes()), tickets));
                     }
                 }
@@ -928,6 +933,11 @@ impl Backend for SqliteBackend {
                 )
                 .and_then(|mut s| s.execute([tag]))
                 .map_err(err)?;
+                for (name, bytes) in kept {
+                    conn.prepare_cached("UPDATE prim SET state = ?2 WHERE name = ?1")
+                        .and_then(|mut s| s.execute(rusqlite::params![name, bytes]))
+                        .map_err(err)?;
+                }
                 Ok(woken)
             })?;
             evicted += woken.len();
