@@ -26,8 +26,9 @@ pub(crate) struct Lease {
     /// Run once, on the keeper's thread, when the lease is found lost.
     on_lost: Mutex<Vec<LostCallback>>,
     /// Until when the store surely still counts the hold: the moment the last
-    /// successful renewal (or the registration) was sent, plus the lease's length.
-    valid_until: Mutex<Instant>,
+    /// successful renewal (or the registration) was sent, plus the lease's length
+    /// (`None`: later than an `Instant` can say).
+    valid_until: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -149,7 +150,7 @@ impl Keeper {
             lost: AtomicBool::new(false),
             lost_event: Event::new(),
             on_lost: Mutex::new(Vec::new()),
-            valid_until: Mutex::new(Instant::now() + length),
+            valid_until: Mutex::new(Instant::now().checked_add(length)),
         });
         let mut state = lock(&self.shared);
         let id = state.next_id;
@@ -231,7 +232,7 @@ fn renew_loop(shared: &Shared, backend: &dyn Backend) {
                 let again = match backend.step(&lease.key, op) {
                     Ok(_) => {
                         *lease.valid_until.lock().unwrap_or_else(|e| e.into_inner()) =
-                            sent + lease.length;
+                            sent.checked_add(lease.length);
                         Some(lease.length / 3)
                     }
                     Err(Error::NotHeld { .. }) => {
@@ -242,7 +243,7 @@ fn renew_loop(shared: &Shared, backend: &dyn Backend) {
                         let valid_until =
                             *lease.valid_until.lock().unwrap_or_else(|e| e.into_inner());
                         let now = Instant::now();
-                        if now >= valid_until {
+                        if valid_until.is_some_and(|end| now >= end) {
                             // No renewal got through within a lease's length: the store
                             // may have let the hold go and granted it to another.
                             tracing::warn!(name = lease.key.name(), error = %e, "lease renewal failed until the lease ran out: the hold is presumed lost");
@@ -252,7 +253,8 @@ fn renew_loop(shared: &Shared, backend: &dyn Backend) {
                             // The store may come back before the lease ends: try again
                             // soon, and at the latest when it ends.
                             tracing::warn!(name = lease.key.name(), error = %e, "lease renewal failed");
-                            Some((lease.length / 10).min(valid_until - now))
+                            let left = valid_until.map_or(Duration::MAX, |end| end - now);
+                            Some((lease.length / 10).min(left))
                         }
                     }
                 };
