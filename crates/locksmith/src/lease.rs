@@ -275,6 +275,75 @@ mod tests {
     use super::*;
     use crate::backend::mem::MemBackend;
 
+    /// A store that refuses every renewal as if the hold were gone, or that cannot
+    /// be reached at all.
+    #[derive(Debug)]
+    struct Refusing {
+        inner: MemBackend,
+        unreachable: bool,
+    }
+
+    impl Backend for Refusing {
+        fn step(&self, key: &Key, op: Op) -> crate::Result<crate::backend::Reply> {
+            match op {
+                Op::Renew { .. } if self.unreachable => Err(Error::backend("unreachable")),
+                _ => self.inner.step(key, op),
+            }
+        }
+        fn watch(
+            &self,
+            key: &Key,
+            ticket: Option<u64>,
+        ) -> crate::Result<Box<dyn crate::backend::Watch>> {
+            self.inner.watch(key, ticket)
+        }
+        fn names(&self) -> crate::Result<Vec<String>> {
+            self.inner.names()
+        }
+        fn evict_tag(&self, tag: &str) -> crate::Result<usize> {
+            self.inner.evict_tag(tag)
+        }
+    }
+
+    /// Registers a 60 ms lease of a hold `backend` does not have, and waits (with a
+    /// generous hang guard) for its loss callback.
+    fn lost_callback_runs(unreachable: bool) {
+        let keeper = Keeper::new();
+        let backend: Arc<dyn Backend> = Arc::new(Refusing {
+            inner: MemBackend::default(),
+            unreachable,
+        });
+        let lease = keeper.register(
+            &backend,
+            Arc::new(Key::new("gone")),
+            7,
+            Duration::from_millis(60),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        lease.on_lost(Box::new(move || {
+            let _ = tx.send(());
+        }));
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the loss callback ran");
+        assert!(lease.is_lost());
+        // A callback added once the loss is known runs at once.
+        let (tx, rx) = std::sync::mpsc::channel();
+        lease.on_lost(Box::new(move || {
+            let _ = tx.send(());
+        }));
+        rx.try_recv().expect("a late callback runs at once");
+    }
+
+    #[test]
+    fn a_refused_renewal_runs_the_loss_callbacks() {
+        lost_callback_runs(false);
+    }
+
+    #[test]
+    fn a_store_unreachable_for_a_whole_lease_means_the_hold_is_lost() {
+        lost_callback_runs(true);
+    }
+
     #[test]
     fn released_leases_do_not_pile_up() {
         let keeper = Keeper::new();
