@@ -276,6 +276,9 @@ impl Events {
                 ));
             }
         }
+        // Threads started from here on inherit the mask: unblock first, so that any
+        // thread may run the (async-signal-safe) handlers.
+        mask_forwarded(libc::SIG_UNBLOCK);
         let (tx, rx) = mpsc::unbounded_channel();
         let watcher_tx = tx.clone();
         std::thread::Builder::new()
@@ -608,7 +611,7 @@ fn threads() -> Option<u64> {
 fn split() -> Result<OwnedFd, Failure> {
     // fork(2) copies only the calling thread: the child may run any code only if the
     // process has no other thread. Nothing starts one before the store is opened.
-    if threads() != Some(1) {
+    if threads().is_some_and(|n| n != 1) {
         return Err(Failure::new(
             error::STORE,
             "cannot split into launcher and holder: threads already run",
@@ -616,6 +619,9 @@ fn split() -> Result<OwnedFd, Failure> {
     }
     let (launcher_end, holder_end) = pipe()?;
     become_subreaper()?;
+    // Held back until each side has its handlers: a signal that comes between the
+    // fork and then would otherwise kill the holder before it can leave cleanly.
+    mask_forwarded(libc::SIG_BLOCK);
     // SAFETY: this process is single-threaded (checked above), so the child is a
     // complete copy that may run any code.
     match unsafe { libc::fork() } {
@@ -634,6 +640,21 @@ fn split() -> Result<OwnedFd, Failure> {
             drop(launcher_end);
             std::process::exit(i32::from(code));
         }
+    }
+}
+
+/// Blocks (`SIG_BLOCK`) or unblocks (`SIG_UNBLOCK`) the forwarded signals for the
+/// calling thread; a blocked signal waits, pending, until it is unblocked.
+fn mask_forwarded(how: libc::c_int) {
+    // SAFETY: the set is initialised by sigemptyset before use; sigaddset and
+    // pthread_sigmask only read and write the set we pass; a null old-set is allowed.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in FORWARDED {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }
 
@@ -669,6 +690,7 @@ fn launch(holder: i32) -> u8 {
             eprintln!("locksmith: cannot forward signal {sig}: {e}");
         }
     }
+    mask_forwarded(libc::SIG_UNBLOCK);
     let mut status = 0;
     loop {
         // SAFETY: waitpid writes the status into `status`, a valid i32.
