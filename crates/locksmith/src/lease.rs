@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use event_listener::Event;
 
 use crate::backend::model::Millis;
-use crate::backend::{Backend, Key, Op};
+use crate::backend::{Backend, Key, Op, Reply};
 use crate::Error;
 
 /// What a holder asked to run when its lease is lost.
@@ -25,6 +25,13 @@ pub(crate) struct Lease {
     lost_event: Event,
     /// Run once, on the keeper's thread, when the lease is found lost.
     on_lost: Mutex<Vec<LostCallback>>,
+    /// The store, for the watcher that looks for the loss between renewals.
+    backend: Arc<dyn Backend>,
+    /// The watcher was started (it starts when someone first asks to be told).
+    watching: AtomicBool,
+    /// The guard ended the hold (released, detached or re-bound): a refusal from the
+    /// store is then no loss, and nobody is told.
+    retired: AtomicBool,
     /// Until when the store surely still counts the hold: the moment the last
     /// successful renewal (or the registration) was sent, plus the lease's length
     /// (`None`: later than an `Instant` can say).
@@ -47,8 +54,14 @@ impl Lease {
         self.lost.load(Ordering::Acquire)
     }
 
+    /// Marks the hold ended by its guard. Call before the release step is sent, so
+    /// that a check that sees the release finds this flag set.
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
     fn mark_lost(&self) {
-        if self.lost.swap(true, Ordering::AcqRel) {
+        if self.retired.load(Ordering::SeqCst) || self.lost.swap(true, Ordering::AcqRel) {
             return;
         }
         self.lost_event.notify(usize::MAX);
@@ -63,7 +76,8 @@ impl Lease {
 
     /// Runs `callback` once when the lease is lost: at once (on this thread) if it
     /// already is, else on the keeper's thread the moment the keeper finds out.
-    pub(crate) fn on_lost(&self, callback: LostCallback) {
+    pub(crate) fn on_lost(self: &Arc<Self>, callback: LostCallback) {
+        self.watch();
         let mut callbacks = self.on_lost.lock().unwrap_or_else(|e| e.into_inner());
         if self.is_lost() {
             drop(callbacks);
@@ -74,13 +88,66 @@ impl Lease {
     }
 
     /// Resolves once the lease is lost.
-    pub(crate) async fn lost(&self) {
+    pub(crate) async fn lost(self: &Arc<Self>) {
+        self.watch();
         loop {
             let listener = self.lost_event.listen();
             if self.is_lost() {
                 return;
             }
             listener.await;
+        }
+    }
+}
+
+impl Lease {
+    /// Starts, once, a thread that watches the held name and checks the hold on
+    /// every change to it: a break, an eviction or a successor's grant is then
+    /// learned at once instead of at the next renewal. It ends when the loss is
+    /// found or the guard let the lease go (at the latest a third of a lease later).
+    fn watch(self: &Arc<Self>) {
+        if self.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let lease = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("locksmith-lease-watch".into())
+            .spawn(move || watch_loop(&lease));
+        if let Err(e) = spawned {
+            // The keeper still finds the loss at its next renewal.
+            tracing::warn!(error = %e, "cannot start the lease watcher");
+        }
+    }
+}
+
+fn watch_loop(lease: &Weak<Lease>) {
+    loop {
+        let Some(l) = lease.upgrade() else {
+            return;
+        };
+        if l.is_lost() || l.retired.load(Ordering::SeqCst) {
+            return;
+        }
+        // Listen first, then check: a change made after the check wakes the wait.
+        let watch = l.backend.watch(&l.key, None);
+        match l.backend.step(&l.key, Op::Check { token: l.token }) {
+            Ok(Reply::Flag(false)) | Err(Error::NotHeld { .. }) => {
+                l.mark_lost();
+                return;
+            }
+            // Held, or the store failed: the keeper judges failures.
+            _ => {}
+        }
+        let pause = (l.length / 3).max(Duration::from_millis(10));
+        let deadline = Instant::now().checked_add(pause);
+        drop(l);
+        let waited = match watch {
+            Ok(watch) => watch.wait(deadline),
+            Err(e) => Err(e),
+        };
+        if waited.is_err() {
+            // No way to listen now: look again after the pause.
+            std::thread::sleep(pause);
         }
     }
 }
@@ -150,6 +217,9 @@ impl Keeper {
             lost: AtomicBool::new(false),
             lost_event: Event::new(),
             on_lost: Mutex::new(Vec::new()),
+            backend: backend.clone(),
+            watching: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             valid_until: Mutex::new(Instant::now().checked_add(length)),
         });
         let mut state = lock(&self.shared);

@@ -222,6 +222,9 @@ impl Guard {
             return released;
         }
         self.releasing = true;
+        if let Some(lease) = &self.lease {
+            lease.retire();
+        }
         let result = self
             .handle
             .step_async(Op::Release {
@@ -229,7 +232,7 @@ impl Guard {
             })
             .await;
         (self.held, self.releasing) = (false, false);
-        let lost = self.lease.take().is_some_and(|l| l.is_lost());
+        let lost = self.take_lease();
         self.judge_release(result, lost)
     }
 
@@ -259,7 +262,7 @@ impl Guard {
             return released;
         }
         self.held = false;
-        let lost = self.lease.take().is_some_and(|l| l.is_lost());
+        let lost = self.take_lease();
         let result = self.handle.step(Op::Release {
             token: self.grant.token,
         });
@@ -311,8 +314,17 @@ impl Guard {
     /// Ends this guard's hold without a release step (the store already ended it).
     pub(crate) fn forget_hold(&mut self) {
         self.held = false;
-        self.lease = None;
+        self.take_lease();
         self.fast = None;
+    }
+
+    /// Stops keeping the lease (retired first, so that nobody is told of a loss the
+    /// guard caused itself); returns whether it had been lost.
+    fn take_lease(&mut self) -> bool {
+        self.lease.take().is_some_and(|l| {
+            l.retire();
+            l.is_lost()
+        })
     }
 
     /// Takes up a new hold of the same primitive (a condition re-acquiring its lock).
@@ -320,6 +332,7 @@ impl Guard {
         self.grant = grant;
         self.held = true;
         self.fast = None;
+        self.take_lease();
         self.keep_lease();
     }
 }
