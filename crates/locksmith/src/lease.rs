@@ -23,7 +23,8 @@ pub(crate) struct Lease {
     pub length: Duration,
     lost: AtomicBool,
     lost_event: Event,
-    /// Run once, on the keeper's thread, when the lease is found lost.
+    /// Run once, on the keeper's or the watcher's thread, when the lease is found
+    /// lost.
     on_lost: Mutex<Vec<LostCallback>>,
     /// The store, for the watcher that looks for the loss between renewals.
     backend: Arc<dyn Backend>,
@@ -75,7 +76,7 @@ impl Lease {
     }
 
     /// Runs `callback` once when the lease is lost: at once (on this thread) if it
-    /// already is, else on the keeper's thread the moment the keeper finds out.
+    /// already is, else on the thread that finds out (the keeper's or the watcher's).
     pub(crate) fn on_lost(self: &Arc<Self>, callback: LostCallback) {
         self.watch();
         let mut callbacks = self.on_lost.lock().unwrap_or_else(|e| e.into_inner());

@@ -136,9 +136,12 @@ impl Guard {
     /// is unreachable, so another holder may already have it). Never resolves for a
     /// hold without a kept-alive lease.
     ///
-    /// It resolves the moment the keeper learns of the loss, which is at its next
-    /// renewal (every third of the lease) or at once after a pause: another holder
-    /// may have been granted the hold up to that long before. Stop writing when it
+    /// It resolves the moment locksmith learns of the loss: once a holder listens
+    /// (this future, [`Guard::on_lease_lost`]), a watcher thread checks the hold on
+    /// every change to its name, so a break, an eviction or a successor's grant is
+    /// learned within milliseconds; the keeper also finds it at its next renewal
+    /// (every third of the lease) or at once after a pause. Another holder may have
+    /// been granted the hold that long before. Stop writing when it
     /// resolves, and let the resource check the fencing token ([`Guard::token`]) for
     /// a guarantee.
     ///
@@ -168,10 +171,10 @@ impl Guard {
     }
 
     /// Calls `callback` once when the lease keeper finds this hold lost (as
-    /// [`Guard::lease_lost`] resolves): for threads that cannot await. It runs on the
-    /// keeper's thread, which renews every lease of the space, so it should only
-    /// signal, e.g. send on a channel, set a flag or kill a child process, and never
-    /// block. If the hold is already known lost, it runs at once on this thread.
+    /// [`Guard::lease_lost`] resolves): for threads that cannot await. It runs on a
+    /// locksmith thread (the keeper's, which renews every lease of the space, or the
+    /// hold's watcher), so it should only signal, e.g. send on a channel, set a flag
+    /// or kill a child process, and never block. If the hold is already known lost, it runs at once on this thread.
     /// It never runs for a hold without a kept-alive lease, nor after the guard is
     /// released or dropped.
     ///
