@@ -32,7 +32,7 @@ pub use primitives::handle::MAX_NAME_LEN;
 pub use primitives::{
     Averager, Barrier, BoundedSemaphore, Condition, Event, Guard, Lock, RLock, RwLock, Semaphore,
 };
-pub use space::{Holder, Space};
+pub use space::{Holder, Space, Usage};
 
 #[cfg(all(target_os = "linux", feature = "shm"))]
 pub mod shm;

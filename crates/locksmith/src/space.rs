@@ -80,6 +80,19 @@ impl fmt::Debug for Space {
     }
 }
 
+/// How full a store that holds a fixed number of names is (`shm:`), as
+/// [`Space::usage`] answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Names that occupy a slot now (in use, or idle and not yet reclaimed).
+    pub names: u64,
+    /// The most names the store holds at once; idle ones are reclaimed to make room.
+    pub limit: u64,
+    /// Idle names reclaimed so far.
+    pub reclaimed: u64,
+}
+
 /// One hold of a primitive, as [`Space::holders`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -200,6 +213,12 @@ impl Space {
     /// hand-offs take up to the poll interval). Empty when all is well.
     pub fn warnings(&self) -> Vec<String> {
         self.inner.backend.warnings()
+    }
+
+    /// How full the store is, for stores that hold a fixed number of names (`shm:`);
+    /// `None` for the others, which have no such limit.
+    pub fn usage(&self) -> Option<Usage> {
+        self.inner.backend.usage()
     }
 
     /// The URL this space was opened with.

@@ -144,6 +144,11 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// How full the store is, if it holds a fixed number of names.
+    fn usage(&self) -> Option<crate::Usage> {
+        None
+    }
+
     /// What the store found wrong but worked around when it was opened (a doorbell it
     /// cannot use, say), one line each, for the caller to pass on to its user.
     fn warnings(&self) -> Vec<String> {
