@@ -215,6 +215,16 @@ impl Space {
         self.inner.backend.warnings()
     }
 
+    /// Forgets the names that are idle (nobody holds, waits for or has set them, and
+    /// they carry no tag), so that a store does not keep a counter for every name it
+    /// ever saw; answers how many it forgot. Fencing tokens never go back: the store
+    /// keeps the highest counter of the names it forgot, and a name used again counts
+    /// on from there. `shm:` also does this by itself when its table fills up, `mem:`
+    /// as its map grows; `sqlite:` and Redis only when asked.
+    pub fn reclaim_idle(&self) -> Result<usize> {
+        self.inner.backend.reclaim_idle()
+    }
+
     /// How full the store is, for stores that hold a fixed number of names (`shm:`);
     /// `None` for the others, which have no such limit.
     pub fn usage(&self) -> Option<Usage> {

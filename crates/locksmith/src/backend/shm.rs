@@ -877,7 +877,12 @@ impl Shared {
         for i in 0..self.capacity {
             let s = self.slot(i);
             let state = s.state.load(Ordering::Acquire);
-            if !is_named(state) || s.record.load(Ordering::Acquire) != 0 {
+            // Not a name somebody watches (a waiter on a clear event, whose wait must
+            // not mistake the re-created name's counter for a set).
+            if !is_named(state)
+                || s.record.load(Ordering::Acquire) != 0
+                || s.watchers.load(Ordering::SeqCst) != 0
+            {
                 continue;
             }
             let m = self.slot_mutex(i)?;
@@ -1196,6 +1201,14 @@ impl Backend for ShmBackend {
         }
         names.sort();
         Ok(names)
+    }
+
+    fn reclaim_idle(&self) -> Result<usize> {
+        let m = self.shared.alloc_mutex()?;
+        let _guard = m.lock()?;
+        // Asked for: no back-off from an earlier sweep that found nothing.
+        self.shared.header().sweep_after.store(0, Ordering::Relaxed);
+        Ok(self.shared.sweep()? as usize)
     }
 
     fn usage(&self) -> Option<crate::Usage> {
