@@ -110,7 +110,7 @@ fn script() -> &'static redis::Script {
 }
 
 /// The EVALSHA form of a step, as [`fcall_cmd`] is its FCALL form.
-fn script_call(keys: &[String; 4], args: &[String]) -> redis::ScriptInvocation<'static> {
+fn script_call(keys: &[String; 5], args: &[String]) -> redis::ScriptInvocation<'static> {
     let mut call = script().prepare_invoke();
     for k in keys {
         call.key(k);
@@ -128,7 +128,7 @@ fn load_library_cmd() -> redis::Cmd {
     cmd
 }
 
-fn fcall_cmd(keys: &[String; 4], args: &[String]) -> redis::Cmd {
+fn fcall_cmd(keys: &[String; 5], args: &[String]) -> redis::Cmd {
     let mut cmd = redis::cmd("FCALL");
     cmd.arg(function_name())
         .arg(keys.len())
@@ -396,7 +396,7 @@ impl fmt::Debug for RedisBackend {
 
 /// What a [`Key`] resolves to: its Redis keys and its local wake-up slot.
 struct Resolved {
-    keys: [String; 4],
+    keys: [String; 5],
     slot: Arc<Slot>,
 }
 
@@ -454,6 +454,9 @@ impl RedisBackend {
                     format!("{base}:q"),
                     format!("{base}:w"),
                     format!("{base}:i"),
+                    // One key for the prefix, not the name: outside the name's
+                    // cluster slot (this client talks to one server).
+                    format!("{}token-floor", self.inner.prefix),
                 ],
                 slot,
             })
@@ -559,7 +562,7 @@ impl Inner {
         }
     }
 
-    fn eval(&self, keys: &[String; 4], args: &[String]) -> Result<Vec<Value>> {
+    fn eval(&self, keys: &[String; 5], args: &[String]) -> Result<Vec<Value>> {
         if self.functions {
             let cmd = fcall_cmd(keys, args);
             let value: Value = self.with_conn(|c| match cmd.query(c) {
@@ -593,7 +596,7 @@ impl Inner {
     }
 
     /// [`Inner::eval`] on the async connection; runs on the Redis runtime.
-    async fn eval_async(&self, keys: &[String; 4], args: &[String]) -> Result<Vec<Value>> {
+    async fn eval_async(&self, keys: &[String; 5], args: &[String]) -> Result<Vec<Value>> {
         let mut conn = self.manager().await?;
         if self.functions {
             let cmd = fcall_cmd(keys, args);
@@ -776,6 +779,19 @@ impl Backend for RedisBackend {
             }
         }
         Ok(evicted)
+    }
+
+    fn reclaim_idle(&self) -> Result<usize> {
+        let mut reclaimed = 0;
+        for name in self.scan()? {
+            let key = Key::new(&name);
+            let resolved = self.resolve(&key);
+            let args = vec!["reclaim".to_owned()];
+            if let (Reply::Count(n), _) = decode(self.inner.eval(&resolved.keys, &args)?, &name)? {
+                reclaimed += n as usize;
+            }
+        }
+        Ok(reclaimed)
     }
 
     fn default_lease(&self) -> Option<Duration> {
