@@ -105,7 +105,7 @@ local function fits(p, mode, count, excl)
 end
 
 -- The queue lives beside the record, so that a step costs O(log n) in the queue's
--- length rather than O(n): KEY:q orders tickets (score: arrival number), KEY:w says by
+-- length rather than O(n): KEY:q orders tickets (score: arrival number), KEY:d says by
 -- when each must try again or lose its place (score: ms), KEY:i gives each ticket's
 -- mode and owner ("x owner").
 --

@@ -9,9 +9,11 @@
 //! [`model::apply`](super::model) ported op for op, run atomically by the server, on
 //! the server's clock (`TIME`). A
 //! primitive's record is JSON in the key `{prefix}{name}`; its waiter queue, when it has
-//! one, sits beside it in `{prefix}{name}:q`, `:w` and `:i` (a sorted set of tickets in
-//! arrival order, a sorted set of when each last tried, a hash of their modes and
-//! owners), so a step costs O(log n) in the queue's length. The `{name}` hash tag keeps
+//! one, sits beside it in `{prefix}{name}:q`, `:d` and `:i` (a sorted set of tickets in
+//! arrival order, a sorted set of when each must look again or lose its place, a hash of
+//! their modes and owners), so a step costs O(log n) in the queue's length. (Earlier
+//! versions kept when each last tried in `:w`: the new name keeps old and new clients
+//! on one prefix from dropping each other's waiters.) The `{name}` hash tag keeps
 //! a primitive's keys in one Redis Cluster slot.
 //!
 //! # Waking
@@ -228,12 +230,23 @@ impl Fault {
         let msg = match self {
             Fault::Unreachable(m) => format!("cannot reach {url}: {m}"),
             Fault::Broken { msg, .. } => format!("{url}: {msg}"),
-            Fault::TimedOut(d) => {
-                format!("timed out waiting for the Redis server {url} (no answer within {d:?})")
-            }
+            Fault::TimedOut(d) => format!(
+                "timed out waiting for the Redis server {url} (no answer within {})",
+                millis(d)
+            ),
             Fault::Failed(m) => format!("{url}: {m}"),
         };
         backend_err(one_line(&msg))
+    }
+}
+
+/// A duration to the millisecond, for messages: `5s`, `200ms`.
+fn millis(d: Duration) -> String {
+    let ms = (d.as_micros() + 500) / 1000;
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
     }
 }
 
@@ -413,7 +426,7 @@ impl Url {
             Error::invalid(format!("'{}' is not a Redis URL: {e}", redact(original)))
         };
         if !self.has_tls_files() {
-            return redis::Client::open(self.server.as_str()).map_err(|e| bad(&e));
+            return redis::Client::open(self.info(original)?).map_err(|e| bad(&e));
         }
         if !self.server.starts_with("rediss:") {
             return Err(bad(&"cacert, cert and key need rediss:// (TLS)"));
@@ -422,6 +435,18 @@ impl Url {
             return Err(bad(&"cert and key go together"));
         }
         self.tls_client(original)
+    }
+
+    /// The server's connection settings. Connecting sends nothing before the first
+    /// step (no `CLIENT SETINFO`) unless the URL asks for a password or a database: a
+    /// server that never answers then costs one step timeout, not one per setup reply.
+    fn info(&self, original: &str) -> Result<redis::ConnectionInfo> {
+        use redis::IntoConnectionInfo;
+        let info = self.server.as_str().into_connection_info().map_err(|e| {
+            Error::invalid(format!("'{}' is not a Redis URL: {e}", redact(original)))
+        })?;
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        Ok(info.set_redis_settings(settings))
     }
 
     #[cfg(feature = "redis-tls")]
@@ -449,7 +474,7 @@ impl Url {
             client_tls,
             root_cert,
         };
-        redis::Client::build_with_tls(self.server.as_str(), certs).map_err(|e| {
+        redis::Client::build_with_tls(self.info(original)?, certs).map_err(|e| {
             Error::invalid(format!(
                 "'{}': bad TLS certificates or URL: {e}",
                 redact(original)
@@ -643,8 +668,9 @@ impl RedisBackend {
         subscribed?.map_err(|()| {
             backend_err(one_line(&format!(
                 "timed out waiting for the Redis server {} to confirm a subscription \
-                 (no answer within {timeout:?})",
-                backend.inner.url
+                 (no answer within {})",
+                backend.inner.url,
+                millis(timeout)
             )))
         })?;
         Ok(backend)
@@ -658,7 +684,7 @@ impl RedisBackend {
                 keys: [
                     base.clone(),
                     format!("{base}:q"),
-                    format!("{base}:w"),
+                    format!("{base}:d"),
                     format!("{base}:i"),
                 ],
                 slot,
