@@ -6,9 +6,10 @@
 -- `CLAIM_TTL:WAITER_TTL` in ms (see enqueue below), ARGV[2] the op, ARGV[3..] the op's
 -- arguments.
 --
--- Record: { t = next_token, g = tag?, s = state? }
+-- Record: { t = next_token, g = tag?, s = state?, rl = id of the last release that
+--           ended a hold? }
 --   permits: { k='permits', kind='lock'|'rlock'|'sem'|'bsem'|'rw'|'cond', n, av,
---              h = holders { tk, o, m='x'|'s', c, since, u?, w? },
+--              h = holders { tk, o, m='x'|'s', c, since, u?, w?, r? },
 --              sl = sleepers { tk (string), o, nt }, od = owner_died, qs = arrivals,
 --              ql = queued waiters }
 --            and its queue in KEYS[2..4] (see enqueue below)
@@ -361,11 +362,20 @@ ops.acq = function(a)
 end
 
 -- rel TOKEN
+-- rel TOKEN ID: `id` names this request, so that one sent again after a broken
+-- connection, whose first sending was applied, is answered 'done' and takes nothing
+-- more: the hold remembers the last release that left it held (`r`, a re-entered
+-- RLock), the record the last one that ended a hold (`rl`).
 ops.rel = function(a)
+  local id = a[2]
+  if id and rec.rl == id then return { 'done' } end
   local p = permits_held()
   prune(p)
   local i = find_holder(p, tonumber(a[1]))
   if i == nil then fail('notheld') end
+  local h = p.h[i]
+  if id and h.r == id then return { 'done' } end
+  if h.c > 1 then h.r = id else rec.rl = id end
   release_at(p, i)
   wake_of(p, nil)
   return { 'done' }
@@ -656,12 +666,13 @@ end
 
 local KINDS = { lock = true, rlock = true, sem = true, bsem = true, rw = true, cond = true }
 
--- acq KIND N MODE OWNER LEASE TAG TICKET ID, on an idle primitive: granted with nothing to
+-- acq KIND N MODE OWNER LEASE TAG TICKET ID, on an idle primitive (record absent, or
+-- just its counter and the last release's id): granted with nothing to
 -- prune, nobody queued (an idle record has no queue) and nobody to wake.
 local function fast_acquire(a)
   local t = 0
   if raw then
-    t = tonumber(string.match(raw, '^{"t":(%d+)}$'))
+    t = tonumber(string.match(raw, '^{"t":(%d+)}$') or string.match(raw, '^{"t":(%d+),"rl":"%d+"}$'))
     if t == nil then return nil end
   end
   local kind, n, mode, lease = a[3], tonumber(a[4]), a[5], optnum(a[7])
@@ -683,10 +694,11 @@ local function fast_acquire(a)
   return { 'granted', t, 0 }
 end
 
--- rel TOKEN, of the only hold (count 1, lease not lapsed) of a primitive with no queue
--- and no sleepers, leaving it idle: the record shrinks to its counter; nobody to wake.
-local function fast_release(token)
-  if raw == nil then return nil end
+-- rel TOKEN ID, of the only hold (count 1, lease not lapsed) of a primitive with no
+-- queue and no sleepers, leaving it idle: the record shrinks to its counter and the
+-- release's id; nobody to wake.
+local function fast_release(token, id)
+  if raw == nil or id == nil or not string.match(id, '^%d+$') then return nil end
   local t, kind, n, av, tk, rest = string.match(raw,
     '^{"t":(%d+),"s":{"k":"permits","kind":"(%a+)","n":(%d+),"av":(%d+),"h":%[{"tk":(%d+),"o":"(.*)$')
   if tk == nil or tk ~= token then return nil end
@@ -698,7 +710,7 @@ local function fast_release(token)
   n, av = tonumber(n), tonumber(av)
   if is_sem(kind) then av = av + 1 end
   if av ~= initial(kind, n) then return nil end
-  redis.call('SET', key, '{"t":' .. t .. '}')
+  redis.call('SET', key, '{"t":' .. t .. ',"rl":"' .. id .. '"}')
   return { 'done' }
 end
 
@@ -714,7 +726,7 @@ now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 raw = redis.call('GET', key)
 local fast
 if ARGV[2] == 'acq' then fast = fast_acquire(ARGV)
-elseif ARGV[2] == 'rel' then fast = fast_release(ARGV[3]) end
+elseif ARGV[2] == 'rel' then fast = fast_release(ARGV[3], ARGV[4]) end
 if fast then return fast end
 if raw then rec = cjson.decode(raw) else rec = { t = 0 } end
 wake_all = false

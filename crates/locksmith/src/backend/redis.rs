@@ -195,9 +195,8 @@ enum Fault {
     /// No connection could be made: nothing was sent.
     Unreachable(String),
     /// The connection broke, or the server is still loading its data after a restart:
-    /// the step may or may not have happened. `pooled`: on a connection made before
-    /// this step (after a restart, all of those are dead).
-    Broken { msg: String, pooled: bool },
+    /// the step may or may not have happened.
+    Broken(String),
     /// No answer within the attempt's time: the step may or may not have happened.
     TimedOut(Duration),
     /// The server (or whatever listens on its port) answered with an error.
@@ -205,17 +204,14 @@ enum Fault {
 }
 
 impl Fault {
-    fn of(e: &redis::RedisError, budget: Duration, pooled: bool) -> Fault {
+    fn of(e: &redis::RedisError, budget: Duration) -> Fault {
         if e.is_timeout() {
             Fault::TimedOut(budget)
         } else if e.is_connection_dropped()
             || e.is_io_error()
             || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
         {
-            Fault::Broken {
-                msg: e.to_string(),
-                pooled,
-            }
+            Fault::Broken(e.to_string())
         } else {
             Fault::Failed(e.to_string())
         }
@@ -229,7 +225,7 @@ impl Fault {
     fn into_error(self, url: &str) -> Error {
         let msg = match self {
             Fault::Unreachable(m) => format!("cannot reach {url}: {m}"),
-            Fault::Broken { msg, .. } => format!("{url}: {msg}"),
+            Fault::Broken(msg) => format!("{url}: {msg}"),
             Fault::TimedOut(d) => format!(
                 "timed out waiting for the Redis server {url} (no answer within {})",
                 millis(d)
@@ -286,7 +282,7 @@ impl Allow {
 }
 
 /// Whether `op`, sent twice, leaves the state as sending it once does, and answers
-/// the same (an acquisition carries its request id, see `redis.lua`).
+/// the same (an acquisition and a release carry a request id, see `redis.lua`).
 fn idempotent(op: &Op) -> bool {
     matches!(
         op,
@@ -646,7 +642,7 @@ impl RedisBackend {
             .saturating_duration_since(Instant::now())
             .max(MIN_ATTEMPT);
         conn.set_read_timeout(Some(budget))
-            .map_err(|e| Fault::of(&e, budget, false).into_error(&inner.url))?;
+            .map_err(|e| Fault::of(&e, budget).into_error(&inner.url))?;
         // LOCKSMITH_REDIS_EVAL=1 forces the EVALSHA path (how older servers are
         // served), so that it can be tested on Redis 7.
         let force_eval = std::env::var_os("LOCKSMITH_REDIS_EVAL").is_some_and(|v| v == "1");
@@ -655,7 +651,7 @@ impl RedisBackend {
                 Ok(_) => true,
                 // An older server that does not know FUNCTION: scripts, then.
                 Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => false,
-                Err(e) => return Err(Fault::of(&e, budget, false).into_error(&inner.url)),
+                Err(e) => return Err(Fault::of(&e, budget).into_error(&inner.url)),
             };
         lock(&inner.pool).1.push((conn, budget));
         let subscribed = block_on({
@@ -740,7 +736,7 @@ impl Inner {
         let conn = self
             .client
             .get_connection_with_timeout(budget)
-            .map_err(|e| match Fault::of(&e, budget, false) {
+            .map_err(|e| match Fault::of(&e, budget) {
                 Fault::TimedOut(d) => Fault::TimedOut(d),
                 _ => Fault::Unreachable(e.to_string()),
             })?;
@@ -750,9 +746,9 @@ impl Inner {
         Ok(conn)
     }
 
-    /// Runs `f` on a connection, as `allow` allows: a failure on a pooled connection
-    /// that broke (after a restart or failover they are all stale) is retried once on a
-    /// fresh one if the step is idempotent; a waiter's step keeps being retried, with
+    /// Runs `f` on a connection, as `allow` allows: a step whose connection broke
+    /// (after a restart or failover every pooled one is stale) is sent again once, on a
+    /// fresh connection, if sending it twice does no harm; a waiter's step keeps being retried, with
     /// backoff, while the server cannot be reached, until its deadline (or for
     /// [`OUTAGE`]). Anything else is reported: the step may or may not have happened.
     fn with_conn<T>(
@@ -769,7 +765,7 @@ impl Inner {
                 Err(fault) => fault,
             };
             if allow.idempotent && fault.transient() {
-                if matches!(fault, Fault::Broken { pooled: true, .. }) && !retried {
+                if matches!(fault, Fault::Broken(_)) && !retried {
                     retried = true;
                     continue;
                 }
@@ -802,13 +798,12 @@ impl Inner {
             }
             pool.1.pop()
         };
-        let was_pooled = pooled.is_some();
         let mut conn = match pooled {
             Some((conn, set)) => {
                 if set != budget {
                     conn.set_read_timeout(Some(budget))
                         .and_then(|()| conn.set_write_timeout(Some(budget)))
-                        .map_err(|e| Fault::of(&e, budget, true))?;
+                        .map_err(|e| Fault::of(&e, budget))?;
                 }
                 conn
             }
@@ -829,7 +824,7 @@ impl Inner {
                     // reuse it. One that broke says the others are stale too.
                     lock(&self.pool).1.clear();
                 }
-                Err(Fault::of(&e, budget, was_pooled))
+                Err(Fault::of(&e, budget))
             }
         }
     }
@@ -907,9 +902,8 @@ impl Inner {
         };
         match tokio::time::timeout(budget, sent).await {
             Ok(Ok(value)) => Ok(value),
-            // The manager's connection lives on from step to step: after a restart it
-            // is stale, as a pooled one is.
-            Ok(Err(e)) => Err(Fault::of(&e, budget, true)),
+            // (The manager reconnects on its next use.)
+            Ok(Err(e)) => Err(Fault::of(&e, budget)),
             Err(_) => Err(Fault::TimedOut(budget)),
         }
     }
@@ -935,7 +929,7 @@ impl Inner {
                 Err(fault) => fault,
             };
             if allow.idempotent && fault.transient() && !stop() {
-                if matches!(fault, Fault::Broken { pooled: true, .. }) && !retried {
+                if matches!(fault, Fault::Broken(_)) && !retried {
                     retried = true;
                     continue;
                 }
@@ -1269,7 +1263,13 @@ fn encode(op: &Op) -> Vec<String> {
                 id.to_string(),
             ]
         }
-        Op::Release { token } => vec![s("rel"), token.to_string()],
+        // An id, as an acquisition's: a resend after a lost answer is not a second
+        // release (see `redis.lua`).
+        Op::Release { token } => vec![
+            s("rel"),
+            token.to_string(),
+            crate::owner::fresh_id().to_string(),
+        ],
         Op::ReleaseOwned { kind, owner } => {
             let [k, n] = kind_args(*kind);
             vec![s("relown"), k, n, owner_str(owner)]

@@ -43,6 +43,10 @@ pub fn tests() -> Vec<Test> {
             aof_restart,
         ),
         (
+            "redis::item10_a_step_whose_answer_was_lost_is_sent_again_and_applied_once",
+            lost_answer,
+        ),
+        (
             "redis::item11_a_silent_server_times_out_within_the_deadline",
             silent_server,
         ),
@@ -741,22 +745,41 @@ fn silent_listener() -> u16 {
     port
 }
 
-/// A loopback relay to a real server that can be told to go silent: from then on it
-/// passes nothing on, either way, on old connections and new ones.
-fn relay_to(upstream: &str) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+/// A loopback relay to a real server.
+struct Relay {
+    port: u16,
+    /// Set: from then on it passes nothing on, either way, on old connections and new
+    /// ones (a server that accepts and never answers).
+    silent: Arc<std::sync::atomic::AtomicBool>,
+    /// Set: the next answer from the server is dropped and its connection cut (the
+    /// step happened, its answer was lost); then it clears itself.
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn relay_to(upstream: &str) -> Relay {
     use std::io::{Read, Write};
     let upstream = upstream.to_owned();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pump = |mut from: std::net::TcpStream,
                 mut to: std::net::TcpStream,
-                silent: Arc<std::sync::atomic::AtomicBool>| {
+                silent: Arc<std::sync::atomic::AtomicBool>,
+                cut: Option<Arc<std::sync::atomic::AtomicBool>>| {
         std::thread::spawn(move || {
             let mut buf = [0u8; 16384];
             while let Ok(n) = from.read(&mut buf) {
                 if n == 0 {
                     break;
+                }
+                if cut
+                    .as_ref()
+                    .is_some_and(|c| c.swap(false, Ordering::SeqCst))
+                {
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    return;
                 }
                 if !silent.load(Ordering::SeqCst) && to.write_all(&buf[..n]).is_err() {
                     break;
@@ -768,7 +791,7 @@ fn relay_to(upstream: &str) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
         });
     };
     std::thread::spawn({
-        let silent = silent.clone();
+        let (silent, cut) = (silent.clone(), cut.clone());
         move || {
             let mut held = Vec::new();
             for client in listener.incoming().flatten() {
@@ -779,16 +802,14 @@ fn relay_to(upstream: &str) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
                 let Ok(server) = std::net::TcpStream::connect(&upstream) else {
                     continue;
                 };
-                pump(
-                    client.try_clone().unwrap(),
-                    server.try_clone().unwrap(),
-                    silent.clone(),
-                );
-                pump(server, client, silent.clone());
+                let (to_server, to_client) =
+                    (server.try_clone().unwrap(), client.try_clone().unwrap());
+                pump(client, to_server, silent.clone(), None);
+                pump(server, to_client, silent.clone(), Some(cut.clone()));
             }
         }
     });
-    (port, silent)
+    Relay { port, silent, cut }
 }
 
 /// Runs `f` on a thread; its result, or a panic if it takes longer than the generous
@@ -811,13 +832,75 @@ fn assert_timed_out(what: &str, e: &Error) {
     assert!(!msg.contains('\n'), "{what}: not one line: {msg:?}");
 }
 
+/// The upstream address (`host:port`) of the suite's server.
+fn upstream() -> String {
+    let rest = server_url().trim_start_matches("redis://");
+    let rest = rest.rsplit('@').next().unwrap();
+    rest.split('/').next().unwrap().to_owned()
+}
+
+/// Steps whose answer is lost on a cut connection (they reached the server) are sent
+/// again on a fresh connection, and count once: a semaphore's permit is taken once,
+/// given back once, a re-entered RLock's count goes down by one (on 1eb87fd the first
+/// acquisition failed with "unexpected end of file").
+fn lost_answer(_: &Store) {
+    let prefix = format!("lost{}:", unique());
+    let relay = relay_to(&upstream());
+    let space = Space::open(&format!(
+        "redis://127.0.0.1:{}/0?prefix={prefix}",
+        relay.port
+    ))
+    .unwrap();
+    let direct = Space::open(&with_prefix(server_url(), &prefix)).unwrap();
+    let cut = |what: &str, f: &mut dyn FnMut()| {
+        relay.cut.store(true, Ordering::SeqCst);
+        f();
+        assert!(
+            !relay.cut.load(Ordering::SeqCst),
+            "{what}: no answer was cut"
+        );
+    };
+    let sem = space.semaphore("s", 3);
+    let mut permit = None;
+    cut("acquire", &mut || {
+        permit = Some(sem.acquire().expect("an acquisition whose answer was lost"))
+    });
+    assert_eq!(
+        direct.holders("s").unwrap().len(),
+        1,
+        "one permit taken, not two"
+    );
+    let mut permit = permit;
+    cut("release", &mut || {
+        permit
+            .take()
+            .unwrap()
+            .release()
+            .expect("a release whose answer was lost")
+    });
+    assert!(
+        direct.holders("s").unwrap().is_empty(),
+        "the permit is back"
+    );
+    // Re-entry: one release of two takes the count down by one.
+    let rlock = space.rlock("r");
+    let outer = rlock.acquire().unwrap();
+    let mut inner = Some(rlock.acquire().unwrap());
+    cut("inner release", &mut || {
+        inner.take().unwrap().release().expect("an inner release")
+    });
+    let holders = direct.holders("r").unwrap();
+    assert_eq!(holders.len(), 1, "the outer hold stays");
+    assert_eq!(holders[0].count, 1, "the count went down by one");
+    outer.release().unwrap();
+    assert!(direct.holders("r").unwrap().is_empty());
+}
+
 /// A server that accepts connections but never answers: a waiter with a 200 ms
 /// deadline, and an open, each give up with "timed out waiting for the server" (on
 /// 1eb87fd each waited 20 s, then said "Resource temporarily unavailable").
 fn silent_server(_: &Store) {
-    let upstream = server_url().trim_start_matches("redis://");
-    let upstream = upstream.split('/').next().unwrap().to_owned();
-    let (port, silent) = relay_to(&upstream);
+    let Relay { port, silent, .. } = relay_to(&upstream());
     let url = format!("redis://127.0.0.1:{port}/0?prefix=silent{}:", unique());
     let space = Space::open(&url).unwrap();
     let lock = space.lock("x");
