@@ -1,6 +1,7 @@
 //! The extension module `locksmith._locksmith`: the Python bindings of the locksmith
 //! core. The public API is the `locksmith` Python package, which re-exports these.
 
+mod aio;
 mod averager;
 mod barrier;
 mod condition;
