@@ -234,6 +234,10 @@ class Event(_Shared):
     def wait(self, timeout: Optional[float] = None) -> bool:
         return self._impl.wait(timeout)
 
+    def __repr__(self) -> str:
+        state = "set" if self.is_set() else "unset"
+        return f"<Event at {id(self):#x} {state}>"
+
 
 class Condition(_Shared):
     """multiprocessing's ``Condition()``: a re-entrant lock and its sleepers, in the
