@@ -2,12 +2,14 @@
 //! core. The public API is the `locksmith` Python package, which re-exports these.
 
 mod averager;
+mod barrier;
 mod condition;
 mod errors;
 mod event;
 mod guard;
 mod lock;
 mod permits;
+mod rwlock;
 mod semaphore;
 mod space;
 mod sync;
@@ -21,6 +23,7 @@ use pyo3::prelude::*;
 fn _locksmith(m: &Bound<'_, PyModule>) -> PyResult<()> {
     wait::watch_forks();
     errors::register(m)?;
+    m.add("MAX_NAME_LEN", locksmith::MAX_NAME_LEN)?;
     m.add_class::<space::Space>()?;
     m.add_class::<space::Holder>()?;
     m.add_class::<guard::Guard>()?;
@@ -32,6 +35,8 @@ fn _locksmith(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sync::PlacedMutex>()?;
     m.add_class::<averager::Averager>()?;
     m.add_class::<event::Event>()?;
+    m.add_class::<barrier::Barrier>()?;
+    m.add_class::<rwlock::RwLock>()?;
     threading::register(m)?;
     Ok(())
 }
