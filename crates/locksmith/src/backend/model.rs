@@ -566,7 +566,13 @@ pub(crate) fn apply(
                 until: None,
             };
             let mut a = averager_of(record, name, ctx)?.cloned().unwrap_or(fresh);
-            a.total += value;
+            let total = a.total + value;
+            if !total.is_finite() {
+                // An infinite sum would average to nothing useful for ever (and has
+                // no JSON form): refuse the add, changing nothing.
+                return Err(Error::Overflow { name: name.into() });
+            }
+            a.total = total;
             a.count += 1;
             a.until = expire.map(|e| ctx.now.saturating_add(e));
             record.state = Some(State::Averager(a));

@@ -550,7 +550,10 @@ ops.avgadd = function(a)
     total = tonumber(s.tot)
     count = s.c
   end
-  local n = { k = 'avg', tot = fmt(total + tonumber(a[1])), c = count + 1 }
+  local sum = total + tonumber(a[1])
+  -- An infinite sum would average to nothing useful for ever: refuse, changing nothing.
+  if sum ~= sum or sum == math.huge or sum == -math.huge then fail('overflow') end
+  local n = { k = 'avg', tot = fmt(sum), c = count + 1 }
   local expire = optnum(a[2])
   if expire then n.u = now + expire end
   rec.s = n
