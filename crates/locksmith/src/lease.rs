@@ -374,6 +374,9 @@ mod tests {
         fn evict_tag(&self, tag: &str) -> crate::Result<usize> {
             self.inner.evict_tag(tag)
         }
+        fn reclaim_idle(&self) -> crate::Result<usize> {
+            self.inner.reclaim_idle()
+        }
     }
 
     /// Registers a 60 ms lease of a hold `backend` does not have, and waits (with a
