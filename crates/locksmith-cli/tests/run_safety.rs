@@ -380,3 +380,39 @@ fn waiting(store: &str) -> u64 {
         .and_then(|p| p["waiting"].as_u64())
         .unwrap_or(0)
 }
+
+/// Item 5: `--on-lost kill` ends even a command that ignores SIGTERM, and
+/// `--on-lost ignore` lets the command finish; `run` exits 3 either way.
+#[test]
+fn run_on_lost_kill_and_ignore() {
+    let dir = TempDir::new();
+    let store = dir.sqlite();
+    for (action, rounds, finishes) in [("kill", 400, false), ("ignore", 60, true)] {
+        let log = dir.path().join(format!("{action}.log"));
+        let script = format!(
+            "trap '' TERM; echo started >> {log}; for i in $(seq {rounds}); do sleep 0.05; \
+             done; echo finished >> {log}",
+            log = log.display()
+        );
+        let name = format!("on-lost-{action}");
+        let mut first = spawn_run(
+            &store,
+            &["--lock", &name, "--lease", "1s", "--on-lost", action],
+            &script,
+        );
+        wait_until("the command starts", || read(&log).contains("started"));
+        let out = locksmith()
+            .args(["--store", &store, "break", &name, "--force"])
+            .output()
+            .expect("run break");
+        assert!(out.status.success(), "break --force failed: {out:?}");
+        let status = wait_guarded(&mut first);
+        assert_eq!(status.code(), Some(3), "--on-lost {action}: run exits 3");
+        assert_eq!(
+            read(&log).contains("finished"),
+            finishes,
+            "--on-lost {action}: the command {} finish",
+            if finishes { "should" } else { "should not" }
+        );
+    }
+}
