@@ -15,6 +15,7 @@ mod locks;
 mod processes;
 #[cfg(feature = "redis")]
 mod redis;
+mod seeds;
 mod semaphores;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -179,6 +180,7 @@ fn main() {
             tests.extend(conditions::tests());
             tests.extend(barriers::tests());
             tests.extend(inputs::tests());
+            tests.extend(seeds::tests());
         }
         tests.extend(asyncs::tests());
         if store.cross_process {

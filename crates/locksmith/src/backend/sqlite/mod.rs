@@ -223,6 +223,8 @@ struct Shard {
     busy_timeout: Duration,
     conn: Mutex<Conn>,
     bell: Option<Arc<Bell>>,
+    /// Why there is no doorbell, if one was wanted.
+    warning: Option<String>,
 }
 
 struct Conn(Connection);
@@ -286,11 +288,14 @@ impl SqliteBackend {
         let shards = match opts.shards {
             None => vec![Shard::open(&opts.path, opts, None)?],
             Some(n) => {
-                DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&opts.path)
-                    .map_err(|e| io_error(&opts.path, "create the shard directory", e))?;
+                // The directory itself, not its parents: a mistyped path must not
+                // grow a tree.
+                match DirBuilder::new().mode(0o700).create(&opts.path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                        return Err(io_error(&opts.path, "create the shard directory", e))
+                    }
+                    _ => {}
+                }
                 (0..n)
                     .map(|i| {
                         let file = opts.path.join(format!("shard-{i:03}.sqlite"));
@@ -333,75 +338,43 @@ impl SqliteBackend {
 impl Shard {
     fn open(path: &Path, opts: &Options, shard: Option<(usize, usize)>) -> Result<Shard> {
         // Create the file ourselves, so that it is 0600 whatever SQLite's defaults;
-        // SQLite gives its -wal and -shm files the same mode. A missing directory is
-        // created 0700.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(|e| io_error(dir, "create the directory", e))?;
-            }
-        }
-        OpenOptions::new()
+        // SQLite gives its -wal and -shm files the same mode. A missing directory is an
+        // error (only the default store's directory is created, by `default_url`): a
+        // mistyped path must not grow a directory tree.
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
             .open(path)
-            .map_err(|e| io_error(path, "open the database", e))?;
+            .map_err(
+                |e| match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    Some(dir) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
+                        Error::backend(format!(
+                            "cannot open the database '{}': the directory '{}' does not exist \
+                         (create it first; only the default store makes its directory)",
+                            path.display(),
+                            dir.display()
+                        ))
+                    }
+                    _ => io_error(path, "open the database", e),
+                },
+            )?;
         let canonical = path
             .canonicalize()
             .map_err(|e| io_error(path, "resolve the database path", e))?;
+        // Refuse what is plainly not a locksmith store from its first bytes, before
+        // SQLite opens it: nothing is written beside a file that is refused.
+        precheck(&file, &canonical)?;
+        drop(file);
         let err = |e| store_error(&canonical, e);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&canonical, flags).map_err(err)?;
-        let bell = if opts.bell {
-            let bell_path = Bell::path_for(&canonical);
-            match Bell::open(&bell_path) {
-                Ok(bell) => Some(Arc::new(bell)),
-                Err(e) => {
-                    tracing::warn!(
-                        bell = %bell_path.display(),
-                        error = %e,
-                        "no doorbell: waiters on this store will poll"
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
         let timeout = opts.busy_timeout;
-        let mut started = Instant::now();
-        let tx_bell = bell.clone();
-        conn.busy_handler(Some(move |count: i32| {
-            // SQLite's own handler sleeps a whole millisecond at once; locks here are
-            // held for microseconds. Yield first; then sleep until the doorbell says a
-            // transaction ended (with a growing timeout, for a release missed just
-            // before the wait began), or back off gently without a doorbell.
-            if count == 0 {
-                started = Instant::now();
-            }
-            let waited = started.elapsed();
-            if waited >= timeout {
-                return false;
-            }
-            let left = timeout - waited;
-            if count < 4 {
-                std::thread::yield_now();
-            } else if let Some(bell) = &tx_bell {
-                let nap = Duration::from_micros(100u64 << (count - 4).min(5) as u32);
-                bell.wait_tx(nap.min(left));
-            } else {
-                let nap = Duration::from_micros(20u64 << (count - 4).min(6) as u32);
-                std::thread::sleep(nap.min(left));
-            }
-            true
-        }))
-        .map_err(err)?;
+        // No doorbell until the file passed its checks: a refused file gets none.
+        conn.busy_handler(Some(busy_handler(timeout, None)))
+            .map_err(err)?;
         // Some lock waits bypass the busy handler (switching to WAL, WAL recovery by
         // another process that opens the file at the same moment): retry those here,
         // within the same busy timeout.
@@ -446,12 +419,33 @@ impl Shard {
             .map_err(err)?;
         init_schema(&conn, &canonical, shard, &retry)?;
         conn.set_prepared_statement_cache_capacity(16);
+        // The doorbell, now that the file is known to be a locksmith store. It lives
+        // beside the database's canonical path (a symlink's target), as SQLite's own
+        // -wal and -shm files do, so every path to one file rings one doorbell.
+        let mut warning = None;
+        let bell = if opts.bell {
+            let bell_path = Bell::path_for(&canonical);
+            match Bell::open(&bell_path) {
+                Ok(bell) => Some(Arc::new(bell)),
+                Err(e) => {
+                    warning = Some(bell::warn_once(&bell_path, &e));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if bell.is_some() {
+            conn.busy_handler(Some(busy_handler(timeout, bell.clone())))
+                .map_err(err)?;
+        }
         Ok(Shard {
             path: canonical,
             writes: AtomicU32::new(0),
             busy_timeout: timeout,
             conn: Mutex::new(Conn(conn)),
             bell,
+            warning,
         })
     }
 
@@ -493,6 +487,71 @@ impl Shard {
             bell.ring(slot(hash, ticket));
         }
     }
+}
+
+/// SQLite's busy handler for a connection: SQLite's own sleeps a whole millisecond at
+/// once, while locks here are held for microseconds. Yield first; then sleep until the
+/// doorbell says a transaction ended (with a growing timeout, for a release missed just
+/// before the wait began), or back off gently without a doorbell.
+fn busy_handler(timeout: Duration, bell: Option<Arc<Bell>>) -> impl FnMut(i32) -> bool + Send {
+    let mut started = Instant::now();
+    move |count: i32| {
+        if count == 0 {
+            started = Instant::now();
+        }
+        let waited = started.elapsed();
+        if waited >= timeout {
+            return false;
+        }
+        let left = timeout - waited;
+        if count < 4 {
+            std::thread::yield_now();
+        } else if let Some(bell) = &bell {
+            let nap = Duration::from_micros(100u64 << (count - 4).min(5) as u32);
+            bell.wait_tx(nap.min(left));
+        } else {
+            let nap = Duration::from_micros(20u64 << (count - 4).min(6) as u32);
+            std::thread::sleep(nap.min(left));
+        }
+        true
+    }
+}
+
+/// Refuses, from its first 100 bytes (the SQLite header), a file that cannot be a
+/// locksmith store: not empty and not an SQLite database, or one whose
+/// `application_id` names another program. What passes is checked again by SQLite
+/// ([`check_header`]), which also sees commits not yet copied from the WAL.
+fn precheck(file: &std::fs::File, path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; 100];
+    let mut got = 0;
+    while got < header.len() {
+        match file.read_at(&mut header[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_error(path, "read", e)),
+        }
+    }
+    let file = path.display();
+    if got == 0 {
+        return Ok(());
+    }
+    if got < 16 || &header[..16] != b"SQLite format 3\0" {
+        return Err(Error::invalid(format!(
+            "'{file}' is not a locksmith database (not an SQLite file); it was left as it is"
+        )));
+    }
+    if got == header.len() {
+        let app = i32::from_be_bytes([header[68], header[69], header[70], header[71]]);
+        if app != 0 && app != APPLICATION_ID {
+            return Err(Error::invalid(format!(
+                "'{file}' is an SQLite database of another program, not a locksmith store; \
+                 it was left as it is"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -632,23 +691,21 @@ fn queued_tickets(record: &Record) -> Vec<u64> {
 /// Liveness checks for one step: owners in this process are alive without a look at
 /// `/proc`, and each other process is looked up once per step.
 fn liveness() -> impl Fn(&Owner) -> bool {
-    let memo: RefCell<Vec<(u32, u64, bool)>> = RefCell::new(Vec::new());
+    type Process = (u64, u64, u64, u32, u64);
+    let memo: RefCell<Vec<(Process, bool)>> = RefCell::new(Vec::new());
     move |o: &Owner| {
+        let process = (o.boot, o.machine, o.pidns, o.pid, o.start);
         if o.pid == std::process::id() {
             let me = Owner::current_thread();
-            if o.start == me.start && o.boot == me.boot && o.host == me.host {
+            if process == (me.boot, me.machine, me.pidns, me.pid, me.start) {
                 return false;
             }
         }
-        if let Some(&(_, _, dead)) = memo
-            .borrow()
-            .iter()
-            .find(|(pid, start, _)| *pid == o.pid && *start == o.start)
-        {
+        if let Some(&(_, dead)) = memo.borrow().iter().find(|(p, _)| *p == process) {
             return dead;
         }
         let dead = o.is_dead();
-        memo.borrow_mut().push((o.pid, o.start, dead));
+        memo.borrow_mut().push((process, dead));
         dead
     }
 }
@@ -664,6 +721,7 @@ impl SqliteBackend {
             is_dead: Some(&is_dead),
             waiter_ttl: Some(self.waiter_ttl),
         };
+        let force = matches!(op, Op::ForceRelease);
         let (reply, wake, all_tickets, wrote) = shard.transact(|conn| {
             let err = |e| store_error(&shard.path, e);
             let mut select = conn.prepare_cached(SELECT).map_err(err)?;
@@ -678,19 +736,30 @@ impl SqliteBackend {
                 .optional()
                 .map_err(err)?;
             let (old_token, old_tag, old_state) = row.unwrap_or((0, None, None));
-            let state = match &old_state {
-                Some(bytes) => Some(
-                    serde_json::from_slice::<State>(bytes)
-                        .map_err(|e| corrupt(&shard.path, name, e))?,
-                ),
-                None => None,
+            let (state, damaged) = match old_state.as_deref().map(serde_json::from_slice::<State>) {
+                None => (None, false),
+                Some(Ok(state)) => (Some(state), false),
+                // A record that does not decode is this name's problem only; a forced
+                // release resets it (its fencing counter is a column of its own).
+                Some(Err(_)) if force => (None, true),
+                Some(Err(e)) => {
+                    return Err(Error::Damaged {
+                        name: name.into(),
+                        reason: e.to_string(),
+                    })
+                }
             };
             let mut record = Record {
                 next_token: old_token as u64,
-                tag: old_tag.clone(),
+                tag: if damaged { None } else { old_tag.clone() },
                 state,
             };
-            let (reply, wake) = model::apply(&mut record, name, op, &ctx)?;
+            let (reply, mut wake) = model::apply(&mut record, name, op, &ctx)?;
+            if damaged {
+                tracing::warn!(name, "reset a damaged record");
+                // Whoever waited on the damaged record looks again.
+                wake.all = true;
+            }
             let new_state = match &record.state {
                 Some(s) => Some(serde_json::to_vec(s).map_err(|e| corrupt(&shard.path, name, e))?),
                 None => None,
@@ -814,12 +883,20 @@ impl Backend for SqliteBackend {
         Ok(names)
     }
 
+    fn warnings(&self) -> Vec<String> {
+        self.shards
+            .iter()
+            .filter_map(|s| s.warning.clone())
+            .collect()
+    }
+
     fn evict_tag(&self, tag: &str) -> Result<usize> {
         let mut evicted = 0;
         for shard in &self.shards {
             let woken = shard.transact(|conn| {
                 let err = |e| store_error(&shard.path, e);
                 let mut woken = Vec::new();
+                let mut kept = Vec::new();
                 {
                     let mut stmt = conn
                         .prepare_cached(
@@ -835,15 +912,19 @@ impl Backend for SqliteBackend {
                         let (name, bytes) = row.map_err(err)?;
                         // A record that does not parse is evicted all the same; it
                         // just has no tickets to wake.
-                        let tickets = serde_json::from_slice::<State>(&bytes)
-                            .map(|state| {
-                                queued_tickets(&Record {
-                                    next_token: 0,
-                                    tag: None,
-                                    state: Some(state),
-                                })
-                            })
-                            .unwrap_or_default();
+                        let mut record = Record {
+                            next_token: 0,
+                            tag: Some(tag.to_owned()),
+                            state: serde_json::from_slice::<State>(&bytes).ok(),
+                        };
+                        let tickets = queued_tickets(&record);
+                        model::evict(&mut record, tag);
+                        if let Some(state) = &record.state {
+                            // Holds were cut short: the next holder is told.
+                            let bytes = serde_json::to_vec(state)
+                                .map_err(|e| corrupt(&shard.path, &name, e))?;
+                            kept.push((name.clone(), bytes));
+                        }
                         woken.push((stable_hash(name.as_bytes()), tickets));
                     }
                 }
@@ -852,6 +933,11 @@ impl Backend for SqliteBackend {
                 )
                 .and_then(|mut s| s.execute([tag]))
                 .map_err(err)?;
+                for (name, bytes) in kept {
+                    conn.prepare_cached("UPDATE prim SET state = ?2 WHERE name = ?1")
+                        .and_then(|mut s| s.execute(rusqlite::params![name, bytes]))
+                        .map_err(err)?;
+                }
                 Ok(woken)
             })?;
             evicted += woken.len();
