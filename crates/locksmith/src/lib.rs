@@ -34,7 +34,7 @@ pub use primitives::{
     Averager, Barrier, BoundedSemaphore, Condition, Event, EventMark, Guard, Lock, Ownership,
     RLock, RwLock, Semaphore, Sleeper,
 };
-pub use space::{Holder, Liveness, Space};
+pub use space::{Holder, Liveness, Space, Usage};
 
 #[cfg(all(target_os = "linux", feature = "shm"))]
 pub mod shm;

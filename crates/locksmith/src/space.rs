@@ -83,6 +83,19 @@ impl fmt::Debug for Space {
     }
 }
 
+/// How full a store that holds a fixed number of names is (`shm:`), as
+/// [`Space::usage`] answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Names that occupy a slot now (in use, or idle and not yet reclaimed).
+    pub names: u64,
+    /// The most names the store holds at once; idle ones are reclaimed to make room.
+    pub limit: u64,
+    /// Idle names reclaimed so far.
+    pub reclaimed: u64,
+}
+
 /// One hold of a primitive, as [`Space::holders`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -248,6 +261,22 @@ impl Space {
     /// hand-offs take up to the poll interval). Empty when all is well.
     pub fn warnings(&self) -> Vec<String> {
         self.inner.backend.warnings()
+    }
+
+    /// Forgets the names that are idle (nobody holds, waits for or has set them, and
+    /// they carry no tag), so that a store does not keep a counter for every name it
+    /// ever saw; answers how many it forgot. Fencing tokens never go back: the store
+    /// keeps the highest counter of the names it forgot, and a name used again counts
+    /// on from there. `shm:` also does this by itself when its table fills up, `mem:`
+    /// as its map grows; `sqlite:` and Redis only when asked.
+    pub fn reclaim_idle(&self) -> Result<usize> {
+        self.inner.backend.reclaim_idle()
+    }
+
+    /// How full the store is, for stores that hold a fixed number of names (`shm:`);
+    /// `None` for the others, which have no such limit.
+    pub fn usage(&self) -> Option<Usage> {
+        self.inner.backend.usage()
     }
 
     /// The URL this space was opened with.

@@ -161,6 +161,16 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// Forgets every idle name (no state, no tag: only its fencing counter left) that
+    /// nobody is using, first raising the store's token floor to its counter, so that
+    /// a name created again still gets larger tokens; answers how many went.
+    fn reclaim_idle(&self) -> Result<usize>;
+
+    /// How full the store is, if it holds a fixed number of names.
+    fn usage(&self) -> Option<crate::Usage> {
+        None
+    }
+
     /// What the store found wrong but worked around when it was opened (a doorbell it
     /// cannot use, say), one line each, for the caller to pass on to its user.
     fn warnings(&self) -> Vec<String> {

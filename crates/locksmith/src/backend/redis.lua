@@ -1,7 +1,9 @@
 -- locksmith: one atomic step on one primitive, server-side.
 --
 -- This is backend/model.rs's `apply`, op for op, in Redis Lua. KEYS[1] is the
--- primitive's key (`{prefix}{name}`), KEYS[2..4] its queue's; KEYS[1] holds the record as JSON. The same string is
+-- primitive's key (`{prefix}{name}`), KEYS[2..4] its queue's, KEYS[5] the prefix's token
+-- floor (`{prefix}token-floor`: the highest counter of any reclaimed name, which a name
+-- without a record counts on from); KEYS[1] holds the record as JSON. The same string is
 -- the pub/sub channel its waiters are woken on. ARGV[1] is the queue's timing,
 -- `CLAIM_TTL:WAITER_TTL` in ms (see enqueue below), ARGV[2] the op, ARGV[3..] the op's
 -- arguments.
@@ -24,7 +26,13 @@
 -- registration (Redis 7: the definitions run once, at load) or `return step(KEYS, ARGV)`
 -- (EVAL, older servers). The state of one step lives in these upvalues, set by `step`:
 -- Redis runs one script or function at a time.
-local key, QK, WK, IK, CLAIM_TTL, WAITER_TTL, now, raw, rec, wake_all, wake
+local key, QK, WK, IK, FK, CLAIM_TTL, WAITER_TTL, now, raw, rec, wake_all, wake
+
+-- The counter a name without a record starts from.
+local function token_floor()
+  if FK == nil then return 0 end
+  return tonumber(redis.call('GET', FK) or '0') or 0
+end
 
 local function fail(...)
   error({ ... })
@@ -693,10 +701,12 @@ local KINDS = { lock = true, rlock = true, sem = true, bsem = true, rw = true, c
 -- just its counter and the last release's id): granted with nothing to
 -- prune, nobody queued (an idle record has no queue) and nobody to wake.
 local function fast_acquire(a)
-  local t = 0
+  local t
   if raw then
     t = tonumber(string.match(raw, '^{"t":(%d+)}$') or string.match(raw, '^{"t":(%d+),"rl":"%d+"}$'))
     if t == nil then return nil end
+  else
+    t = token_floor()
   end
   local kind, n, mode, lease = a[3], tonumber(a[4]), a[5], optnum(a[7])
   if not KINDS[kind] or n == nil or lease == nil or (mode ~= 'x' and mode ~= 's') then
@@ -737,11 +747,22 @@ local function fast_release(token, id)
   return { 'done' }
 end
 
+-- reclaim: forgets an idle name (its record is just its counter), raising the floor
+-- to that counter first, so the name counts on from above it if it is used again.
+local function reclaim()
+  if raw == nil then return { 'count', 0 } end
+  local t = tonumber(string.match(raw, '^{"t":(%d+)}$') or string.match(raw, '^{"t":(%d+),"rl":"%d+"}$'))
+  if t == nil or FK == nil then return { 'count', 0 } end
+  if t > token_floor() then redis.call('SET', FK, t) end
+  redis.call('DEL', key)
+  return { 'count', 1 }
+end
+
 -- Dispatch, tidy, store, wake -------------------------------------------------------------
 
 local function step(KEYS, ARGV)
 key = KEYS[1]
-QK, WK, IK = KEYS[2], KEYS[3], KEYS[4]
+QK, WK, IK, FK = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local claim_ttl, waiter_ttl = string.match(ARGV[1], '^(%d+):(%d+)$')
 CLAIM_TTL, WAITER_TTL = tonumber(claim_ttl), tonumber(waiter_ttl)
 local clock = redis.call('TIME')
@@ -749,9 +770,11 @@ now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 raw = redis.call('GET', key)
 local fast
 if ARGV[2] == 'acq' then fast = fast_acquire(ARGV)
-elseif ARGV[2] == 'rel' then fast = fast_release(ARGV[3], ARGV[4]) end
+elseif ARGV[2] == 'rel' then fast = fast_release(ARGV[3], ARGV[4])
+elseif ARGV[2] == 'reclaim' then return reclaim() end
 if fast then return fast end
-if raw then rec = cjson.decode(raw) else rec = { t = 0 } end
+local start_t = 0
+if raw then rec = cjson.decode(raw) else start_t = token_floor(); rec = { t = start_t } end
 wake_all = false
 wake = {}
 
@@ -788,7 +811,8 @@ if idle then
   rec.g = nil
 end
 
-if rec.s == nil and rec.t == 0 then
+if rec.s == nil and rec.g == nil and (rec.t == 0 or (raw == nil and rec.t == start_t)) then
+  -- Nothing to keep: no counter, or only the one the name starts from anyway.
   if raw then redis.call('DEL', key) end
 else
   local out = cjson.encode(rec)

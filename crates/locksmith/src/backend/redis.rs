@@ -130,7 +130,7 @@ fn script() -> &'static redis::Script {
 }
 
 /// The EVALSHA form of a step, as [`fcall_cmd`] is its FCALL form.
-fn script_call(keys: &[String; 4], args: &[String]) -> redis::ScriptInvocation<'static> {
+fn script_call(keys: &[String; 5], args: &[String]) -> redis::ScriptInvocation<'static> {
     let mut call = script().prepare_invoke();
     for k in keys {
         call.key(k);
@@ -148,7 +148,7 @@ fn load_library_cmd() -> redis::Cmd {
     cmd
 }
 
-fn fcall_cmd(keys: &[String; 4], args: &[String]) -> redis::Cmd {
+fn fcall_cmd(keys: &[String; 5], args: &[String]) -> redis::Cmd {
     let mut cmd = redis::cmd("FCALL");
     cmd.arg(function_name())
         .arg(keys.len())
@@ -596,7 +596,7 @@ impl fmt::Debug for RedisBackend {
 
 /// What a [`Key`] resolves to: its Redis keys and its local wake-up slot.
 struct Resolved {
-    keys: [String; 4],
+    keys: [String; 5],
     slot: Arc<Slot>,
 }
 
@@ -683,6 +683,9 @@ impl RedisBackend {
                     format!("{base}:q"),
                     format!("{base}:d"),
                     format!("{base}:i"),
+                    // One key for the prefix, not the name: outside the name's
+                    // cluster slot (this client talks to one server).
+                    format!("{}token-floor", self.inner.prefix),
                 ],
                 slot,
             })
@@ -837,7 +840,7 @@ impl Inner {
         }
     }
 
-    fn eval(&self, keys: &[String; 4], args: &[String], allow: Allow) -> Result<Vec<Value>> {
+    fn eval(&self, keys: &[String; 5], args: &[String], allow: Allow) -> Result<Vec<Value>> {
         if self.functions {
             let cmd = fcall_cmd(keys, args);
             let value: Value = self.with_conn(allow, &|c| match cmd.query(c) {
@@ -882,7 +885,7 @@ impl Inner {
     /// One attempt of [`Inner::eval_async`], given `budget`.
     async fn attempt_async(
         &self,
-        keys: &[String; 4],
+        keys: &[String; 5],
         args: &[String],
         budget: Duration,
     ) -> std::result::Result<Value, Fault> {
@@ -913,7 +916,7 @@ impl Inner {
     /// [`Inner::with_conn`] does, unless `stop` says the caller went away.
     async fn eval_async(
         &self,
-        keys: &[String; 4],
+        keys: &[String; 5],
         args: &[String],
         allow: Allow,
         stop: &(dyn Fn() -> bool + Sync),
@@ -1173,6 +1176,22 @@ impl Backend for RedisBackend {
             }
         }
         Ok(evicted)
+    }
+
+    fn reclaim_idle(&self) -> Result<usize> {
+        let mut reclaimed = 0;
+        for name in self.scan()? {
+            let key = Key::new(&name);
+            let resolved = self.resolve(&key);
+            let args = vec!["reclaim".to_owned()];
+            if let (Reply::Count(n), _) = decode(
+                self.inner.eval(&resolved.keys, &args, Allow::once(true))?,
+                &name,
+            )? {
+                reclaimed += n as usize;
+            }
+        }
+        Ok(reclaimed)
     }
 
     fn default_lease(&self) -> Option<Duration> {

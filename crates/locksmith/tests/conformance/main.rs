@@ -13,6 +13,7 @@ mod events;
 mod inputs;
 mod locks;
 mod processes;
+mod reclaim;
 #[cfg(feature = "redis")]
 mod redis;
 mod seeds;
@@ -181,6 +182,7 @@ fn main() {
             tests.extend(barriers::tests());
             tests.extend(inputs::tests());
             tests.extend(seeds::tests());
+            tests.extend(reclaim::tests());
         }
         tests.extend(asyncs::tests());
         if store.cross_process {

@@ -31,6 +31,10 @@ pub fn tests() -> Vec<Test> {
         ),
         ("redis::waiter_is_woken_by_push_not_by_poll", push_wakeup),
         (
+            "redis::same_hostname_other_boot_is_not_reaped",
+            same_hostname_other_boot_is_not_reaped,
+        ),
+        (
             "redis::item9_sigkilled_waiter_on_this_host_is_skipped",
             killed_waiter_here,
         ),
@@ -53,10 +57,6 @@ pub fn tests() -> Vec<Test> {
         (
             "redis::item13_a_foreign_server_error_is_one_line",
             foreign_server,
-        ),
-        (
-            "redis::same_hostname_other_boot_is_not_reaped",
-            same_hostname_other_boot_is_not_reaped,
         ),
     ]
 }
