@@ -376,6 +376,7 @@ end
 -- RLock), the record the last one that ended a hold (`rl`).
 ops.rel = function(a)
   local id = a[2]
+  if id and not string.match(id, '^%d+$') then id = nil end
   if id and rec.rl == id then return { 'done' } end
   local p = permits_held()
   prune(p)
@@ -815,7 +816,15 @@ if rec.s == nil and rec.g == nil and (rec.t == 0 or (raw == nil and rec.t == sta
   -- Nothing to keep: no counter, or only the one the name starts from anyway.
   if raw then redis.call('DEL', key) end
 else
-  local out = cjson.encode(rec)
+  local out
+  if rec.s == nil and rec.g == nil then
+    -- An idle record in the one form the fast paths and reclaim() read (cjson's key
+    -- order is the table's, not fixed).
+    out = '{"t":' .. string.format('%d', rec.t) .. '}'
+    if rec.rl then out = '{"t":' .. string.format('%d', rec.t) .. ',"rl":"' .. rec.rl .. '"}' end
+  else
+    out = cjson.encode(rec)
+  end
   if out ~= raw then redis.call('SET', key, out) end
 end
 

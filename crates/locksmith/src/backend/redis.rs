@@ -292,6 +292,7 @@ fn idempotent(op: &Op) -> bool {
             | Op::Dequeue { .. }
             | Op::Check { .. }
             | Op::Holders
+            | Op::Value { .. }
             | Op::CondCheck { .. }
             | Op::EventSet { .. }
             | Op::EventClear
@@ -1430,12 +1431,17 @@ fn opt_millis(v: Option<&Value>) -> Result<Option<Millis>> {
 /// The owners among `owners` whose processes are known to be gone (on this host);
 /// each process is looked at once, however many of its threads and tasks are named.
 fn dead_among(owners: &[Value]) -> Vec<String> {
-    let mut seen: HashMap<(Arc<str>, u64, u32, u64), bool> = HashMap::new();
+    let mut seen: HashMap<Owner, bool> = HashMap::new();
     let mut dead: Vec<String> = Vec::new();
     for s in owners.iter().filter_map(|v| text(v).ok()) {
         let Some(o) = parse_owner(&s) else { continue };
-        let process = (o.host.clone(), o.boot, o.pid, o.start);
-        if *seen.entry(process).or_insert_with(|| o.is_dead()) && !dead.contains(&s) {
+        // Its process: the owner without its thread or task.
+        let process = Owner { thread: 0, ..o };
+        if *seen
+            .entry(process)
+            .or_insert_with_key(|process| process.is_dead())
+            && !dead.contains(&s)
+        {
             dead.push(s);
         }
     }
