@@ -101,7 +101,7 @@ pub struct RunArgs {
     pub timeout: Option<Duration>,
     /// The hold's lease, renewed while locksmith lives; it lapses this long after
     /// locksmith is killed.
-    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_name = "D", value_parser = parse_lease, default_value = "30s")]
     pub lease: Duration,
     /// Tag the hold, for `locksmith evict --tag`.
     #[arg(long, value_name = "TAG")]
@@ -281,6 +281,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("'{s}' is not a duration ({e}): use e.g. 30s, 500ms, 2m"))
 }
 
+/// The longest lease `--lease` accepts: ten years (of 365.25 days, as `10y` reads), no
+/// less than the Redis store keeps; a longer one would outlive any use a lease has.
+pub const MAX_LEASE: Duration = Duration::from_secs(10 * 31_557_600);
+
+/// Parses a lease as [`parse_duration`] does, refusing one longer than [`MAX_LEASE`].
+pub fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > MAX_LEASE {
+        return Err(format!(
+            "'{s}' is too long a lease: at most 10 years (the lease is renewed while \
+             locksmith runs, so a short one is enough)"
+        ));
+    }
+    Ok(d)
+}
+
 /// Opens the store: `url` (from --store or $LOCKSMITH_STORE) or the embedded default.
 /// With `warn`, says so on stderr when the default turns out to be `mem:`, which no
 /// other process can see (a build of the library without a shared default store).
@@ -369,6 +385,7 @@ mod tests {
             "1e400",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+            assert!(parse_lease(bad).is_err(), "{bad:?} should be refused");
         }
     }
 

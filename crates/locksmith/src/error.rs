@@ -75,6 +75,27 @@ pub enum Error {
         found: String,
     },
 
+    /// An [`Averager`](crate::Averager) add whose sum would overflow to infinity
+    /// (`ERANGE`): the value was not added, and the average is as it was.
+    #[error("adding that value to averager '{name}' would overflow its sum: nothing was added")]
+    Overflow {
+        /// The averager's name.
+        name: String,
+    },
+
+    /// The store's record of `name` cannot be decoded (`EBADMSG`). Only that name is
+    /// affected: every other name works, the record is listed by
+    /// [`Space::names`](crate::Space::names), and
+    /// [`Space::force_release`](crate::Space::force_release) resets it (keeping its
+    /// fencing counter).
+    #[error("the record of '{name}' is damaged ({reason}): force-release it to reset it")]
+    Damaged {
+        /// The primitive's name.
+        name: String,
+        /// Why it does not decode.
+        reason: String,
+    },
+
     /// Bad input: an empty or oversized name, zero parties, a negative timeout… (`EINVAL`).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -106,6 +127,8 @@ impl Error {
             Error::BrokenBarrier { .. } => libc::EPIPE,
             Error::LeaseLost { .. } => libc::ENOLCK,
             Error::Mismatch { .. } => libc::EEXIST,
+            Error::Overflow { .. } => libc::ERANGE,
+            Error::Damaged { .. } => libc::EBADMSG,
             Error::InvalidArgument(_) => libc::EINVAL,
             Error::Unsupported(_) => libc::ENOTSUP,
             Error::Backend(_) => libc::EIO,

@@ -23,6 +23,7 @@
 mod backend;
 mod error;
 mod lease;
+mod os;
 mod owner;
 mod primitives;
 mod space;
@@ -30,9 +31,10 @@ mod space;
 pub use error::{BackendError, Error, Result};
 pub use primitives::handle::MAX_NAME_LEN;
 pub use primitives::{
-    Averager, Barrier, BoundedSemaphore, Condition, Event, Guard, Lock, RLock, RwLock, Semaphore,
+    Averager, Barrier, BoundedSemaphore, Condition, Event, EventMark, Guard, Lock, Ownership,
+    RLock, RwLock, Semaphore, Sleeper,
 };
-pub use space::{Holder, Space, Usage};
+pub use space::{Holder, Liveness, Space, Usage};
 
 #[cfg(all(target_os = "linux", feature = "shm"))]
 pub mod shm;

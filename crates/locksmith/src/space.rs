@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::backend::mem::MemBackend;
 use crate::backend::{Backend, Mode, Op, Reply};
 use crate::lease::Keeper;
+use crate::os::liveness::Verdict;
 use crate::primitives::handle::Handle;
 use crate::primitives::{
     Averager, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, RwLock, Semaphore,
@@ -70,6 +71,8 @@ pub(crate) struct SpaceInner {
     pub url: String,
     pub backend: Arc<dyn Backend>,
     pub keeper: Keeper,
+    /// Holds detached from their guards here, for the handles' `release()`.
+    pub detached: crate::primitives::detached::Detached,
 }
 
 impl fmt::Debug for Space {
@@ -115,6 +118,50 @@ pub struct Holder {
     pub count: u32,
     /// Whether this is a read (shared) hold of an RwLock.
     pub shared: bool,
+    /// Whether the holder's process lives, as far as this process can prove: the same
+    /// verdict the stores use to reap dead holders.
+    pub process: Liveness,
+}
+
+/// What this process can tell about a holder's process ([`Holder::process`]).
+///
+/// A holder is [`Dead`](Liveness::Dead) only when this process can prove it: the
+/// holder recorded this host's boot id and machine id (never just its hostname) and
+/// this process's PID namespace, and its process is gone, or its pid now names a
+/// process started at another time, or it is a zombie with no live thread. Stores reap
+/// exactly those holders at once; every other hold lasts until it is released or its
+/// lease ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Liveness {
+    /// Its process runs on this host, in this PID namespace.
+    Alive,
+    /// Its process is provably gone.
+    Dead,
+    /// Another host, another PID namespace, a holder recorded by an older build, or a
+    /// process `/proc` hides (`hidepid`): only its lease can end its hold.
+    Unknown,
+}
+
+impl Liveness {
+    /// `alive`, `dead` or `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Alive => "alive",
+            Liveness::Dead => "dead",
+            Liveness::Unknown => "unknown",
+        }
+    }
+}
+
+impl Liveness {
+    fn of(v: Verdict) -> Liveness {
+        match v {
+            Verdict::Alive => Liveness::Alive,
+            Verdict::Dead => Liveness::Dead,
+            Verdict::Unknown => Liveness::Unknown,
+        }
+    }
 }
 
 impl Space {
@@ -179,6 +226,7 @@ impl Space {
                 url: url.to_owned(),
                 backend,
                 keeper: Keeper::new(),
+                detached: Default::default(),
             }),
         })
     }
@@ -312,6 +360,7 @@ impl Space {
                         until: h.until.map(at),
                         count: h.count,
                         shared: h.mode == Mode::Shared,
+                        process: Liveness::of(h.owner.verdict()),
                     })
                     .collect(),
                 waiting as usize,

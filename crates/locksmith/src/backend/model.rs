@@ -174,10 +174,15 @@ pub(crate) enum Op {
         token: u64,
     },
     /// Give back `owner`'s hold without its guard; for a semaphore whose owner holds
-    /// nothing, raise the count (a signalling release).
+    /// nothing, raise the count (a signalling release). `n` times, all or nothing.
     ReleaseOwned {
         kind: PermitKind,
         owner: Owner,
+        n: u32,
+    },
+    /// A semaphore's free permits (its initial value while idle).
+    Value {
+        kind: PermitKind,
     },
     /// Drop every holder (operators, `break`).
     ForceRelease,
@@ -340,7 +345,27 @@ pub(crate) fn apply(
             p.release_at(i);
             Ok((Reply::Done, p.wake(None)))
         }
-        Op::ReleaseOwned { kind, owner } => release_owned(record, name, kind, owner, ctx),
+        Op::ReleaseOwned { kind, owner, n: 1 } => release_owned(record, name, kind, owner, ctx),
+        Op::ReleaseOwned { kind, owner, n } => {
+            // All or nothing: the releases are made on a copy, kept only if all pass.
+            let mut copy = record.clone();
+            for _ in 0..n {
+                release_owned(&mut copy, name, kind, owner.clone(), ctx)?;
+            }
+            *record = copy;
+            let wake = match &record.state {
+                Some(State::Permits(p)) => p.wake(None),
+                _ => Wake::default(),
+            };
+            Ok((Reply::Done, wake))
+        }
+        Op::Value { kind } => match permits_of(record, name, kind)? {
+            Some(p) => {
+                p.prune(ctx);
+                Ok((Reply::Count(p.available.max(0) as u64), p.wake(None)))
+            }
+            None => Ok((Reply::Count(kind.initial() as u64), Wake::default())),
+        },
         Op::ForceRelease => match permits_held(record, name) {
             Ok(p) => {
                 let n = p.holders.len();
@@ -541,7 +566,13 @@ pub(crate) fn apply(
                 until: None,
             };
             let mut a = averager_of(record, name, ctx)?.cloned().unwrap_or(fresh);
-            a.total += value;
+            let total = a.total + value;
+            if !total.is_finite() {
+                // An infinite sum would average to nothing useful for ever (and has
+                // no JSON form): refuse the add, changing nothing.
+                return Err(Error::Overflow { name: name.into() });
+            }
+            a.total = total;
             a.count += 1;
             a.until = expire.map(|e| ctx.now.saturating_add(e));
             record.state = Some(State::Averager(a));
@@ -607,16 +638,7 @@ fn permits_of<'r>(
 
 /// The permit state of a record whose kind was checked, created free if absent.
 fn permits_or_new(state: &mut Option<State>, kind: PermitKind) -> Result<&mut Permits> {
-    let state = state.get_or_insert_with(|| {
-        State::Permits(Permits {
-            kind,
-            available: kind.initial(),
-            holders: Vec::new(),
-            queue: VecDeque::new(),
-            sleepers: Vec::new(),
-            owner_died: false,
-        })
-    });
+    let state = state.get_or_insert_with(|| vacant(kind));
     match state {
         State::Permits(p) => Ok(p),
         // Callers checked the kind with `permits_of` first.
@@ -640,6 +662,40 @@ pub(crate) fn lock_held(token: u64, owner: Owner, since: Millis) -> State {
             since,
             until: None,
         }],
+        queue: VecDeque::new(),
+        sleepers: Vec::new(),
+        owner_died: false,
+    })
+}
+
+/// Drops the state of a primitive tagged `tag` (`Space::evict_tag`), keeping the
+/// fencing counter; says whether it was dropped. A lock or semaphore whose holds were
+/// cut short keeps just that fact, so the next holder is told
+/// [`Grant::previous_owner_died`], as after a force-release. Stores that keep waiters
+/// outside the record drop those themselves.
+pub(crate) fn evict(record: &mut Record, tag: &str) -> bool {
+    if record.tag.as_deref() != Some(tag) || record.state.is_none() {
+        return false;
+    }
+    record.tag = None;
+    record.state = match record.state.take() {
+        Some(State::Permits(p)) if !p.holders.is_empty() || p.owner_died => {
+            let mut cut = vacant(p.kind);
+            if let State::Permits(c) = &mut cut {
+                c.owner_died = true;
+            }
+            Some(cut)
+        }
+        _ => None,
+    };
+    true
+}
+
+fn vacant(kind: PermitKind) -> State {
+    State::Permits(Permits {
+        kind,
+        available: kind.initial(),
+        holders: Vec::new(),
         queue: VecDeque::new(),
         sleepers: Vec::new(),
         owner_died: false,

@@ -345,8 +345,22 @@ ops.rel = function(a)
   return { 'done' }
 end
 
--- relown KIND N OWNER
-ops.relown = function(a) return release_owned(a[1], tonumber(a[2]), a[3]) end
+-- relown KIND N OWNER TIMES: TIMES releases, all or nothing (a failing one raises,
+-- and the record is then not written).
+ops.relown = function(a)
+  local r = { 'done' }
+  for _ = 1, tonumber(a[4] or '1') do r = release_owned(a[1], tonumber(a[2]), a[3]) end
+  return r
+end
+
+-- value KIND N: a semaphore's free permits.
+ops.value = function(a)
+  local p = permits_of(a[1], tonumber(a[2]))
+  if p == nil then return { 'count', initial(a[1], tonumber(a[2])) } end
+  prune(p)
+  wake_of(p, nil)
+  return { 'count', p.av }
+end
 
 ops.force = function()
   local p = rec.s
@@ -544,7 +558,10 @@ ops.avgadd = function(a)
     total = tonumber(s.tot)
     count = s.c
   end
-  local n = { k = 'avg', tot = fmt(total + tonumber(a[1])), c = count + 1 }
+  local sum = total + tonumber(a[1])
+  -- An infinite sum would average to nothing useful for ever: refuse, changing nothing.
+  if sum ~= sum or sum == math.huge or sum == -math.huge then fail('overflow') end
+  local n = { k = 'avg', tot = fmt(sum), c = count + 1 }
   local expire = optnum(a[2])
   if expire then n.u = now + expire end
   rec.s = n
@@ -602,11 +619,17 @@ ops.reap = function(a)
 end
 
 -- evict TAG: drop the state if tagged TAG, keeping the counter.
+-- A lock or semaphore whose holds were cut short keeps just that fact (od), so the
+-- next holder is told, as after force.
 ops.evict = function(a)
   if rec.s ~= nil and rec.g == a[1] then
     redis.call('DEL', QK, WK, IK)
+    local s = rec.s
     rec.s = nil
     rec.g = nil
+    if s.k == 'permits' and (#s.h > 0 or s.od) then
+      new_permits(s.kind, s.n).od = true
+    end
     wake_all = true
     return { 'count', 1 }
   end

@@ -802,27 +802,49 @@ impl Backend for RedisBackend {
 // Encoding ops and decoding replies ------------------------------------------------------
 
 /// An owner as the script stores it: an opaque string, since a Lua number cannot hold
-/// a u64. The host comes first and is split off last, so it may contain anything.
+/// a u64: `host/boot/pid/start/thread/machine/pidns`. The host comes first and is split
+/// off last, so it may contain anything. The script never looks inside: only the
+/// clients judge owners ([`Owner::is_dead`]).
 fn owner_str(o: &Owner) -> String {
     format!(
-        "{}/{:x}/{}/{}/{:x}",
-        o.host, o.boot, o.pid, o.start, o.thread
+        "{}/{:x}/{}/{}/{:x}/{:x}/{:x}",
+        o.host, o.boot, o.pid, o.start, o.thread, o.machine, o.pidns
     )
 }
 
+/// Parses [`owner_str`]'s form, or an older build's `host/boot/pid/start/thread` (which
+/// has no machine id or namespace: its owner is never judged dead). An older build
+/// reads the new form's host as `host/boot/pid` and so never judges it either.
 fn parse_owner(s: &str) -> Option<Owner> {
-    let mut it = s.rsplitn(5, '/');
-    let thread = u64::from_str_radix(it.next()?, 16).ok()?;
-    let start = it.next()?.parse().ok()?;
-    let pid = it.next()?.parse().ok()?;
-    let boot = u64::from_str_radix(it.next()?, 16).ok()?;
-    let host = it.next()?;
+    let fields: Vec<&str> = s.rsplitn(7, '/').collect();
+    let hex = |x: &str| u64::from_str_radix(x, 16).ok();
+    let (machine, pidns, rest) = match fields.as_slice() {
+        [pidns, machine, thread, start, pid, boot, host]
+            if hex(pidns).is_some() && hex(machine).is_some() =>
+        {
+            (
+                hex(machine)?,
+                hex(pidns)?,
+                [*thread, *start, *pid, *boot, *host],
+            )
+        }
+        _ => {
+            let old: Vec<&str> = s.rsplitn(5, '/').collect();
+            match old.as_slice() {
+                [thread, start, pid, boot, host] => (0, 0, [*thread, *start, *pid, *boot, *host]),
+                _ => return None,
+            }
+        }
+    };
+    let [thread, start, pid, boot, host] = rest;
     Some(Owner {
         host: host.into(),
-        boot,
-        pid,
-        start,
-        thread,
+        boot: hex(boot)?,
+        machine,
+        pidns,
+        pid: pid.parse().ok()?,
+        start: start.parse().ok()?,
+        thread: hex(thread)?,
     })
 }
 
@@ -881,9 +903,17 @@ fn encode(op: &Op) -> Vec<String> {
             ]
         }
         Op::Release { token } => vec![s("rel"), token.to_string()],
-        Op::ReleaseOwned { kind, owner } => {
+        Op::ReleaseOwned {
+            kind,
+            owner,
+            n: times,
+        } => {
             let [k, n] = kind_args(*kind);
-            vec![s("relown"), k, n, owner_str(owner)]
+            vec![s("relown"), k, n, owner_str(owner), times.to_string()]
+        }
+        Op::Value { kind } => {
+            let [k, n] = kind_args(*kind);
+            vec![s("value"), k, n]
         }
         Op::ForceRelease => vec![s("force")],
         Op::Dequeue { ticket } => vec![s("deq"), ticket.to_string()],
@@ -1100,6 +1130,7 @@ fn decode(values: Vec<Value>, name: &str) -> Result<(Reply, Vec<String>)> {
                 "deadlock" => Error::WouldDeadlock { name },
                 "toomany" => Error::TooManyReleases { name },
                 "broken" => Error::BrokenBarrier { name },
+                "overflow" => Error::Overflow { name },
                 "mismatch" => Error::Mismatch {
                     name,
                     wanted: text(v(2).unwrap_or(&Value::Nil)).unwrap_or_default(),
@@ -1455,5 +1486,12 @@ mod tests {
         let mut odd = o;
         odd.host = "a/b c".into();
         assert_eq!(parse_owner(&owner_str(&odd)), Some(odd));
+        // An older build's owner: no machine id or namespace, so never judged dead.
+        let old = parse_owner("h/1f/4000000/7/3").expect("the old form parses");
+        assert_eq!(
+            (old.machine, old.pidns, old.pid, old.start),
+            (0, 0, 4_000_000, 7)
+        );
+        assert!(!old.is_dead());
     }
 }

@@ -933,8 +933,9 @@ impl Shared {
         Ok(reclaimed)
     }
 
-    /// Loads slot `s`'s record; also answers the bytes it was decoded from.
-    fn load(&self, s: &RawSlot) -> Result<(Record, u64, Vec<u8>)> {
+    /// Loads slot `s`'s record (of `name`); also answers the bytes it was decoded from.
+    /// A record that does not decode is [`Error::Damaged`]: its name's problem only.
+    fn load(&self, s: &RawSlot, name: &str) -> Result<(Record, u64, Vec<u8>)> {
         let word = s.record.load(Ordering::Acquire);
         let next_token = s.next_token.load(Ordering::Acquire);
         if word == 0 {
@@ -946,8 +947,10 @@ impl Shared {
         }
         let (off, len) = split(word);
         let bytes = self.read_block(off, len)?;
-        let mut record: Record = serde_json::from_slice(&bytes)
-            .map_err(|e| self.corrupt(&format!("a record does not decode: {e}")))?;
+        let mut record: Record = serde_json::from_slice(&bytes).map_err(|e| Error::Damaged {
+            name: name.into(),
+            reason: e.to_string(),
+        })?;
         record.next_token = record.next_token.max(next_token);
         Ok((record, word, bytes))
     }
@@ -1001,7 +1004,21 @@ impl Shared {
             // Records are published with one store, so the slot is consistent.
             tracing::warn!(name, "a process died inside a step on this name; recovered");
         }
-        let (mut record, old, old_bytes) = self.load(s)?;
+        let (mut record, old, old_bytes) = match self.load(s, name) {
+            Err(Error::Damaged { .. }) if matches!(op, Op::ForceRelease) => {
+                // Reset: the fencing counter lives in the slot, outside the record.
+                tracing::warn!(name, "reset a damaged record");
+                let record = Record {
+                    next_token: s.next_token.load(Ordering::Acquire),
+                    ..Record::default()
+                };
+                self.store(s, &record, s.record.load(Ordering::Acquire), &[])?;
+                drop(guard);
+                self.notify(s, u32::MAX);
+                return Ok(Ok(Reply::Count(0)));
+            }
+            loaded => loaded?,
+        };
         let (old_len, old_tickets) = queue_of(&record);
         let mut op = op;
         match &mut op {
@@ -1234,10 +1251,12 @@ impl Backend for ShmBackend {
             if s.state.load(Ordering::Acquire) != state {
                 continue;
             }
-            let (mut record, old, old_bytes) = sh.load(s)?;
-            if record.tag.as_deref() == Some(tag) && record.state.is_some() {
-                record.state = None;
-                record.tag = None;
+            // A damaged record's tag is unknown: it stays (`break --force` resets it).
+            let (mut record, old, old_bytes) = match sh.load(s, "") {
+                Err(Error::Damaged { .. }) => continue,
+                loaded => loaded?,
+            };
+            if model::evict(&mut record, tag) {
                 sh.store(s, &record, old, &old_bytes)?;
                 drop(guard);
                 sh.notify(s, u32::MAX);

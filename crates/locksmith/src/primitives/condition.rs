@@ -93,6 +93,11 @@ impl Condition {
         }
     }
 
+    /// Whether anyone holds the condition's lock now.
+    pub fn is_locked(&self) -> Result<bool> {
+        crate::primitives::permit::is_held(&self.handle)
+    }
+
     /// Wakes every sleeper; returns how many were woken.
     pub fn notify_all(&self) -> Result<usize> {
         self.notify(usize::MAX)
@@ -152,6 +157,23 @@ impl Condition {
         Ok(notified)
     }
 
+    /// Starts [`Condition::wait`] in steps, for callers that must look up between
+    /// slices of the wait (Python runs its signal handlers there): releases the lock
+    /// `guard` holds and registers a sleeper, which stays registered across slices, so
+    /// no notification is lost between them. End with [`Sleeper::leave`], then take the
+    /// lock again.
+    ///
+    /// # Errors
+    /// As [`Condition::wait`].
+    pub fn sleep(&self, mut guard: Guard) -> Result<Sleeper> {
+        let ticket = self.start_sleeping(&mut guard)?;
+        Ok(Sleeper {
+            condition: self.clone(),
+            ticket: Some(ticket),
+            notified: false,
+        })
+    }
+
     /// Async [`Condition::wait`].
     ///
     /// # Cancel safety
@@ -206,5 +228,59 @@ fn cancel(reply: Reply) -> Result<bool> {
     match reply {
         Reply::Flag(notified) => Ok(notified),
         other => Err(unexpected(other)),
+    }
+}
+
+/// A registered sleeper of a [`Condition`], made by [`Condition::sleep`]. Dropping it
+/// leaves the sleepers.
+#[derive(Debug)]
+pub struct Sleeper {
+    condition: Condition,
+    /// `None` once it left.
+    ticket: Option<u64>,
+    notified: bool,
+}
+
+impl Sleeper {
+    /// Waits at most `timeout` for a notification; returns whether one came (now or
+    /// earlier). Without one, it stays a sleeper.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<bool> {
+        let Some(ticket) = self.ticket.filter(|_| !self.notified) else {
+            return Ok(self.notified);
+        };
+        let handle = &self.condition.handle;
+        let woken = handle.block_on(
+            Some(ticket),
+            deadline_after(timeout),
+            &|| Op::CondCheck { ticket },
+            &mut judge,
+        )?;
+        if woken.is_some() {
+            // The check consumed the notification: nothing left to cancel.
+            self.notified = true;
+            self.ticket = None;
+        }
+        Ok(self.notified)
+    }
+
+    /// Stops sleeping; returns whether a notification had arrived (it is consumed).
+    pub fn leave(mut self) -> Result<bool> {
+        self.leave_now()
+    }
+
+    fn leave_now(&mut self) -> Result<bool> {
+        if let Some(ticket) = self.ticket.take() {
+            let reply = self.condition.handle.step(Op::CondCancel { ticket })?;
+            self.notified |= cancel(reply)?;
+        }
+        Ok(self.notified)
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        if let Err(e) = self.leave_now() {
+            tracing::warn!(name = self.condition.name(), error = %e, "could not stop sleeping");
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::backend::{FastHold, Grant, Op, Reply};
 use crate::lease::Lease;
+use crate::primitives::detached::Claim;
 use crate::primitives::handle::Handle;
 use crate::{Error, Result};
 
@@ -34,6 +35,9 @@ pub struct Guard {
     fast: Option<NonZeroU64>,
     /// An async release was sent and may have been applied (its future was dropped).
     releasing: bool,
+    /// Who may give the hold back through the handle once detached (Lock and RLock);
+    /// `None`: the handle's `release()` does not look for detached holds.
+    claim: Option<Claim>,
 }
 
 impl Guard {
@@ -45,6 +49,7 @@ impl Guard {
             held: true,
             fast: None,
             releasing: false,
+            claim: None,
         };
         guard.keep_lease();
         guard
@@ -63,7 +68,14 @@ impl Guard {
             held: true,
             fast: Some(hold.word),
             releasing: false,
+            claim: None,
         }
+    }
+
+    /// Says who may give the hold back through the handle once it is detached.
+    pub(crate) fn claimed(mut self, claim: Claim) -> Guard {
+        self.claim = Some(claim);
+        self
     }
 
     fn keep_lease(&mut self) {
@@ -168,9 +180,22 @@ impl Guard {
     }
 
     /// Keeps holding without a guard: nothing is released on drop and the lease is
-    /// no longer renewed. Release later with the handle's `release()` from the same
-    /// thread, or let the lease lapse. Returns the fencing token.
+    /// no longer renewed. Release later with the handle's `release()` (of a Lock or
+    /// RLock: from the thread that acquired, or from any thread of this process for a
+    /// Lock owned by the acquisition, see [`crate::Ownership`]), or let the lease
+    /// lapse. Returns the fencing token.
+    ///
+    /// A handle's `release()` gives back only holds detached this way in this process
+    /// (through a `Space` it shares), never one a live guard owns.
     pub fn detach(mut self) -> u64 {
+        if self.held {
+            if let Some(claim) = self.claim {
+                let space = &self.handle.space;
+                space
+                    .detached
+                    .add(self.handle.name(), self.grant.token, claim);
+            }
+        }
         self.forget_hold();
         self.grant.token
     }

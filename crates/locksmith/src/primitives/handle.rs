@@ -42,6 +42,8 @@ pub(crate) struct Options {
     pub lease: Option<Duration>,
     pub keep_alive: bool,
     pub tag: Option<String>,
+    /// Who owns a blocking acquisition of a Lock.
+    pub ownership: crate::Ownership,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             lease: None,
             keep_alive: true,
             tag: None,
+            ownership: crate::Ownership::Thread,
         }
     }
 }

@@ -16,6 +16,7 @@ mod processes;
 mod reclaim;
 #[cfg(feature = "redis")]
 mod redis;
+mod seeds;
 mod semaphores;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -181,6 +182,7 @@ fn main() {
             tests.extend(barriers::tests());
             tests.extend(inputs::tests());
             tests.extend(reclaim::tests());
+            tests.extend(seeds::tests());
         }
         tests.extend(asyncs::tests());
         if store.cross_process {

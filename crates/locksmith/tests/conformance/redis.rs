@@ -30,6 +30,10 @@ pub fn tests() -> Vec<Test> {
             no_key_leak,
         ),
         ("redis::waiter_is_woken_by_push_not_by_poll", push_wakeup),
+        (
+            "redis::same_hostname_other_boot_is_not_reaped",
+            same_hostname_other_boot_is_not_reaped,
+        ),
     ]
 }
 
@@ -531,4 +535,68 @@ fn unknown_ca(_: &Store) {
     }
     let space = Space::open(&server.url).unwrap();
     assert!(space.lock("x").try_acquire().unwrap().is_some());
+}
+
+/// Item 12.2: a holder that shares this host's name but not its boot id is another
+/// machine (a cloned VM, containers given one `--hostname`, hosts all called
+/// `localhost`), not this one before a reboot: its hold lasts until its lease ends.
+/// The holder is this process with its recorded boot id changed in Redis, as another
+/// machine of the same name would have written it.
+fn same_hostname_other_boot_is_not_reaped(_: &Store) {
+    let prefix = format!("t{}:", unique());
+    let url = with_prefix(server_url(), &prefix);
+    let space = Space::open(&url).unwrap();
+    let held = space
+        .lock("deploy")
+        .lease(Duration::from_secs(600))
+        .acquire()
+        .unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    // The owner is `"o":"HOST/BOOT/…` (Lua's JSON writes `/` as `\/`).
+    let owner_start = format!("\"o\":\"{}\\/", host.trim());
+    let server = url.split('?').next().unwrap();
+    let mut conn = redis::Client::open(server)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // Nobody waits: the record is the prefix's only key.
+    let [key]: [String; 1] = keys(&url, &prefix).try_into().unwrap();
+    let record: String = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    let at = record
+        .find(&owner_start)
+        .expect("the record names this host")
+        + owner_start.len();
+    let end = at + record[at..].find("\\/").unwrap();
+    // Another boot id, the same hostname.
+    let other_boot = if &record[at..end] == "1" { "2" } else { "1" };
+    let forged = format!("{}{other_boot}{}", &record[..at], &record[end..]);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&forged)
+        .arg("KEEPTTL")
+        .query(&mut conn)
+        .unwrap();
+    let other = Space::open(&url).unwrap();
+    let holders = other.holders("deploy").unwrap();
+    assert_eq!(
+        holders[0].process,
+        locksmith::Liveness::Unknown,
+        "{holders:?}"
+    );
+    // A bound for the negative only: the old code gave the lock away in ~10 ms.
+    let stolen = other
+        .lock("deploy")
+        .acquire_timeout(Duration::from_secs(2))
+        .unwrap();
+    assert!(
+        stolen.is_none(),
+        "a holder with this hostname and another boot id lost its lock"
+    );
+    held.release().unwrap();
+    let guard = other
+        .lock("deploy")
+        .acquire_timeout(Duration::from_secs(60))
+        .unwrap()
+        .expect("free once released");
+    assert!(!guard.previous_owner_died());
 }

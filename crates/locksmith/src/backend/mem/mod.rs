@@ -187,9 +187,7 @@ impl Backend for MemBackend {
         let mut evicted = 0;
         for slot in slots {
             let mut inner = lock(&slot.inner);
-            if inner.record.tag.as_deref() == Some(tag) && inner.record.state.is_some() {
-                inner.record.state = None;
-                inner.record.tag = None;
+            if model::evict(&mut inner.record, tag) {
                 evicted += 1;
                 slot.changed.notify(usize::MAX);
                 for event in inner.tickets.values() {

@@ -700,23 +700,21 @@ fn queued_tickets(record: &Record) -> Vec<u64> {
 /// Liveness checks for one step: owners in this process are alive without a look at
 /// `/proc`, and each other process is looked up once per step.
 fn liveness() -> impl Fn(&Owner) -> bool {
-    let memo: RefCell<Vec<(u32, u64, bool)>> = RefCell::new(Vec::new());
+    type Process = (u64, u64, u64, u32, u64);
+    let memo: RefCell<Vec<(Process, bool)>> = RefCell::new(Vec::new());
     move |o: &Owner| {
+        let process = (o.boot, o.machine, o.pidns, o.pid, o.start);
         if o.pid == std::process::id() {
             let me = Owner::current_thread();
-            if o.start == me.start && o.boot == me.boot && o.host == me.host {
+            if process == (me.boot, me.machine, me.pidns, me.pid, me.start) {
                 return false;
             }
         }
-        if let Some(&(_, _, dead)) = memo
-            .borrow()
-            .iter()
-            .find(|(pid, start, _)| *pid == o.pid && *start == o.start)
-        {
+        if let Some(&(_, dead)) = memo.borrow().iter().find(|(p, _)| *p == process) {
             return dead;
         }
         let dead = o.is_dead();
-        memo.borrow_mut().push((o.pid, o.start, dead));
+        memo.borrow_mut().push((process, dead));
         dead
     }
 }
@@ -732,6 +730,7 @@ impl SqliteBackend {
             is_dead: Some(&is_dead),
             waiter_ttl: Some(self.waiter_ttl),
         };
+        let force = matches!(op, Op::ForceRelease);
         let (reply, wake, all_tickets, wrote) = shard.transact(|conn| {
             let err = |e| store_error(&shard.path, e);
             let mut select = conn.prepare_cached(SELECT).map_err(err)?;
@@ -750,19 +749,30 @@ impl SqliteBackend {
                 // A new name, or one reclaimed: its counter starts at the floor.
                 None => (token_floor(conn).map_err(err)?, None, None),
             };
-            let state = match &old_state {
-                Some(bytes) => Some(
-                    serde_json::from_slice::<State>(bytes)
-                        .map_err(|e| corrupt(&shard.path, name, e))?,
-                ),
-                None => None,
+            let (state, damaged) = match old_state.as_deref().map(serde_json::from_slice::<State>) {
+                None => (None, false),
+                Some(Ok(state)) => (Some(state), false),
+                // A record that does not decode is this name's problem only; a forced
+                // release resets it (its fencing counter is a column of its own).
+                Some(Err(_)) if force => (None, true),
+                Some(Err(e)) => {
+                    return Err(Error::Damaged {
+                        name: name.into(),
+                        reason: e.to_string(),
+                    })
+                }
             };
             let mut record = Record {
                 next_token: old_token as u64,
-                tag: old_tag.clone(),
+                tag: if damaged { None } else { old_tag.clone() },
                 state,
             };
-            let (reply, wake) = model::apply(&mut record, name, op, &ctx)?;
+            let (reply, mut wake) = model::apply(&mut record, name, op, &ctx)?;
+            if damaged {
+                tracing::warn!(name, "reset a damaged record");
+                // Whoever waited on the damaged record looks again.
+                wake.all = true;
+            }
             let new_state = match &record.state {
                 Some(s) => Some(serde_json::to_vec(s).map_err(|e| corrupt(&shard.path, name, e))?),
                 None => None,
@@ -930,6 +940,7 @@ impl Backend for SqliteBackend {
             let woken = shard.transact(|conn| {
                 let err = |e| store_error(&shard.path, e);
                 let mut woken = Vec::new();
+                let mut kept = Vec::new();
                 {
                     let mut stmt = conn
                         .prepare_cached(
@@ -945,15 +956,19 @@ impl Backend for SqliteBackend {
                         let (name, bytes) = row.map_err(err)?;
                         // A record that does not parse is evicted all the same; it
                         // just has no tickets to wake.
-                        let tickets = serde_json::from_slice::<State>(&bytes)
-                            .map(|state| {
-                                queued_tickets(&Record {
-                                    next_token: 0,
-                                    tag: None,
-                                    state: Some(state),
-                                })
-                            })
-                            .unwrap_or_default();
+                        let mut record = Record {
+                            next_token: 0,
+                            tag: Some(tag.to_owned()),
+                            state: serde_json::from_slice::<State>(&bytes).ok(),
+                        };
+                        let tickets = queued_tickets(&record);
+                        model::evict(&mut record, tag);
+                        if let Some(state) = &record.state {
+                            // Holds were cut short: the next holder is told.
+                            let bytes = serde_json::to_vec(state)
+                                .map_err(|e| corrupt(&shard.path, &name, e))?;
+                            kept.push((name.clone(), bytes));
+                        }
                         woken.push((stable_hash(name.as_bytes()), tickets));
                     }
                 }
@@ -962,6 +977,11 @@ impl Backend for SqliteBackend {
                 )
                 .and_then(|mut s| s.execute([tag]))
                 .map_err(err)?;
+                for (name, bytes) in kept {
+                    conn.prepare_cached("UPDATE prim SET state = ?2 WHERE name = ?1")
+                        .and_then(|mut s| s.execute(rusqlite::params![name, bytes]))
+                        .map_err(err)?;
+                }
                 Ok(woken)
             })?;
             evicted += woken.len();

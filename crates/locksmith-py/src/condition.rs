@@ -1,0 +1,105 @@
+//! `Condition`: a condition variable with its own lock.
+
+use std::time::Instant;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyAny, PyTuple};
+
+use crate::errors::Raise;
+use crate::guard::{not_held, Holds};
+use crate::lock::{parts, reduce_args, with_opts};
+use crate::permits::{permit_class, Opts};
+use crate::space::Core;
+use crate::wait::{timeout_arg, SLICE};
+
+/// A condition variable carrying its own lock: acquire it (`with cond:`), check the
+/// shared state, `wait()` to release the lock and sleep until notified.
+#[pyclass(frozen, module = "locksmith")]
+#[derive(Debug)]
+pub struct Condition {
+    pub(crate) name: String,
+    pub(crate) core: Core<locksmith::Condition>,
+    pub(crate) holds: Holds,
+    opts: Opts,
+}
+
+permit_class!(Condition, "Condition", any_thread = false, {
+    #[new]
+    #[pyo3(signature = (name, space=None, lease=None, keep_alive=true, tag=None))]
+    fn new(
+        py: Python<'_>,
+        name: String,
+        space: Option<&Bound<'_, PyAny>>,
+        lease: Option<f64>,
+        keep_alive: bool,
+        tag: Option<String>,
+    ) -> PyResult<Self> {
+        let (cell, opts, o) = parts(py, space, lease, keep_alive, tag)?;
+        let n = name.clone();
+        let core = Core::new(cell, move |s| with_opts!(s.condition(&n), o)).raise_py(py)?;
+        Ok(Condition {
+            name,
+            core,
+            holds: Holds::default(),
+            opts,
+        })
+    }
+
+    /// Releases the lock (which the calling thread must hold), sleeps until notified or
+    /// `timeout` seconds passed, and takes the lock again. Returns whether it was
+    /// notified. Signal handlers run during the wait; if one raises, the lock is held
+    /// again when the exception propagates.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = timeout_arg(py, timeout)?;
+        let slot = self.holds.mine().ok_or_else(|| not_held(py, &self.name))?;
+        let core = self.core.get().raise_py(py)?;
+        let Some(mut guard) = slot.take_for_wait() else {
+            return Err(not_held(py, &self.name));
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let result = loop {
+            let slice = match deadline {
+                None => SLICE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break Ok(false);
+                    }
+                    left.min(SLICE)
+                }
+            };
+            match py.detach(|| core.wait_timeout(&mut guard, slice)) {
+                Ok(true) => break Ok(true),
+                Ok(false) => {}
+                Err(e) => break Err(crate::errors::to_py(py, e)),
+            }
+            if let Err(e) = py.check_signals() {
+                break Err(e);
+            }
+        };
+        slot.put_back(guard);
+        result
+    }
+
+    /// Wakes up to `n` sleepers, oldest first; returns how many were woken.
+    #[pyo3(signature = (n=1))]
+    fn notify(&self, py: Python<'_>, n: usize) -> PyResult<usize> {
+        let core = self.core.get().raise_py(py)?;
+        py.detach(|| core.notify(n)).raise_py(py)
+    }
+
+    /// Wakes every sleeper; returns how many were woken.
+    fn notify_all(&self, py: Python<'_>) -> PyResult<usize> {
+        let core = self.core.get().raise_py(py)?;
+        py.detach(|| core.notify_all()).raise_py(py)
+    }
+
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let me = slf.get();
+        let args = reduce_args(slf.py(), &me.name, None, me.core.cell.url(), &me.opts)?;
+        Ok((slf.get_type().into_any(), args))
+    }
+});

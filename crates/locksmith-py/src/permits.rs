@@ -1,0 +1,184 @@
+//! What Lock, RLock, Semaphore, BoundedSemaphore and Condition objects share: blocking
+//! acquisition with the GIL released and signals run, holds kept per thread, and the
+//! context manager.
+
+use std::time::Duration;
+
+use pyo3::prelude::*;
+
+use crate::errors::Raise;
+use crate::guard::{Guard, Holds};
+use crate::space::Core;
+use crate::wait::{sliced, timeout_arg};
+
+/// The core primitives that hand out guards.
+pub(crate) trait Acquire: Clone + Send + Sync + 'static {
+    fn try_acquire(&self) -> locksmith::Result<Option<locksmith::Guard>>;
+    fn acquire_timeout(&self, d: Duration) -> locksmith::Result<Option<locksmith::Guard>>;
+    /// The core's `release()`: a guardless hold of this thread, or a signalling release.
+    fn release_owned(&self) -> locksmith::Result<()>;
+}
+
+macro_rules! impl_acquire {
+    ($($t:ty),*) => {$(
+        impl Acquire for $t {
+            fn try_acquire(&self) -> locksmith::Result<Option<locksmith::Guard>> {
+                <$t>::try_acquire(self)
+            }
+            fn acquire_timeout(&self, d: Duration) -> locksmith::Result<Option<locksmith::Guard>> {
+                <$t>::acquire_timeout(self, d)
+            }
+            fn release_owned(&self) -> locksmith::Result<()> {
+                <$t>::release(self)
+            }
+        }
+    )*};
+}
+impl_acquire!(
+    locksmith::Lock,
+    locksmith::RLock,
+    locksmith::Semaphore,
+    locksmith::BoundedSemaphore
+);
+
+impl Acquire for locksmith::Condition {
+    fn try_acquire(&self) -> locksmith::Result<Option<locksmith::Guard>> {
+        locksmith::Condition::try_acquire(self)
+    }
+    fn acquire_timeout(&self, d: Duration) -> locksmith::Result<Option<locksmith::Guard>> {
+        locksmith::Condition::acquire_timeout(self, d)
+    }
+    fn release_owned(&self) -> locksmith::Result<()> {
+        Err(locksmith::Error::NotHeld {
+            name: self.name().to_owned(),
+        })
+    }
+}
+
+/// The options a primitive was made with, kept to pickle it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Opts {
+    pub lease: Option<f64>,
+    pub keep_alive: bool,
+    pub tag: Option<String>,
+}
+
+/// Blocking acquisition: `timeout=None` waits for ever; `Ok(None)` when it ran out.
+pub(crate) fn acquire<T: Acquire>(
+    py: Python<'_>,
+    core: &Core<T>,
+    holds: &Holds,
+    timeout: Option<f64>,
+) -> PyResult<Option<Guard>> {
+    let timeout = timeout_arg(py, timeout)?;
+    let core = core.get().raise_py(py)?;
+    let core: &T = &core;
+    let got = sliced(
+        py,
+        timeout,
+        || core.try_acquire(),
+        |slice| core.acquire_timeout(slice),
+    )?;
+    Ok(got.map(|g| holds.push(g)))
+}
+
+/// Acquisition that never waits.
+pub(crate) fn try_acquire<T: Acquire>(
+    py: Python<'_>,
+    core: &Core<T>,
+    holds: &Holds,
+) -> PyResult<Option<Guard>> {
+    let core = core.get().raise_py(py)?;
+    Ok(core.try_acquire().raise_py(py)?.map(|g| holds.push(g)))
+}
+
+/// Releases the calling thread's newest hold taken through this object (or, with
+/// `any_thread`, anyone's), else asks the core (a guardless hold, or a semaphore's
+/// signalling release).
+pub(crate) fn release<T: Acquire>(
+    py: Python<'_>,
+    core: &Core<T>,
+    holds: &Holds,
+    any_thread: bool,
+) -> PyResult<()> {
+    match holds.pop(any_thread) {
+        Some(slot) => slot.release(py),
+        None => {
+            let core = core.get().raise_py(py)?;
+            py.detach(|| core.release_owned()).raise_py(py)
+        }
+    }
+}
+
+/// The class body every guard-giving primitive shares, plus `$extra` methods.
+macro_rules! permit_class {
+    ($ty:ident, $pyname:literal, any_thread = $any:expr, { $($extra:tt)* }) => {
+        #[pymethods]
+        impl $ty {
+            /// Acquires, waiting at most `timeout` seconds (`None`: as long as it takes).
+            /// Returns the hold's `Guard`, or `None` if the time ran out. The hold
+            /// lasts until `release()` (here or on the guard), not until the guard is
+            /// garbage.
+            #[pyo3(signature = (timeout=None))]
+            fn acquire(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<$crate::guard::Guard>> {
+                $crate::permits::acquire(py, &self.core, &self.holds, timeout)
+            }
+
+            /// Acquires if that is possible now: the `Guard`, or `None`.
+            fn try_acquire(&self, py: Python<'_>) -> PyResult<Option<$crate::guard::Guard>> {
+                $crate::permits::try_acquire(py, &self.core, &self.holds)
+            }
+
+            /// Releases the calling thread's newest hold taken through this object.
+            fn release(&self, py: Python<'_>) -> PyResult<()> {
+                $crate::permits::release(py, &self.core, &self.holds, $any)
+            }
+
+            fn __enter__(&self, py: Python<'_>) -> PyResult<$crate::guard::Guard> {
+                match $crate::permits::acquire(py, &self.core, &self.holds, None)? {
+                    Some(g) => Ok(g),
+                    None => Err($crate::errors::new_err(py, "LockTimeout", "no timeout, yet timed out".into())),
+                }
+            }
+
+            fn __exit__(
+                &self,
+                py: Python<'_>,
+                _exc_type: &Bound<'_, PyAny>,
+                _exc: &Bound<'_, PyAny>,
+                _tb: &Bound<'_, PyAny>,
+            ) -> PyResult<bool> {
+                match self.holds.pop(false) {
+                    Some(slot) => slot.release(py)?,
+                    None => return Err($crate::guard::not_held(py, &self.name)),
+                }
+                Ok(false)
+            }
+
+            /// The primitive's name.
+            #[getter]
+            fn name(&self) -> &str {
+                &self.name
+            }
+
+            /// The store's URL.
+            #[getter]
+            fn url(&self) -> &str {
+                self.core.cell.url()
+            }
+
+            /// How many holds the calling thread took through this object and has not
+            /// released.
+            fn _count_mine(&self) -> usize {
+                self.holds.count_mine()
+            }
+
+            fn __repr__(&self) -> String {
+                format!("<locksmith.{} {:?} at {}>", $pyname, self.name, self.core.cell.url())
+            }
+
+            $($extra)*
+        }
+    };
+}
+pub(crate) use permit_class;

@@ -1,0 +1,88 @@
+//! Waiting from Python: the uncontended case keeps the GIL; a wait releases it and runs
+//! in slices, so that Ctrl-C (and every other signal handler) runs between them, as it
+//! does in CPython's own locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+use crate::errors::{new_err, Raise};
+
+/// The longest a waiter sleeps without looking at pending signals.
+pub(crate) const SLICE: Duration = Duration::from_millis(50);
+
+/// Python's `timeout` argument: `None` waits for ever; a number is seconds, and must be
+/// finite and not negative.
+pub(crate) fn timeout_arg(py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_finite() && t >= 0.0 => Duration::try_from_secs_f64(t)
+            .map(Some)
+            .map_err(|e| new_err(py, "InvalidArgument", format!("timeout {t}: {e}"))),
+        Some(t) => Err(new_err(
+            py,
+            "InvalidArgument",
+            format!("timeout must be a finite number of seconds, not below 0 (got {t})"),
+        )),
+    }
+}
+
+/// Waits for something with `attempt(slice)`, which tries for at most `slice` and
+/// answers `Ok(None)` if it did not happen. The first attempt only tries (`try_now`),
+/// holding the GIL; then attempts run without the GIL, each for at most [`SLICE`], with
+/// signal handlers run between them. If a handler raises, its exception propagates and
+/// nothing is held: an attempt that succeeded is returned before signals are looked at.
+pub(crate) fn sliced<T, Try, Attempt>(
+    py: Python<'_>,
+    timeout: Option<Duration>,
+    try_now: Try,
+    attempt: Attempt,
+) -> PyResult<Option<T>>
+where
+    T: Send,
+    Try: FnOnce() -> locksmith::Result<Option<T>>,
+    Attempt: Fn(Duration) -> locksmith::Result<Option<T>> + Sync,
+{
+    if let Some(got) = try_now().raise_py(py)? {
+        return Ok(Some(got));
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let slice = match deadline {
+            None => SLICE,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                left.min(SLICE)
+            }
+        };
+        if let Some(got) = py.detach(|| attempt(slice)).raise_py(py)? {
+            return Ok(Some(got));
+        }
+        py.check_signals()?;
+    }
+}
+
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn forked() {
+    // Runs in the child right after fork: an atomic add is async-signal-safe.
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts forks, so that holds a child inherited can tell they are not its own.
+pub(crate) fn watch_forks() {
+    // SAFETY: pthread_atfork only records the handler, which touches nothing but an
+    // atomic. Registering twice (a second module init) only counts each fork twice,
+    // which still tells a child from its parent.
+    unsafe { libc::pthread_atfork(None, None, Some(forked)) };
+}
+
+/// This process's generation: it changes in a child at fork.
+#[inline]
+pub(crate) fn generation() -> u64 {
+    FORKS.load(Ordering::Relaxed)
+}

@@ -1,0 +1,23 @@
+"""runtime.sync's API: a :class:`Mutex` placed in any writable buffer (``bytearray``,
+``mmap.mmap``, ``SharedMemory(...).buf`` or a slice of it, ``memoryview``, a NumPy
+array), shared by the threads and processes that map it, and :class:`SyncError`.
+
+    from multiprocessing.shared_memory import SharedMemory
+    from locksmith.sync import Mutex
+
+    shm = SharedMemory(create=True, size=Mutex.SIZE)
+    mutex = Mutex(shm.buf)
+    mutex.initialize()          # once, in one process
+    with mutex:                 # acquire(timeout=1) ... release()
+        ...
+
+Differences from runtime.sync, all in the direction of safety: the buffer is checked
+(writable, C-contiguous, at least ``Mutex.SIZE`` bytes, 8-byte aligned; ``EINVAL``
+otherwise) and held exported while the Mutex lives, so it cannot be freed under it; a
+mutex whose owner died is taken over by the next acquirer, which finds
+``mutex.previous_owner_died`` true.
+"""
+
+from locksmith._locksmith import Mutex, SyncError
+
+__all__ = ["Mutex", "SyncError"]
