@@ -241,8 +241,17 @@ pub struct BreakArgs {
 #[derive(Debug, Args)]
 pub struct EvictArgs {
     /// Drop the primitives with this tag.
-    #[arg(long, value_name = "TAG")]
-    pub tag: String,
+    #[arg(
+        long,
+        value_name = "TAG",
+        required_unless_present = "idle",
+        conflicts_with = "idle"
+    )]
+    pub tag: Option<String>,
+    /// Forget the idle names instead (nobody holds, waits for or has set them; no tag):
+    /// their fencing tokens never go back.
+    #[arg(long)]
+    pub idle: bool,
 }
 
 /// `demo`.
