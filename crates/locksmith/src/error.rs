@@ -64,7 +64,9 @@ pub enum Error {
     },
 
     /// A name is already used by a primitive of another kind or with other parameters
-    /// (`EEXIST`).
+    /// (`EEXIST`). A name's kind and parameters are fixed by its first use, whether or
+    /// not it is in use now, until it is removed on purpose
+    /// ([`Space::remove`](crate::Space::remove), [`Space::evict_tag`](crate::Space::evict_tag)).
     #[error("'{name}' is {found}, not {wanted}")]
     Mismatch {
         /// The primitive's name.
@@ -73,6 +75,14 @@ pub enum Error {
         wanted: String,
         /// What the store holds under that name, e.g. "a Semaphore of 3".
         found: String,
+    },
+
+    /// [`Space::remove`](crate::Space::remove) of a name that is in use: held, waited
+    /// for, set (an event), filling or broken (a barrier) or averaging (`EBUSY`).
+    #[error("'{name}' is in use: it can be removed only while idle")]
+    Busy {
+        /// The primitive's name.
+        name: String,
     },
 
     /// An [`Averager`](crate::Averager) add whose sum would overflow to infinity
@@ -127,6 +137,7 @@ impl Error {
             Error::BrokenBarrier { .. } => libc::EPIPE,
             Error::LeaseLost { .. } => libc::ENOLCK,
             Error::Mismatch { .. } => libc::EEXIST,
+            Error::Busy { .. } => libc::EBUSY,
             Error::Overflow { .. } => libc::ERANGE,
             Error::Damaged { .. } => libc::EBADMSG,
             Error::InvalidArgument(_) => libc::EINVAL,

@@ -5,7 +5,10 @@
 -- the pub/sub channel its waiters are woken on. ARGV[1] is the waiter time-to-live in
 -- ms, ARGV[2] the op, ARGV[3..] the op's arguments.
 --
--- Record: { t = next_token, g = tag?, s = state? }
+-- Record: { t = next_token, g = tag?, s = state?, f = kind? }
+--   f: the kind and parameters fixed by the name's first use, until it is removed on
+--      purpose (op remove, evict): 'lock:0', 'sem:3', 'cond:0', 'event', 'barrier:4',
+--      'avg' (see OP_KIND)
 --   permits: { k='permits', kind='lock'|'rlock'|'sem'|'bsem'|'rw'|'cond', n, av,
 --              h = holders { tk, o, m='x'|'s', c, since, u? },
 --              sl = sleepers { tk (string), o, nt }, od = owner_died, qs = arrivals,
@@ -63,6 +66,52 @@ local function describe_state(s)
 end
 
 local function fmt(x) return string.format('%.17g', x) end
+
+-- Kinds ---------------------------------------------------------------------------
+
+local function describe_kind(f)
+  local k, n = string.match(f, '^(%a+):(%d+)$')
+  if k == 'barrier' then return 'a Barrier of ' .. n .. ' parties' end
+  if k then return describe(k, tonumber(n)) end
+  if f == 'event' then return 'an Event' end
+  return 'an Averager'
+end
+
+local function kind_of_state(s)
+  if s.k == 'permits' then return s.kind .. ':' .. s.n
+  elseif s.k == 'event' then return 'event'
+  elseif s.k == 'barrier' then return 'barrier:' .. s.p end
+  return 'avg'
+end
+
+local function permits_kind(a) return a[1] .. ':' .. a[2] end
+local function cond_kind() return 'cond:0' end
+local function event_kind() return 'event' end
+local function barrier_kind(a) return 'barrier:' .. a[1] end
+local function avg_kind() return 'avg' end
+
+-- The kind each op is for (model.rs's Op::kind); ops not listed work on any kind.
+local OP_KIND = {
+  acq = permits_kind, relown = permits_kind, value = permits_kind,
+  condwait = cond_kind, condsleep = cond_kind, notify = cond_kind, condcheck = cond_kind,
+  evset = event_kind, evclear = event_kind, evread = event_kind,
+  arrive = barrier_kind, advance = barrier_kind, abort = barrier_kind,
+  reset = barrier_kind, bread = barrier_kind,
+  avgadd = avg_kind, avgget = avg_kind, avgpop = avg_kind,
+}
+
+-- Whether a live state is idle (model.rs's Record::tidy).
+local function is_idle(s)
+  if s.k == 'permits' then
+    return #s.h == 0 and (s.ql or 0) == 0 and #s.sl == 0 and not s.od
+      and s.av == initial(s.kind, s.n)
+  elseif s.k == 'event' then
+    return not s.set
+  elseif s.k == 'barrier' then
+    return #s.ar == 0 and not s.br and s.lb == nil
+  end
+  return s.c == 0
+end
 
 -- Permits -----------------------------------------------------------------------
 
@@ -205,12 +254,12 @@ local function acquire(kind, n, mode, owner, lease, tag, ticket)
     prune(p)
     for _, h in ipairs(p.h) do
       if h.o == owner then
-        if kind == 'rlock' or (kind == 'rw' and h.m == 's' and mode == 's') then
+        if kind == 'rlock' or kind == 'cond' or (kind == 'rw' and h.m == 's' and mode == 's') then
           -- Re-entry never waits, not even behind the queue.
           h.c = h.c + 1
           if lease then h.u = now + lease end
           return { 'granted', h.tk, 0 }
-        elseif kind == 'lock' or kind == 'cond' or kind == 'rw' then
+        elseif kind == 'lock' or kind == 'rw' then
           fail('deadlock')
         end
         -- A semaphore may hand several permits to one owner.
@@ -418,10 +467,33 @@ ops.condwait = function(a)
   prune(p)
   local i = find_holder(p, tonumber(a[1]))
   if i == nil then fail('notheld') end
+  local levels = p.h[i].c
+  if levels > 1 then fail('nested', levels) end
   release_at(p, i)
   p.sl[#p.sl + 1] = { tk = a[2], o = a[3], nt = false }
   wake_of(p, nil)
+  return { 'count', levels }
+end
+
+-- condsleep TICKET OWNER: a sleeper of a condition whose lock is another name's.
+ops.condsleep = function(a)
+  local p = permits_of('cond', 0)
+  if p == nil then p = new_permits('cond', 0) end
+  p.sl[#p.sl + 1] = { tk = a[1], o = a[2], nt = false }
   return { 'done' }
+end
+
+-- relall TOKEN: every level of the hold TOKEN.
+ops.relall = function(a)
+  local p = permits_held()
+  prune(p)
+  local i = find_holder(p, tonumber(a[1]))
+  if i == nil then fail('notheld') end
+  local levels = p.h[i].c
+  if levels > 1 then fail('nested', levels) end
+  release_at(p, i)
+  wake_of(p, nil)
+  return { 'count', levels }
 end
 
 -- notify N
@@ -619,6 +691,8 @@ ops.evict = function(a)
     local s = rec.s
     rec.s = nil
     rec.g = nil
+    -- Evicting is removing on purpose: the kind is forgotten.
+    rec.f = nil
     if s.k == 'permits' and (#s.h > 0 or s.od) then
       new_permits(s.kind, s.n).od = true
     end
@@ -626,6 +700,16 @@ ops.evict = function(a)
     return { 'count', 1 }
   end
   return { 'count', 0 }
+end
+
+-- remove: forget the kind of an idle name, keeping the counter.
+ops.remove = function()
+  if rec.s ~= nil and not is_idle(rec.s) then fail('busy') end
+  rec.s = nil
+  rec.g = nil
+  local had = rec.f ~= nil
+  rec.f = nil
+  return { 'flag', had and 1 or 0 }
 end
 
 -- The uncontended paths ----------------------------------------------------------------
@@ -641,15 +725,20 @@ local KINDS = { lock = true, rlock = true, sem = true, bsem = true, rw = true, c
 -- acq KIND N MODE OWNER LEASE TAG TICKET, on an idle primitive: granted with nothing to
 -- prune, nobody queued (an idle record has no queue) and nobody to wake.
 local function fast_acquire(a)
-  local t = 0
+  local t, f = 0, nil
   if raw then
-    t = tonumber(string.match(raw, '^{"t":(%d+)}$'))
+    t = string.match(raw, '^{"t":(%d+)}$')
+    if t == nil then t, f = string.match(raw, '^{"t":(%d+),"f":"([%a:%d]+)"}$') end
+    if t == nil then f, t = string.match(raw, '^{"f":"([%a:%d]+)","t":(%d+)}$') end
+    t = tonumber(t)
     if t == nil then return nil end
   end
   local kind, n, mode, lease = a[3], tonumber(a[4]), a[5], optnum(a[7])
   if not KINDS[kind] or n == nil or lease == nil or (mode ~= 'x' and mode ~= 's') then
     return nil
   end
+  -- Another kind: the general path says so.
+  if f ~= nil and f ~= kind .. ':' .. n then return nil end
   local av = initial(kind, n)
   if av < 1 then return nil end
   if is_sem(kind) then av = av - 1 end
@@ -657,9 +746,9 @@ local function fast_acquire(a)
   if tag then g = ',"g":' .. cjson.encode(tag) end
   t = t + 1
   redis.call('SET', key, string.format(
-    '{"t":%d,"s":{"k":"permits","kind":"%s","n":%d,"av":%d,"h":[{"tk":%d,"o":%s,"m":"%s",'
-      .. '"c":1,"since":%d,"u":%d}],"sl":{},"od":false,"qs":0,"ql":0}%s}',
-    t, kind, n, av, t, cjson.encode(a[6]), mode, now, now + lease, g))
+    '{"t":%d,"f":"%s:%d","s":{"k":"permits","kind":"%s","n":%d,"av":%d,"h":[{"tk":%d,"o":%s,'
+      .. '"m":"%s","c":1,"since":%d,"u":%d}],"sl":{},"od":false,"qs":0,"ql":0}%s}',
+    t, kind, n, kind, n, av, t, cjson.encode(a[6]), mode, now, now + lease, g))
   return { 'granted', t, 0 }
 end
 
@@ -667,8 +756,9 @@ end
 -- and no sleepers, leaving it idle: the record shrinks to its counter; nobody to wake.
 local function fast_release(token)
   if raw == nil then return nil end
-  local t, kind, n, av, tk, rest = string.match(raw,
-    '^{"t":(%d+),"s":{"k":"permits","kind":"(%a+)","n":(%d+),"av":(%d+),"h":%[{"tk":(%d+),"o":"(.*)$')
+  local t, f, kind, n, av, tk, rest = string.match(raw,
+    '^{"t":(%d+),"f":"([%a:%d]+)","s":{"k":"permits","kind":"(%a+)","n":(%d+),"av":(%d+),'
+      .. '"h":%[{"tk":(%d+),"o":"(.*)$')
   if tk == nil or tk ~= token then return nil end
   -- A JSON string never holds `","`, so the owner ends at the first `","m":"`.
   local c, u, tail = string.match(rest,
@@ -678,7 +768,7 @@ local function fast_release(token)
   n, av = tonumber(n), tonumber(av)
   if is_sem(kind) then av = av + 1 end
   if av ~= initial(kind, n) then return nil end
-  redis.call('SET', key, '{"t":' .. t .. '}')
+  redis.call('SET', key, '{"t":' .. t .. ',"f":"' .. f .. '"}')
   return { 'done' }
 end
 
@@ -703,6 +793,15 @@ local handler = ops[ARGV[2]]
 if handler == nil then return { 'err', 'bug', 'unknown op ' .. tostring(ARGV[2]) } end
 local args = {}
 for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
+-- The kind is fixed by the first op that names one, and checked by every later one,
+-- busy or idle.
+if rec.f == nil and rec.s ~= nil then rec.f = kind_of_state(rec.s) end
+local fixing = OP_KIND[ARGV[2]]
+local wanted
+if fixing then wanted = fixing(args) end
+if wanted and rec.f and rec.f ~= wanted then
+  return { 'err', 'mismatch', describe_kind(wanted), describe_kind(rec.f) }
+end
 local ok, reply = pcall(handler, args)
 if not ok then
   if type(reply) == 'table' then
@@ -713,26 +812,15 @@ if not ok then
   return { 'err', 'bug', tostring(reply) }
 end
 
--- Drop the state of an idle primitive, keeping the fencing counter.
-local s = rec.s
-local idle = true
-if s ~= nil then
-  if s.k == 'permits' then
-    idle = #s.h == 0 and qlen(s) == 0 and #s.sl == 0 and not s.od and s.av == initial(s.kind, s.n)
-  elseif s.k == 'event' then
-    idle = not s.set
-  elseif s.k == 'barrier' then
-    idle = #s.ar == 0 and not s.br and s.lb == nil
-  else
-    idle = s.c == 0
-  end
-end
-if idle then
+if wanted and rec.f == nil then rec.f = wanted end
+
+-- Drop the state of an idle primitive, keeping the fencing counter and the kind.
+if rec.s == nil or is_idle(rec.s) then
   rec.s = nil
   rec.g = nil
 end
 
-if rec.s == nil and rec.t == 0 then
+if rec.s == nil and rec.t == 0 and rec.f == nil then
   if raw then redis.call('DEL', key) end
 else
   local out = cjson.encode(rec)

@@ -916,6 +916,10 @@ fn encode(op: &Op) -> Vec<String> {
             ticket.to_string(),
             owner_str(owner),
         ],
+        Op::CondSleep { ticket, owner } => {
+            vec![s("condsleep"), ticket.to_string(), owner_str(owner)]
+        }
+        Op::ReleaseAll { token } => vec![s("relall"), token.to_string()],
         Op::CondNotify { n } => vec![s("notify"), (*n).min(1 << 40).to_string()],
         Op::CondCheck { ticket } => vec![s("condcheck"), ticket.to_string(), s("0")],
         Op::CondCancel { ticket } => vec![s("condcheck"), ticket.to_string(), s("1")],
@@ -954,6 +958,7 @@ fn encode(op: &Op) -> Vec<String> {
         ],
         Op::AvgGet => vec![s("avgget")],
         Op::AvgPop => vec![s("avgpop")],
+        Op::Remove => vec![s("remove")],
     }
 }
 
@@ -1115,6 +1120,13 @@ fn decode(values: Vec<Value>, name: &str) -> Result<(Reply, Vec<String>)> {
                 "toomany" => Error::TooManyReleases { name },
                 "broken" => Error::BrokenBarrier { name },
                 "overflow" => Error::Overflow { name },
+                "busy" => Error::Busy { name },
+                "nested" => Error::invalid(format!(
+                    "'{name}' is held {} levels deep by this owner: a condition wait takes \
+                     the lock again under a new fencing token, which the outer levels' \
+                     guards do not have; wait holding one level",
+                    text(v(2).unwrap_or(&Value::Nil)).unwrap_or_default()
+                )),
                 "mismatch" => Error::Mismatch {
                     name,
                     wanted: text(v(2).unwrap_or(&Value::Nil)).unwrap_or_default(),

@@ -11,6 +11,7 @@ mod barriers;
 mod conditions;
 mod events;
 mod inputs;
+mod kinds;
 mod locks;
 mod processes;
 #[cfg(feature = "redis")]
@@ -180,6 +181,7 @@ fn main() {
             tests.extend(conditions::tests());
             tests.extend(barriers::tests());
             tests.extend(inputs::tests());
+            tests.extend(kinds::tests());
             tests.extend(seeds::tests());
         }
         tests.extend(asyncs::tests());

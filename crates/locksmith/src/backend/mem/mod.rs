@@ -148,10 +148,20 @@ impl Backend for MemBackend {
 fn step(slot: &Slot, key: &Key, op: Op) -> Result<Reply> {
     let mut inner = lock(&slot.inner);
     let now = now_millis();
+    let lock = Some(model::Kind::Permits(model::PermitKind::Lock));
     match slot.fast.fold() {
         Folded::Slow => {}
-        Folded::Free { last_token } => inner.record.next_token = last_token,
+        Folded::Free { last_token } => {
+            // A token handed out through the word: a Lock used the name first.
+            if last_token != inner.record.next_token && inner.record.kind.is_none() {
+                inner.record.kind = lock;
+            }
+            inner.record.next_token = last_token
+        }
         Folded::Held { token, holder } => {
+            if inner.record.kind.is_none() {
+                inner.record.kind = lock;
+            }
             let owner = match holder {
                 0 => Owner::some_task(),
                 thread => Owner::with_thread(thread),
@@ -194,7 +204,11 @@ fn step(slot: &Slot, key: &Key, op: Op) -> Result<Reply> {
         }
     }
     // Also after a failed op: the record may be idle, and the path must not stay shut.
-    if inner.record.state.is_none() && inner.record.tag.is_none() {
+    // Only for a name that is a Lock or no kind yet: the word knows no other kind.
+    if inner.record.state.is_none()
+        && inner.record.tag.is_none()
+        && (inner.record.kind.is_none() || inner.record.kind == lock)
+    {
         slot.fast.unfold(inner.record.next_token);
     }
     result.map(|(reply, _)| reply)
