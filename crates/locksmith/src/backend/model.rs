@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::owner::Owner;
-use crate::{Error, Result};
+use crate::{BrokenCause, Error, Result};
 
 /// Milliseconds since the Unix epoch, the time unit of records.
 pub(crate) type Millis = u64;
@@ -192,6 +192,22 @@ pub(crate) struct BarrierState {
     /// The last generation that ended broken (reset, abort, timeout, death) rather
     /// than by all parties arriving.
     pub last_broken: Option<u64>,
+    /// Why the barrier (or `last_broken`) broke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<BrokenCause>,
+    /// Whether this generation's parties have an action (set by its first arrival).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<bool>,
+}
+
+impl BarrierState {
+    /// Breaks the barrier for `cause`, unless it is broken already.
+    fn break_for(&mut self, cause: BrokenCause) {
+        if !self.broken {
+            self.broken = true;
+            self.cause = Some(cause);
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -276,6 +292,8 @@ pub(crate) enum Op {
         parties: u32,
         owner: Owner,
         tag: Option<String>,
+        /// Whether this party has an action to run if it arrives last.
+        action: bool,
     },
     BarrierAdvance {
         parties: u32,
@@ -285,6 +303,7 @@ pub(crate) enum Op {
     BarrierAbort {
         parties: u32,
         generation: Option<u64>,
+        cause: BrokenCause,
     },
     BarrierReset {
         parties: u32,
@@ -367,6 +386,14 @@ pub(crate) enum Reply {
     },
     /// The barrier is releasing a full generation: arrive again once it has.
     Busy,
+    /// A barrier arrival with other parties than the filling generation's, which it
+    /// broke (its waiters learn why); the caller's answer is [`Error::Mismatch`].
+    PartiesMismatch {
+        parties: u32,
+    },
+    /// The arrival broke the barrier (it found a dead party, or disagreed about the
+    /// action); the caller's answer is [`Error::BrokenBarrier`].
+    Broke(BrokenCause),
     Barrier(BarrierView),
     Average(Option<f64>),
     Holders {
@@ -388,6 +415,7 @@ pub(crate) struct BarrierView {
     pub n_waiting: u32,
     pub broken: bool,
     pub last_broken: Option<u64>,
+    pub cause: Option<BrokenCause>,
 }
 
 /// Whom a step's change concerns.
@@ -419,6 +447,15 @@ pub(crate) fn apply(
 ) -> Result<(Reply, Wake)> {
     if record.kind.is_none() {
         record.kind = record.state.as_ref().map(Kind::of);
+    }
+    if let (Op::BarrierArrive { parties, .. }, Some(State::Barrier(b))) = (&op, &mut record.state) {
+        if b.parties != *parties && !b.broken && !b.arrived.is_empty() {
+            // A party that disagrees about the parties: the filling generation
+            // would never pass, so it breaks, and its waiters learn why.
+            b.break_for(BrokenCause::PartiesMismatch);
+            let parties = b.parties;
+            return Ok((Reply::PartiesMismatch { parties }, wake_all()));
+        }
     }
     if let Some(wanted) = op.kind() {
         match record.kind {
@@ -618,7 +655,8 @@ pub(crate) fn apply(
             parties,
             owner,
             tag,
-        } => barrier_arrive(record, name, parties, owner, tag, ctx),
+            action,
+        } => barrier_arrive(record, name, parties, owner, tag, action, ctx),
         Op::BarrierAdvance {
             parties,
             generation,
@@ -627,6 +665,7 @@ pub(crate) fn apply(
             let b = barrier_of(record, name, parties)?;
             if generation_now == generation && b.arrived.len() == parties as usize {
                 b.arrived.clear();
+                b.action = None;
                 record.next_token += 1;
                 return Ok((Reply::Done, wake_all()));
             }
@@ -635,11 +674,12 @@ pub(crate) fn apply(
         Op::BarrierAbort {
             parties,
             generation,
+            cause,
         } => {
             let current = record.next_token;
             let b = barrier_of(record, name, parties)?;
             if generation.is_none_or(|g| g == current) {
-                b.broken = true;
+                b.break_for(cause);
                 return Ok((Reply::Done, wake_all()));
             }
             Ok((Reply::Done, Wake::default()))
@@ -648,9 +688,13 @@ pub(crate) fn apply(
             let generation = record.next_token;
             let b = barrier_of(record, name, parties)?;
             if b.broken || !b.arrived.is_empty() {
+                if !b.broken {
+                    b.cause = Some(BrokenCause::Reset);
+                }
                 b.last_broken = Some(generation);
                 b.broken = false;
                 b.arrived.clear();
+                b.action = None;
                 record.next_token += 1;
                 return Ok((Reply::Done, wake_all()));
             }
@@ -662,7 +706,7 @@ pub(crate) fn apply(
             let mut wake = Wake::default();
             if let Some(is_dead) = ctx.is_dead {
                 if !b.broken && b.arrived.iter().any(is_dead) {
-                    b.broken = true;
+                    b.break_for(BrokenCause::PartyDied);
                     wake = wake_all();
                 }
             }
@@ -672,6 +716,7 @@ pub(crate) fn apply(
                     n_waiting: b.arrived.len() as u32,
                     broken: b.broken,
                     last_broken: b.last_broken,
+                    cause: b.cause,
                 }),
                 wake,
             ))
@@ -885,6 +930,8 @@ fn barrier_of<'r>(
             arrived: Vec::new(),
             broken: false,
             last_broken: None,
+            cause: None,
+            action: None,
         })
     });
     match state {
@@ -1047,21 +1094,33 @@ fn barrier_arrive(
     parties: u32,
     owner: Owner,
     tag: Option<String>,
+    action: bool,
     ctx: &Ctx<'_>,
 ) -> Result<(Reply, Wake)> {
     let generation = record.next_token;
     let b = barrier_of(record, name, parties)?;
     if let Some(is_dead) = ctx.is_dead {
-        if b.arrived.iter().any(is_dead) {
-            b.broken = true;
+        if !b.broken && b.arrived.iter().any(is_dead) {
+            b.break_for(BrokenCause::PartyDied);
+            return Ok((Reply::Broke(BrokenCause::PartyDied), wake_all()));
         }
     }
     if b.broken {
-        return Err(Error::BrokenBarrier { name: name.into() });
+        return Err(Error::BrokenBarrier {
+            name: name.into(),
+            cause: b.cause.unwrap_or(BrokenCause::Unknown),
+        });
     }
     if b.arrived.len() >= parties as usize {
         return Ok((Reply::Busy, Wake::default()));
     }
+    if b.action.is_some_and(|a| a != action) {
+        // The action runs in whichever party arrives last: parties that disagree
+        // about having one would run it in some generations only.
+        b.break_for(BrokenCause::ActionMismatch);
+        return Ok((Reply::Broke(BrokenCause::ActionMismatch), wake_all()));
+    }
+    b.action = Some(action);
     b.arrived.push(owner);
     let index = b.arrived.len() as u32 - 1;
     if tag.is_some() {

@@ -15,7 +15,8 @@
 --              ql = queued waiters }
 --            and its queue in KEYS[2..4] (see enqueue below)
 --   event:   { k='event', set }
---   barrier: { k='barrier', p, ar = owners, br, lb? }
+--   barrier: { k='barrier', p, ar = owners, br, lb?, bc = why it broke?,
+--              ac = whether this generation's parties have an action? }
 --   averager:{ k='avg', tot (a %.17g string: exact), c, u? }
 -- Owners and tickets are opaque strings (Lua numbers cannot hold a u64). Times are the
 -- server's clock (TIME), in ms. Replies are flat arrays whose first element names the
@@ -552,13 +553,23 @@ ops.evread = function()
   return { 'event', (e and e.set) and 1 or 0, rec.t }
 end
 
--- arrive PARTIES OWNER TAG
+-- arrive PARTIES OWNER TAG ACTION(0|1)
 ops.arrive = function(a)
   local generation = rec.t
   local parties = tonumber(a[1])
   local b = barrier_of(parties)
-  if b.br then fail('broken') end
+  if b.br then fail('broken', b.bc or 'unknown') end
   if #b.ar >= parties then return { 'busy' } end
+  local action = a[4] == '1'
+  if b.ac ~= nil and b.ac ~= action then
+    -- The action runs in whichever party arrives last: parties that disagree about
+    -- having one would run it in some generations only.
+    b.br = true
+    b.bc = 'action'
+    wake_all = true
+    return { 'broke', 'action' }
+  end
+  b.ac = action
   b.ar[#b.ar + 1] = a[2]
   local tag = optstr(a[3])
   if tag then rec.g = tag end
@@ -572,19 +583,23 @@ ops.advance = function(a)
   local b = barrier_of(parties)
   if current == tonumber(a[2]) and #b.ar == parties then
     b.ar = {}
+    b.ac = nil
     rec.t = rec.t + 1
     wake_all = true
   end
   return { 'done' }
 end
 
--- abort PARTIES GENERATION?
+-- abort PARTIES GENERATION? CAUSE
 ops.abort = function(a)
   local current = rec.t
   local b = barrier_of(tonumber(a[1]))
   local generation = optnum(a[2])
   if generation == nil or generation == current then
-    b.br = true
+    if not b.br then
+      b.br = true
+      b.bc = a[3]
+    end
     wake_all = true
   end
   return { 'done' }
@@ -595,9 +610,11 @@ ops.reset = function(a)
   local generation = rec.t
   local b = barrier_of(tonumber(a[1]))
   if b.br or #b.ar > 0 then
+    if not b.br then b.bc = 'reset' end
     b.lb = generation
     b.br = false
     b.ar = {}
+    b.ac = nil
     rec.t = rec.t + 1
     wake_all = true
   end
@@ -608,7 +625,7 @@ end
 ops.bread = function(a)
   local generation = rec.t
   local b = barrier_of(tonumber(a[1]))
-  local r = { 'barrier', generation, #b.ar, b.br and 1 or 0, b.lb or -1 }
+  local r = { 'barrier', generation, #b.ar, b.br and 1 or 0, b.lb or -1, b.bc or '' }
   -- The parties, for the client's same-host liveness check.
   for _, o in ipairs(b.ar) do r[#r + 1] = o end
   return r
@@ -673,6 +690,7 @@ ops.reap = function(a)
       for _, o in ipairs(s.ar) do
         if dead[o] then
           s.br = true
+          s.bc = 'died'
           wake_all = true
           break
         end
@@ -799,10 +817,22 @@ if rec.f == nil and rec.s ~= nil then rec.f = kind_of_state(rec.s) end
 local fixing = OP_KIND[ARGV[2]]
 local wanted
 if fixing then wanted = fixing(args) end
-if wanted and rec.f and rec.f ~= wanted then
-  return { 'err', 'mismatch', describe_kind(wanted), describe_kind(rec.f) }
+local ok, reply
+local s = rec.s
+if ARGV[2] == 'arrive' and s and s.k == 'barrier' and s.p ~= tonumber(args[1])
+  and not s.br and #s.ar > 0 then
+  -- A party that disagrees about the parties: the filling generation would never
+  -- pass, so it breaks, and its waiters learn why.
+  s.br = true
+  s.bc = 'parties'
+  wake_all = true
+  ok, reply = true, { 'pmismatch', s.p }
+else
+  if wanted and rec.f and rec.f ~= wanted then
+    return { 'err', 'mismatch', describe_kind(wanted), describe_kind(rec.f) }
+  end
+  ok, reply = pcall(handler, args)
 end
-local ok, reply = pcall(handler, args)
 if not ok then
   if type(reply) == 'table' then
     local r = { 'err' }

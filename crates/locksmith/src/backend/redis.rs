@@ -54,7 +54,7 @@ use super::model::{Acquire, BarrierView, Holder, Millis, Op, Reply};
 use super::{Backend, BoxFuture, Grant, Key, Mode, PermitKind, Watch};
 use crate::backend::mem::now_millis;
 use crate::owner::Owner;
-use crate::{Error, Result};
+use crate::{BrokenCause, Error, Result};
 
 /// The lease of a hold taken without one: renewed while the holder lives, it bounds
 /// how long a dead holder on another host blocks the others.
@@ -930,11 +930,13 @@ fn encode(op: &Op) -> Vec<String> {
             parties,
             owner,
             tag,
+            action,
         } => vec![
             s("arrive"),
             parties.to_string(),
             owner_str(owner),
             opt_arg(tag),
+            s(if *action { "1" } else { "0" }),
         ],
         Op::BarrierAdvance {
             parties,
@@ -943,10 +945,12 @@ fn encode(op: &Op) -> Vec<String> {
         Op::BarrierAbort {
             parties,
             generation,
+            cause,
         } => vec![
             s("abort"),
             parties.to_string(),
             generation.map(|g| g.to_string()).unwrap_or_default(),
+            s(cause.code()),
         ],
         Op::BarrierReset { parties } => vec![s("reset"), parties.to_string()],
         Op::BarrierRead { parties } => vec![s("bread"), parties.to_string()],
@@ -1065,17 +1069,28 @@ fn decode(values: Vec<Value>, name: &str) -> Result<(Reply, Vec<String>)> {
             index: uint(v(2))? as u32,
         },
         "busy" => Reply::Busy,
+        "pmismatch" => Reply::PartiesMismatch {
+            parties: uint(v(1))? as u32,
+        },
+        "broke" => Reply::Broke(BrokenCause::from_code(
+            &text(v(1).unwrap_or(&Value::Nil)).unwrap_or_default(),
+        )),
         "barrier" => {
             let view = BarrierView {
                 generation: uint(v(1))?,
                 n_waiting: uint(v(2))? as u32,
                 broken: int(v(3))? != 0,
                 last_broken: opt_millis(v(4))?,
+                cause: v(5)
+                    .map(text)
+                    .transpose()?
+                    .filter(|c| !c.is_empty())
+                    .map(|c| BrokenCause::from_code(&c)),
             };
             let dead = if view.broken {
                 Vec::new()
             } else {
-                dead_among(values.get(5..).unwrap_or_default())
+                dead_among(values.get(6..).unwrap_or_default())
             };
             return Ok((Reply::Barrier(view), dead));
         }
@@ -1118,7 +1133,12 @@ fn decode(values: Vec<Value>, name: &str) -> Result<(Reply, Vec<String>)> {
                 "notowner" => Error::NotOwner { name },
                 "deadlock" => Error::WouldDeadlock { name },
                 "toomany" => Error::TooManyReleases { name },
-                "broken" => Error::BrokenBarrier { name },
+                "broken" => Error::BrokenBarrier {
+                    name,
+                    cause: BrokenCause::from_code(
+                        &text(v(2).unwrap_or(&Value::Nil)).unwrap_or_default(),
+                    ),
+                },
                 "overflow" => Error::Overflow { name },
                 "busy" => Error::Busy { name },
                 "nested" => Error::invalid(format!(
