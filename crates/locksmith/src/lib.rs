@@ -28,11 +28,11 @@ mod owner;
 mod primitives;
 mod space;
 
-pub use error::{BackendError, Error, Result};
+pub use error::{BackendError, BrokenCause, Error, Result};
 pub use primitives::handle::MAX_NAME_LEN;
 pub use primitives::{
-    Averager, Barrier, BoundedSemaphore, Condition, Event, EventMark, Guard, Lock, Ownership,
-    RLock, RwLock, Semaphore, Sleeper,
+    Averager, Barrier, BoundedSemaphore, Condition, ConditionLock, Event, EventMark, Guard, Lock,
+    Ownership, RLock, RwLock, Semaphore, Sleeper,
 };
 pub use space::{Holder, Liveness, Space, Usage};
 

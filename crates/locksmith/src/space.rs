@@ -391,6 +391,24 @@ impl Space {
         self.inner.backend.evict_tag(tag)
     }
 
+    /// Removes the name `name` on purpose: forgets the kind and parameters it was
+    /// first used with, so that it may be used as any primitive afterwards. Its
+    /// fencing counter stays (tokens keep counting up). Refused with [`Error::Busy`]
+    /// while the name is in use (held, waited for, a set event, a filling or broken
+    /// barrier, an averager with values); answers whether the name had a kind.
+    ///
+    /// Until removed (or evicted, [`Space::evict_tag`]), every use of a name with
+    /// another kind or other parameters is [`Error::Mismatch`], whether or not the
+    /// name is in use at the time.
+    pub fn remove(&self, name: &str) -> Result<bool> {
+        let handle = self.handle(name);
+        handle.check()?;
+        match handle.step(Op::Remove)? {
+            Reply::Flag(had) => Ok(had),
+            other => Err(crate::primitives::guard_unexpected(other)),
+        }
+    }
+
     /// The names this space has state or fencing counters for, sorted.
     pub fn names(&self) -> Result<Vec<String>> {
         self.inner.backend.names()

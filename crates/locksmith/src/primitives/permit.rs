@@ -247,6 +247,22 @@ pub(crate) fn is_held(handle: &Handle) -> Result<bool> {
     }
 }
 
+/// Whether the caller holds the primitive: the calling thread, or a hold of this
+/// process that no thread owns (an async acquisition, a Lock owned by the
+/// acquisition), which may have moved to the caller.
+pub(crate) fn held_here(handle: &Handle) -> Result<bool> {
+    handle.check()?;
+    match handle.step(Op::Holders)? {
+        Reply::Holders { holders, .. } => {
+            let me = Owner::current_thread();
+            Ok(holders
+                .iter()
+                .any(|h| h.owner == me || (h.owner.is_task() && h.owner.same_process(&me))))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 /// A semaphore's free permits.
 pub(crate) fn value(handle: &Handle, kind: PermitKind) -> Result<u32> {
     handle.check()?;

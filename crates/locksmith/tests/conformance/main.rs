@@ -11,6 +11,7 @@ mod barriers;
 mod conditions;
 mod events;
 mod inputs;
+mod kinds;
 mod lease_loss;
 mod locks;
 mod processes;
@@ -182,6 +183,7 @@ fn main() {
             tests.extend(conditions::tests());
             tests.extend(barriers::tests());
             tests.extend(inputs::tests());
+            tests.extend(kinds::tests());
             tests.extend(seeds::tests());
             tests.extend(reclaim::tests());
             tests.extend(lease_loss::tests());

@@ -199,12 +199,23 @@ impl Backend for MemBackend {
     }
 }
 
-/// Moves the fast path's word into the record (the slow path's turn).
+/// Moves the fast path's word into the record (the slow path's turn). A token the word
+/// handed out means a Lock used the name first: that fixes its kind.
 fn fold(slot: &Slot, inner: &mut SlotInner, now: Millis) {
+    let lock = Some(model::Kind::Permits(model::PermitKind::Lock));
     match slot.fast.fold() {
         Folded::Slow => {}
-        Folded::Free { last_token } => inner.record.next_token = last_token,
+        Folded::Free { last_token } => {
+            // A token handed out through the word: a Lock used the name first.
+            if last_token != inner.record.next_token && inner.record.kind.is_none() {
+                inner.record.kind = lock;
+            }
+            inner.record.next_token = last_token
+        }
         Folded::Held { token, holder } => {
+            if inner.record.kind.is_none() {
+                inner.record.kind = lock;
+            }
             let owner = match holder {
                 0 => Owner::some_task(),
                 thread => Owner::with_thread(thread),
@@ -256,7 +267,12 @@ fn step(slot: &Slot, key: &Key, op: Op) -> Result<Reply> {
         }
     }
     // Also after a failed op: the record may be idle, and the path must not stay shut.
-    if inner.record.state.is_none() && inner.record.tag.is_none() {
+    // Only for a name that is a Lock or no kind yet: the word knows no other kind.
+    let lock = Some(model::Kind::Permits(model::PermitKind::Lock));
+    if inner.record.state.is_none()
+        && inner.record.tag.is_none()
+        && (inner.record.kind.is_none() || inner.record.kind == lock)
+    {
         slot.fast.unfold(inner.record.next_token);
     }
     result.map(|(reply, _)| reply)
