@@ -87,8 +87,9 @@ const REFRESH: Duration = Duration::from_millis(WAITER_TTL / 3);
 pub(crate) const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The shortest time an attempt is given, even when the caller's deadline is closer
-/// (or passed): a waiter's last look at its deadline gets an answer.
-const MIN_ATTEMPT: Duration = Duration::from_millis(100);
+/// (or passed): a waiter's last look at its deadline, and the step that records a
+/// timed-out wait (a barrier broken by it), get an answer from a loaded server.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 
 /// How long a waiter without a deadline keeps retrying while the server cannot be
 /// reached (a restart), before it reports the error.
