@@ -101,11 +101,15 @@ pub struct RunArgs {
     pub timeout: Option<Duration>,
     /// The hold's lease, renewed while locksmith lives; it lapses this long after
     /// locksmith is killed.
-    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_name = "D", value_parser = parse_lease, default_value = "30s")]
     pub lease: Duration,
     /// Tag the hold, for `locksmith evict --tag`.
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
+    /// What to do to the command's processes the moment locksmith learns the hold was
+    /// lost (its lease lapsed, or it was broken or evicted); `run` then exits 3.
+    #[arg(long, value_name = "ACTION", value_enum, default_value_t = OnLost::Term)]
+    pub on_lost: OnLost,
     /// The exit code when the wait times out.
     #[arg(long, short = 'E', value_name = "N", default_value_t = error::CONFLICT)]
     pub conflict_exit_code: u8,
@@ -120,6 +124,17 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(OsString)
     )]
     pub command: Vec<OsString>,
+}
+
+/// `run --on-lost`: what happens to the command when its hold is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnLost {
+    /// Send SIGTERM to every process of the command's tree.
+    Term,
+    /// Send SIGKILL to every process of the command's tree.
+    Kill,
+    /// Let the command run on (it still learns of the loss through exit code 3).
+    Ignore,
 }
 
 /// `barrier`.
@@ -226,8 +241,17 @@ pub struct BreakArgs {
 #[derive(Debug, Args)]
 pub struct EvictArgs {
     /// Drop the primitives with this tag.
-    #[arg(long, value_name = "TAG")]
-    pub tag: String,
+    #[arg(
+        long,
+        value_name = "TAG",
+        required_unless_present = "idle",
+        conflicts_with = "idle"
+    )]
+    pub tag: Option<String>,
+    /// Forget the idle names instead (nobody holds, waits for or has set them; no tag):
+    /// their fencing tokens never go back.
+    #[arg(long)]
+    pub idle: bool,
 }
 
 /// `demo`.
@@ -281,6 +305,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("'{s}' is not a duration ({e}): use e.g. 30s, 500ms, 2m"))
 }
 
+/// The longest lease `--lease` accepts: ten years (of 365.25 days, as `10y` reads), no
+/// less than the Redis store keeps; a longer one would outlive any use a lease has.
+pub const MAX_LEASE: Duration = Duration::from_secs(10 * 31_557_600);
+
+/// Parses a lease as [`parse_duration`] does, refusing one longer than [`MAX_LEASE`].
+pub fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > MAX_LEASE {
+        return Err(format!(
+            "'{s}' is too long a lease: at most 10 years (the lease is renewed while \
+             locksmith runs, so a short one is enough)"
+        ));
+    }
+    Ok(d)
+}
+
 /// Opens the store: `url` (from --store or $LOCKSMITH_STORE) or the embedded default.
 /// With `warn`, says so on stderr when the default turns out to be `mem:`, which no
 /// other process can see (a build of the library without a shared default store).
@@ -294,6 +334,9 @@ pub fn open(url: Option<&str>, warn: bool) -> Result<Space, Failure> {
         let what = url.unwrap_or("the default store");
         Failure::new(f.code, format!("cannot open store '{what}': {}", f.message))
     })?;
+    for w in space.warnings() {
+        eprintln!("locksmith: warning: {}", one_line(&w));
+    }
     if warn && url.is_none() && space.url().starts_with("mem:") {
         eprintln!(
             "locksmith: warning: the default store is {}, private to this process: other \
@@ -366,6 +409,7 @@ mod tests {
             "1e400",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+            assert!(parse_lease(bad).is_err(), "{bad:?} should be refused");
         }
     }
 

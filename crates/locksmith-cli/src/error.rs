@@ -9,9 +9,10 @@ pub const OK: u8 = 0;
 /// an event that is not set (`event status`), an empty averager, a broken barrier, a
 /// failed demo check.
 pub const CONFLICT: u8 = 1;
-/// Usage or bad input: an unknown option, a bad duration, URL or name, a missing command.
+/// Usage or bad input: an unknown option, a bad duration, URL or name, a missing command,
+/// an `avg add` that would overflow the sum.
 pub const USAGE: u8 = 2;
-/// The store failed, or a hold was lost while it was held.
+/// The store failed, a hold was lost while it was held, or the name's record is damaged.
 pub const STORE: u8 = 3;
 /// `break` refused: a holder is alive, or cannot be checked (another host).
 pub const REFUSED: u8 = 4;
@@ -56,7 +57,9 @@ impl From<locksmith::Error> for Failure {
     fn from(e: locksmith::Error) -> Failure {
         use locksmith::Error as E;
         let code = match &e {
-            E::InvalidArgument(_) | E::Unsupported(_) | E::Mismatch { .. } => USAGE,
+            E::InvalidArgument(_) | E::Unsupported(_) | E::Mismatch { .. } | E::Overflow { .. } => {
+                USAGE
+            }
             E::Timeout | E::BrokenBarrier { .. } => CONFLICT,
             _ => STORE,
         };

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
 use assert_cmd::Command;
-use common::{locksmith, wait_guarded};
+use common::{locksmith, primitive, status_json, wait_guarded, TempDir};
 
 fn cmd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_locksmith"));
@@ -314,4 +314,46 @@ fn the_command_dies_with_a_sigkilled_locksmith() {
         .recv_timeout(common::HANG_GUARD)
         .expect("the command outlived its locksmith");
     assert_eq!(rest, "");
+}
+
+/// Item 12.8: `--lease` is bounded with a clear usage error, and `status` prints any
+/// lease end, even one past year 9999 that a program took through the library.
+#[test]
+fn status_never_panics_on_a_lease_past_year_9999() {
+    let dir = TempDir::new();
+    let store = dir.sqlite();
+    let out = locksmith()
+        .args([
+            "--store", &store, "run", "--lock", "l", "--lease", "8000y", "--", "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at most 10 years"), "{err}");
+    let out = locksmith()
+        .args([
+            "--store", &store, "run", "--lock", "l", "--lease", "10y", "--", "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ten years is accepted: {out:?}");
+
+    let space = locksmith::Space::open(&store).unwrap();
+    let _held = space
+        .lock("forever")
+        .lease(std::time::Duration::MAX)
+        .acquire()
+        .unwrap();
+    let out = locksmith()
+        .args(["--store", &store, "status"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("lease until after 9999-12-31"), "{text}");
+    let doc = status_json(&store);
+    let holder = &primitive(&doc, "forever").unwrap()["holders"][0];
+    assert_eq!(holder["lease_until"], "after 9999-12-31T23:59:59.999Z");
+    assert!(holder["lease_until_ms"].as_u64().unwrap() > 253_402_300_799_999);
 }

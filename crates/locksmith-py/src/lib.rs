@@ -14,6 +14,7 @@ mod rwlock;
 mod semaphore;
 mod space;
 mod sync;
+mod threading;
 mod wait;
 
 use pyo3::prelude::*;
@@ -39,5 +40,6 @@ fn _locksmith(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event::Event>()?;
     m.add_class::<barrier::Barrier>()?;
     m.add_class::<rwlock::RwLock>()?;
+    threading::register(m)?;
     Ok(())
 }

@@ -23,16 +23,18 @@
 mod backend;
 mod error;
 mod lease;
+mod os;
 mod owner;
 mod primitives;
 mod space;
 
-pub use error::{BackendError, Error, Result};
+pub use error::{BackendError, BrokenCause, Error, Result};
 pub use primitives::handle::MAX_NAME_LEN;
 pub use primitives::{
-    Averager, Barrier, BoundedSemaphore, Condition, Event, Guard, Lock, RLock, RwLock, Semaphore,
+    Averager, Barrier, BoundedSemaphore, Condition, ConditionLock, Event, EventMark, Guard, Lock,
+    Ownership, RLock, RwLock, Semaphore, Sleeper,
 };
-pub use space::{Holder, Space};
+pub use space::{Holder, Liveness, Space, Usage};
 
 #[cfg(all(target_os = "linux", feature = "shm"))]
 pub mod shm;

@@ -1,118 +1,39 @@
-//! Who holds a primitive: a process (host, boot, pid, start time) and a thread or task.
+//! Who holds a primitive: a process (host, boot, machine, PID namespace, pid, start
+//! time) and a thread or task.
 
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use crate::os::liveness::pid;
+use crate::os::liveness::{self, Verdict};
+
 /// The identity of a holder or waiter, as stored beside the state it holds.
 ///
-/// The process part is `(host, boot, pid, start)`: the pid alone is reused by the
-/// kernel, but a pid with the tick it started at names one process for the life of a
-/// boot, and the boot id tells one boot from the next. `thread` is an id this process
-/// gives each thread (for blocking calls) or each async acquisition, never an OS
-/// thread id, which the kernel reuses too.
+/// The process part is `(boot, machine, pidns, pid, start)`: the pid alone is reused
+/// by the kernel, but a pid with the tick it started at names one process for the life
+/// of a boot, in one PID namespace of one host, which the boot id, the machine id and
+/// the namespace's inode name (see [`crate::os::liveness`]). The hostname is for
+/// people. `thread` is an id this process gives each thread (for blocking calls) or
+/// each async acquisition, never an OS thread id, which the kernel reuses too.
+///
+/// `machine` and `pidns` are 0 in owners recorded by older builds: such an owner is
+/// never judged dead (its lease decides).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct Owner {
     pub host: Arc<str>,
     pub boot: u64,
+    #[serde(default)]
+    pub machine: u64,
+    #[serde(default)]
+    pub pidns: u64,
     pub pid: u32,
     pub start: u64,
     pub thread: u64,
-}
-
-struct Process {
-    host: Arc<str>,
-    boot: u64,
-    pid: u32,
-    start: u64,
-}
-
-fn process() -> Arc<Process> {
-    static PROCESS: Mutex<Option<Arc<Process>>> = Mutex::new(None);
-    let mut cached = PROCESS.lock().unwrap_or_else(|e| e.into_inner());
-    match &*cached {
-        // A forked child inherits this cache: re-reading when the pid changed keeps
-        // a child from posing as its parent.
-        Some(p) if p.pid == pid() => p.clone(),
-        _ => {
-            let p = Arc::new(read_process());
-            *cached = Some(p.clone());
-            p
-        }
-    }
-}
-
-fn read_process() -> Process {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|b| hash_str(b.trim()))
-        .unwrap_or(0);
-    let pid = pid();
-    Process {
-        host: host.into(),
-        boot,
-        pid,
-        start: start_time(pid).unwrap_or(0),
-    }
-}
-
-fn hash_str(s: &str) -> u64 {
-    // FNV-1a: stable across processes, unlike std's randomly keyed hasher.
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The start time of process `pid` in clock ticks since boot (field 22 of
-/// `/proc/PID/stat`), or `None` if there is no such process, or only its corpse (a
-/// zombie that its parent has not reaped yet, which can hold nothing any more).
-pub(crate) fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: skip past its
-    // closing parenthesis, after which field 3 (the state) starts.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    if matches!(fields.next(), Some("Z" | "X" | "x")) {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
-}
-
-/// This process's id, cached: `getpid` is a system call, and the acquire path asks
-/// for it every time (to tell a forked child from its parent).
-pub(crate) fn pid() -> u32 {
-    static PID: AtomicU32 = AtomicU32::new(0);
-    // Not a `Once`: a child forked while another thread is inside `call_once` would
-    // wait for ever. Two threads racing here both register, which is harmless.
-    static AT_FORK: AtomicBool = AtomicBool::new(false);
-    extern "C" fn forget_pid() {
-        // Runs in the child right after fork: an atomic store is async-signal-safe.
-        PID.store(0, Ordering::Relaxed);
-    }
-    if !AT_FORK.load(Ordering::Acquire) {
-        // SAFETY: pthread_atfork only records the handler; `forget_pid` is a plain
-        // `extern "C"` function that stores to an atomic, which is allowed in a child
-        // of a multithreaded fork. If registration fails, the cache is never used.
-        let registered = unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) } == 0;
-        if !registered {
-            PID.store(u32::MAX, Ordering::Relaxed);
-        }
-        AT_FORK.store(true, Ordering::Release);
-    }
-    match PID.load(Ordering::Relaxed) {
-        0 => {
-            let pid = std::process::id();
-            PID.store(pid, Ordering::Relaxed);
-            pid
-        }
-        u32::MAX => std::process::id(),
-        pid => pid,
-    }
 }
 
 /// A random 64-bit id, unique in practice across processes and hosts: a per-process
@@ -162,10 +83,12 @@ pub(crate) fn thread_number() -> u64 {
 
 impl Owner {
     pub(crate) fn with_thread(thread: u64) -> Owner {
-        let p = process();
+        let p = liveness::this_process();
         Owner {
             host: p.host.clone(),
             boot: p.boot,
+            machine: p.machine,
+            pidns: p.pidns,
             pid: p.pid,
             start: p.start,
             thread,
@@ -194,24 +117,39 @@ impl Owner {
         Owner::with_thread(fresh_id() | TASK_BIT)
     }
 
+    /// Whether this owner is a task (an async or acquisition-owned hold), not a
+    /// thread.
+    pub(crate) fn is_task(&self) -> bool {
+        self.thread & TASK_BIT != 0
+    }
+
+    /// Whether both owners belong to one process.
+    pub(crate) fn same_process(&self, other: &Owner) -> bool {
+        (self.boot, self.machine, self.pidns, self.pid, self.start)
+            == (
+                other.boot,
+                other.machine,
+                other.pidns,
+                other.pid,
+                other.start,
+            )
+    }
+
     /// The owner the mem store records for an async hold it granted without asking
     /// who took it (its lock fast path): any one task of this process.
     pub(crate) fn some_task() -> Owner {
         Owner::with_thread(TASK_BIT)
     }
 
-    /// Whether this owner's process is known to be gone. Only processes of this host
-    /// and boot can be checked; any other owner is presumed alive (its lease decides).
-    #[allow(dead_code)] // for the store backends' liveness checks
+    /// What this process can tell about the owner's process: [`Verdict::Dead`] only
+    /// when proven (same host and PID namespace, process gone or replaced).
+    pub(crate) fn verdict(&self) -> Verdict {
+        liveness::judge(self.boot, self.machine, self.pidns, self.pid, self.start)
+    }
+
+    /// Whether this owner's process is proven gone; any doubt counts as alive.
     pub(crate) fn is_dead(&self) -> bool {
-        let p = process();
-        if *self.host != *p.host {
-            return false;
-        }
-        if self.boot != p.boot {
-            return true;
-        }
-        start_time(self.pid) != Some(self.start)
+        self.verdict() == Verdict::Dead
     }
 
     /// A short human description: `host pid 1234 (thread 3)` or
@@ -241,8 +179,40 @@ mod tests {
             "a reused pid with another start time is dead"
         );
         let mut remote = other.clone();
-        remote.host = "elsewhere".into();
+        remote.boot ^= 1;
         assert!(!remote.is_dead(), "another host's owner is presumed alive");
+        let mut elsewhere = other.clone();
+        elsewhere.pidns += 1;
+        assert!(
+            !elsewhere.is_dead(),
+            "another namespace's owner is presumed alive"
+        );
+        let mut old = other.clone();
+        (old.machine, old.pidns) = (0, 0);
+        assert!(!old.is_dead(), "an older build's owner is presumed alive");
+    }
+
+    /// A record written by a build before machine ids and namespaces were recorded:
+    /// it still decodes, and its owner is never judged dead (its lease decides), even
+    /// with this host's boot id and a pid that is gone.
+    #[cfg(any(feature = "sqlite", feature = "shm"))]
+    #[test]
+    fn an_older_builds_owner_decodes_and_is_never_dead() {
+        let me = Owner::current_thread();
+        let old = format!(
+            r#"{{"host":"{}","boot":{},"pid":4000000,"start":7,"thread":1}}"#,
+            me.host, me.boot
+        );
+        let owner: Owner = serde_json::from_str(&old).unwrap();
+        assert_eq!((owner.machine, owner.pidns), (0, 0));
+        assert_eq!(owner.verdict(), Verdict::Unknown);
+        let mut new = owner.clone();
+        (new.machine, new.pidns) = (me.machine, me.pidns);
+        assert_eq!(
+            new.verdict(),
+            Verdict::Dead,
+            "the same owner, fully recorded"
+        );
     }
 
     #[test]
@@ -255,11 +225,5 @@ mod tests {
         assert_eq!(thread_number(), a.thread);
         assert!(a.describe().contains("thread"));
         assert!(Owner::new_task().describe().contains("task"));
-    }
-
-    #[test]
-    fn start_time_parses_a_command_with_spaces() {
-        assert!(start_time(std::process::id()).is_some());
-        assert_eq!(start_time(u32::MAX), None);
     }
 }

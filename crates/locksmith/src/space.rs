@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::backend::mem::MemBackend;
 use crate::backend::{Backend, Mode, Op, Reply};
 use crate::lease::Keeper;
+use crate::os::liveness::Verdict;
 use crate::primitives::handle::Handle;
 use crate::primitives::{
     Averager, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, RwLock, Semaphore,
@@ -70,6 +71,8 @@ pub(crate) struct SpaceInner {
     pub url: String,
     pub backend: Arc<dyn Backend>,
     pub keeper: Keeper,
+    /// Holds detached from their guards here, for the handles' `release()`.
+    pub detached: crate::primitives::detached::Detached,
 }
 
 impl fmt::Debug for Space {
@@ -78,6 +81,19 @@ impl fmt::Debug for Space {
             .field("url", &self.inner.url)
             .finish()
     }
+}
+
+/// How full a store that holds a fixed number of names is (`shm:`), as
+/// [`Space::usage`] answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Names that occupy a slot now (in use, or idle and not yet reclaimed).
+    pub names: u64,
+    /// The most names the store holds at once; idle ones are reclaimed to make room.
+    pub limit: u64,
+    /// Idle names reclaimed so far.
+    pub reclaimed: u64,
 }
 
 /// One hold of a primitive, as [`Space::holders`] lists it.
@@ -102,6 +118,50 @@ pub struct Holder {
     pub count: u32,
     /// Whether this is a read (shared) hold of an RwLock.
     pub shared: bool,
+    /// Whether the holder's process lives, as far as this process can prove: the same
+    /// verdict the stores use to reap dead holders.
+    pub process: Liveness,
+}
+
+/// What this process can tell about a holder's process ([`Holder::process`]).
+///
+/// A holder is [`Dead`](Liveness::Dead) only when this process can prove it: the
+/// holder recorded this host's boot id and machine id (never just its hostname) and
+/// this process's PID namespace, and its process is gone, or its pid now names a
+/// process started at another time, or it is a zombie with no live thread. Stores reap
+/// exactly those holders at once; every other hold lasts until it is released or its
+/// lease ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Liveness {
+    /// Its process runs on this host, in this PID namespace.
+    Alive,
+    /// Its process is provably gone.
+    Dead,
+    /// Another host, another PID namespace, a holder recorded by an older build, or a
+    /// process `/proc` hides (`hidepid`): only its lease can end its hold.
+    Unknown,
+}
+
+impl Liveness {
+    /// `alive`, `dead` or `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Alive => "alive",
+            Liveness::Dead => "dead",
+            Liveness::Unknown => "unknown",
+        }
+    }
+}
+
+impl Liveness {
+    fn of(v: Verdict) -> Liveness {
+        match v {
+            Verdict::Alive => Liveness::Alive,
+            Verdict::Dead => Liveness::Dead,
+            Verdict::Unknown => Liveness::Unknown,
+        }
+    }
 }
 
 impl Space {
@@ -166,6 +226,7 @@ impl Space {
                 url: url.to_owned(),
                 backend,
                 keeper: Keeper::new(),
+                detached: Default::default(),
             }),
         })
     }
@@ -195,6 +256,29 @@ impl Space {
     pub fn default_url() -> Result<String> {
         default_url()
     }
+    /// What the store found wrong when it was opened but worked around, one line each
+    /// (for example a `sqlite:` doorbell owned by another user: waiters then poll, and
+    /// hand-offs take up to the poll interval). Empty when all is well.
+    pub fn warnings(&self) -> Vec<String> {
+        self.inner.backend.warnings()
+    }
+
+    /// Forgets the names that are idle (nobody holds, waits for or has set them, and
+    /// they carry no tag), so that a store does not keep a counter for every name it
+    /// ever saw; answers how many it forgot. Fencing tokens never go back: the store
+    /// keeps the highest counter of the names it forgot, and a name used again counts
+    /// on from there. `shm:` also does this by itself when its table fills up, `mem:`
+    /// as its map grows; `sqlite:` and Redis only when asked.
+    pub fn reclaim_idle(&self) -> Result<usize> {
+        self.inner.backend.reclaim_idle()
+    }
+
+    /// How full the store is, for stores that hold a fixed number of names (`shm:`);
+    /// `None` for the others, which have no such limit.
+    pub fn usage(&self) -> Option<Usage> {
+        self.inner.backend.usage()
+    }
+
     /// The URL this space was opened with.
     pub fn url(&self) -> &str {
         &self.inner.url
@@ -276,6 +360,7 @@ impl Space {
                         until: h.until.map(at),
                         count: h.count,
                         shared: h.mode == Mode::Shared,
+                        process: Liveness::of(h.owner.verdict()),
                     })
                     .collect(),
                 waiting as usize,
@@ -304,6 +389,24 @@ impl Space {
     /// primitives were dropped.
     pub fn evict_tag(&self, tag: &str) -> Result<usize> {
         self.inner.backend.evict_tag(tag)
+    }
+
+    /// Removes the name `name` on purpose: forgets the kind and parameters it was
+    /// first used with, so that it may be used as any primitive afterwards. Its
+    /// fencing counter stays (tokens keep counting up). Refused with [`Error::Busy`]
+    /// while the name is in use (held, waited for, a set event, a filling or broken
+    /// barrier, an averager with values); answers whether the name had a kind.
+    ///
+    /// Until removed (or evicted, [`Space::evict_tag`]), every use of a name with
+    /// another kind or other parameters is [`Error::Mismatch`], whether or not the
+    /// name is in use at the time.
+    pub fn remove(&self, name: &str) -> Result<bool> {
+        let handle = self.handle(name);
+        handle.check()?;
+        match handle.step(Op::Remove)? {
+            Reply::Flag(had) => Ok(had),
+            other => Err(crate::primitives::guard_unexpected(other)),
+        }
     }
 
     /// The names this space has state or fencing counters for, sorted.

@@ -582,13 +582,18 @@ fn a_corrupt_record_fails_its_own_name_only() {
         .execute("UPDATE prim SET state = x'00ff' WHERE name = 'broken'", [])
         .unwrap();
     match space.lock("broken").try_acquire() {
-        Err(e @ Error::Backend(_)) => {
+        Err(e @ Error::Damaged { .. }) => {
             assert!(e.to_string().contains("'broken'"), "{e}");
-            assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+            assert_eq!(e.errno(), libc::EBADMSG);
         }
         other => panic!("{other:?}"),
     }
     assert_eq!(space.holders("fine").unwrap()[0].token, held.token());
+    assert!(space.names().unwrap().contains(&"broken".to_owned()));
+    // A forced release resets it, keeping its fencing counter.
+    space.force_release("broken").unwrap();
+    let again = space.lock("broken").try_acquire().unwrap().unwrap();
+    assert_eq!(again.token(), 2);
     held.release().unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }

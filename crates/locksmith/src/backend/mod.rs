@@ -109,6 +109,23 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         Box::pin(std::future::ready(self.step(key, op)))
     }
 
+    /// [`Backend::step`] for a waiter that waits until `deadline` (`None`: for ever):
+    /// a store whose steps can fail for a while (a server restarting) may keep trying
+    /// within it instead of failing at once, and no attempt outlasts it by much.
+    fn wait_step(&self, key: &Key, op: Op, _deadline: Option<Instant>) -> Result<Reply> {
+        self.step(key, op)
+    }
+
+    /// [`Backend::wait_step`] for async callers.
+    fn wait_step_async<'a>(
+        &'a self,
+        key: &'a Key,
+        op: Op,
+        _deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Reply>> {
+        self.step_async(key, op)
+    }
+
     /// Starts listening for changes to `key`: with a `ticket`, for the changes that
     /// concern that queued waiter; without, for any change. A change made after this
     /// call returns is never missed by the returned [`Watch`].
@@ -143,6 +160,22 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     fn default_lease(&self) -> Option<Duration> {
         None
     }
+
+    /// Forgets every idle name (no state, no tag: only its fencing counter left) that
+    /// nobody is using, first raising the store's token floor to its counter, so that
+    /// a name created again still gets larger tokens; answers how many went.
+    fn reclaim_idle(&self) -> Result<usize>;
+
+    /// How full the store is, if it holds a fixed number of names.
+    fn usage(&self) -> Option<crate::Usage> {
+        None
+    }
+
+    /// What the store found wrong but worked around when it was opened (a doorbell it
+    /// cannot use, say), one line each, for the caller to pass on to its user.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A hold taken by [`Backend::lock_fast`]: its fencing token, and what the store needs
@@ -162,4 +195,24 @@ pub(crate) trait Watch: Send {
 
     /// The async form of [`Watch::wait`]; it never blocks the executor thread.
     fn wait_async(self: Box<Self>, deadline: Option<Instant>) -> BoxFuture<'static, Result<()>>;
+}
+
+/// Allocates `len` bytes at `offset` of `file` (`posix_fallocate`): afterwards, writing
+/// them through a mapping cannot fail for want of space (a page first touched in a
+/// mapping of a full filesystem raises `SIGBUS` instead of an error).
+#[cfg(all(unix, any(feature = "shm", feature = "sqlite")))]
+pub(crate) fn reserve(file: &std::fs::File, offset: usize, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(());
+    }
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: posix_fallocate only allocates blocks of the open file behind the
+    // descriptor, which `file` keeps open for the call; it reads no memory of ours.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), offset, len) } {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
 }

@@ -71,8 +71,9 @@ use crate::{Error, Result};
 
 /// "LKST": an initialised table region.
 const MAGIC: u32 = 0x4C4B_5354;
-/// The layout version this code reads and writes.
-const VERSION: u32 = 1;
+/// The layout version this code reads and writes (2: slots are reclaimed, and tokens
+/// of a re-created name start from the header's `token_floor`).
+const VERSION: u32 = 2;
 
 const HEADER_SIZE: usize = 256;
 /// Futex words that queued waiters sleep on, chosen by a hash of (slot, ticket), so a
@@ -102,8 +103,24 @@ const OVERFLOW_POLL: Duration = Duration::from_millis(500);
 /// waiters retry at least every [`Shared::poll`], far more often.
 const WAITER_TTL: Millis = 5_000;
 
-/// Slot `state`: named (0 is free); every other field is initialised.
-const NAMED: u32 = 1;
+/// Whether a slot `state` word says the slot holds a name (odd: named; 0: never used;
+/// even: reclaimed). Each claim and each reclaim adds one, so the word also tells apart
+/// the successive names a slot has held: a process that cached a slot checks it.
+fn is_named(state: u32) -> bool {
+    state & 1 == 1
+}
+
+/// How many names a table of `capacity` slots holds at once: 7/8 of it (at least 1).
+/// Past that, creating a name first reclaims idle ones, and if none are, it is
+/// refused. So probe sequences stay short (a lookup of a name the table does not hold
+/// reads a few slots, never the whole table), at the price of 1/8 of the slots.
+fn usable(capacity: u32) -> u64 {
+    (u64::from(capacity) * 7 / 8).max(1)
+}
+
+/// After a sweep that found nothing idle, the next waits this long (ms): a table full
+/// of live names costs each new name an error, not a scan of the whole table.
+const SWEEP_BACKOFF: Millis = 1_000;
 
 /// The region header, 256 bytes.
 ///
@@ -117,9 +134,13 @@ const NAMED: u32 = 1;
 /// | 24 | `arena_end` u64 | offset one past the last arena byte (the region's length) |
 /// | 32 | `alloc` 32 bytes | a placed [`Mutex`] guarding block allocation and slot creation |
 /// | 64 | `bump` u64 | offset of the first never-allocated arena byte; only grows |
-/// | 72 | `named` u64 | slots in use (statistics) |
+/// | 72 | `named` u64 | slots holding a name now |
 /// | 80 | `free[16]` u64 | head of the free list of blocks of `64 << class` bytes; 0 empty. A free block's first 8 bytes hold the next free block's offset |
-/// | 208 | — | reserved, 0 |
+/// | 208 | `token_floor` u64 | the highest fencing counter of any reclaimed name: a name claims its slot with this counter, so its tokens stay above any it had before |
+/// | 216 | `max_probe` u64 | the farthest any named slot lies from its hash's home slot: lookups stop after that many |
+/// | 224 | `reclaimed` u64 | names reclaimed so far (statistics) |
+/// | 232 | `sweep_after` u64 | ms since the epoch before which no sweep runs (set after one that found nothing idle) |
+/// | 240 | — | reserved, 0 |
 #[repr(C)]
 #[derive(Debug)]
 struct RawHeader {
@@ -133,7 +154,11 @@ struct RawHeader {
     bump: AtomicU64,
     named: AtomicU64,
     free: [AtomicU64; CLASSES],
-    reserved2: [AtomicU64; 6],
+    token_floor: AtomicU64,
+    max_probe: AtomicU64,
+    reclaimed: AtomicU64,
+    sweep_after: AtomicU64,
+    reserved2: [AtomicU64; 2],
 }
 
 // SAFETY: #[repr(C)], made only of atomics.
@@ -144,18 +169,31 @@ unsafe impl AtomicBlock for RawHeader {}
 /// | offset | word | values |
 /// | --- | --- | --- |
 /// | 0 | `lock` 32 bytes | a placed, non-recursive [`Mutex`]: held for the length of one step |
-/// | 32 | `state` u32 | `0` free · `1` named: written last (`Release`) when the slot is claimed, never reset |
+/// | 32 | `state` u32 | `0` never used · odd: named (written last, `Release`, when the slot is claimed) · even: reclaimed (free again). Each claim and reclaim adds 1 |
 /// | 36 | `seq` u32 (futex) | change sequence: bumped (wrapping) by every step that wakes someone; watchers `FUTEX_WAIT` on it |
 /// | 40 | `watchers` u32 | watches that may be asleep on `seq`; a step makes the wake system call only when it is not 0. A killed watcher leaves it too high, which costs only needless wake calls |
 /// | 44 | `name_len` u32 | the name's length in bytes |
 /// | 48 | `hash` u64 | FNV-1a hash of the name (never 0) |
-/// | 56 | `next_token` u64 | the fencing counter: the last token handed out; only grows; kept while the primitive is idle |
+/// | 56 | `next_token` u64 | the fencing counter: the last token handed out; only grows while the name holds the slot, and starts from the header's `token_floor` when it is claimed |
 /// | 64 | `record` u64 | `offset << 32 \| length` of the block holding the serialized record; `0` when idle (no state beyond `next_token`) |
 /// | 72 | `name` 56 bytes | the name, if it has at most 56 bytes; otherwise word 0 is `offset << 32 \| length` of an arena block holding it |
 ///
-/// `record` and `next_token` are written only by the holder of `lock`; `state`,
-/// `name_len`, `hash` and `name` only while claiming the slot under the header's
-/// `alloc` mutex, before `state` is published.
+/// `record` and `next_token` are written only by the holder of `lock` (and by a claimer
+/// before it publishes `state`); `state`, `name_len`, `hash` and `name` only under the
+/// header's `alloc` mutex: while claiming the slot, before `state` is published, or
+/// when reclaiming an idle name, which also holds `lock`.
+///
+/// # Reclaiming
+///
+/// A name is removed when its `record` is 0 (no state, no tag, no kind): only its
+/// counter is left; it is idle when its record holds its kind alone. When creating a
+/// name finds the table crowded (7/8 of the slots named), a sweep under the `alloc`
+/// mutex reclaims every removed slot whose `lock` it can take at once, or, if there
+/// is none, every idle one, whose kind is then forgotten (a warning says so): it
+/// raises the header's `token_floor` to the slot's counter, then makes `state` even.
+/// A re-created name starts from that floor, so its tokens exceed every token it had.
+/// A process that cached the slot finds `state` changed once it holds `lock`, and looks
+/// the name up again; its watchers are woken to do the same.
 #[repr(C)]
 #[derive(Debug)]
 struct RawSlot {
@@ -331,8 +369,12 @@ struct Ringer {
     waiting: AtomicU64,
 }
 
-/// What a [`Key`] resolves to: its slot's index.
-struct SlotAt(u32);
+/// A step's answer, or its op back when the slot it was aimed at holds another name.
+type Moved<T> = std::result::Result<T, Op>;
+
+/// What a [`Key`] resolves to: its slot's index and `state` (`index << 32 | state`),
+/// updated when the name turns out to have moved (it was reclaimed and re-created).
+struct SlotAt(AtomicU64);
 
 impl ShmBackend {
     /// Opens (creating if needed) the region a `shm:` URL names.
@@ -361,15 +403,29 @@ impl ShmBackend {
             h.magic.store(MAGIC, Ordering::Release);
             Ok(())
         };
-        let region = match Region::create_with(
-            &opts.name,
-            size as usize,
-            &RegionOptions::new().mode(opts.mode),
-            init,
-        ) {
+        // The header, bells and slot table are reserved (allocated in /dev/shm) at
+        // creation, since lookups read any slot; the arena is reserved as blocks are
+        // first handed out (`alloc_locked`). So a full /dev/shm is an error, never a
+        // SIGBUS on a page touched for the first time.
+        let options = RegionOptions::new().mode(opts.mode).reserve(table as usize);
+        let region = match Region::create_with(&opts.name, size as usize, &options, init) {
             Ok(r) => r,
-            // Most often: it exists (maybe created by a racing process just now).
-            Err(created) => Region::open(&opts.name).map_err(|_| created)?,
+            // Most often: it exists (maybe created by a racing process just now). If
+            // it cannot be opened either, say why not (permission denied, ...), unless
+            // it is gone, when creating it failed for a reason of its own.
+            Err(created) => match Region::open(&opts.name) {
+                Ok(r) => r,
+                Err(_) if !std::path::Path::new("/dev/shm").join(&opts.name).exists() => {
+                    return Err(created)
+                }
+                Err(Error::InvalidArgument(_)) => {
+                    return Err(Error::invalid(format!(
+                        "/dev/shm/{} is not a locksmith shm: store (an empty file); choose another name",
+                        opts.name
+                    )))
+                }
+                Err(opened) => return Err(opened),
+            },
         };
         let shared = Shared::attach(region, &opts)?;
         Ok(ShmBackend {
@@ -377,14 +433,26 @@ impl ShmBackend {
         })
     }
 
-    fn resolve(&self, key: &Key) -> Result<u32> {
-        Ok(key
-            .try_cached(|| {
-                self.shared
-                    .find_or_create(key.name())
-                    .map(|i| Arc::new(SlotAt(i)))
-            })?
-            .0)
+    /// The slot of `key` and the `state` it had when the name was found there.
+    fn resolve(&self, key: &Key) -> Result<(u32, u32)> {
+        let at = key.try_cached(|| {
+            let (i, state) = self.shared.find_or_create(key.name())?;
+            Ok(Arc::new(SlotAt(AtomicU64::new(join(
+                u64::from(i),
+                state as usize,
+            )))))
+        })?;
+        let (i, state) = split(at.0.load(Ordering::Relaxed));
+        Ok((i as u32, state as u32))
+    }
+
+    /// Looks `key` up again after its slot was found to hold another name.
+    fn re_resolve(&self, key: &Key) -> Result<(u32, u32)> {
+        let (i, state) = self.shared.find_or_create(key.name())?;
+        if let Some(at) = key.cached_ref::<SlotAt>() {
+            at.0.store(join(u64::from(i), state as usize), Ordering::Relaxed);
+        }
+        Ok((i, state))
     }
 }
 
@@ -613,18 +681,28 @@ impl Shared {
                 self.url_name
             )));
         }
+        // Pages the arena never used before: allocate them in /dev/shm now, so that a
+        // full /dev/shm fails this step (nothing changed yet) instead of a SIGBUS.
+        self.region
+            .reserve(bump as usize, size as usize)
+            .map_err(|e| Error::backend(format!("the shm: store is out of memory: {e}")))?;
         h.bump.store(end, Ordering::Release);
         Ok(bump)
     }
 
     /// Returns the block described by a `record` word to its free list.
     fn free(&self, word: u64) -> Result<()> {
+        let m = self.alloc_mutex()?;
+        let _g = m.lock()?;
+        self.free_locked(word)
+    }
+
+    /// [`Shared::free`] for a caller that holds the allocation mutex.
+    fn free_locked(&self, word: u64) -> Result<()> {
         let (off, len) = split(word);
         let class = class_of(len).ok_or_else(|| self.corrupt("a record is too long"))?;
         let h = self.header();
         let link = self.link(off)?;
-        let m = self.alloc_mutex()?;
-        let _g = m.lock()?;
         link.store(h.free[class].load(Ordering::Relaxed), Ordering::Relaxed);
         h.free[class].store(off, Ordering::Release);
         Ok(())
@@ -656,43 +734,59 @@ impl Shared {
         }
     }
 
-    /// The slot of `name`, claiming a free one if the name is new.
-    fn find_or_create(&self, name: &str) -> Result<u32> {
+    /// The slot of `name` and its `state`, claiming a free one if the name is new.
+    fn find_or_create(&self, name: &str) -> Result<(u32, u32)> {
         let hash = fnv1a(name.as_bytes());
-        if let Some(i) = self.probe(name, hash)?.0 {
-            return Ok(i);
+        if let Some(found) = self.probe(name, hash)? {
+            return Ok(found);
         }
         // Claims happen only under the allocation mutex, so looking again under it is
         // authoritative: two processes creating one name get one slot.
         let m = self.alloc_mutex()?;
         let _guard = m.lock()?;
-        let free = match self.probe(name, hash)? {
-            (Some(i), _) => return Ok(i),
-            (None, Some(free)) => free,
-            (None, None) => {
-                return Err(Error::backend(format!(
-                    "the shm: store /dev/shm/{} is full: all {} names are taken. Names are never removed (their fencing counters must persist); remove the region and open it with a larger ?capacity= (e.g. shm:{}?capacity={})",
-                    self.url_name,
-                    self.capacity,
-                    self.url_name,
-                    u64::from(self.capacity) * 2
-                )))
-            }
+        if let Some(found) = self.probe(name, hash)? {
+            return Ok(found);
+        }
+        let h = self.header();
+        let full = |h: &RawHeader| h.named.load(Ordering::Relaxed) + 1 > usable(self.capacity);
+        if full(h) {
+            self.sweep()?;
+        }
+        let free = if full(h) { None } else { self.free_slot(hash) };
+        let Some((free, distance)) = free else {
+            return Err(Error::backend(format!(
+                "the shm: store /dev/shm/{} is full: all {} names it holds at once (7/8 of \
+                 capacity={}) are in use (held, waited for, set or tagged; idle names are \
+                 reclaimed when needed). Remove the region and open it with a larger \
+                 ?capacity= (e.g. shm:{}?capacity={})",
+                self.url_name,
+                usable(self.capacity),
+                self.capacity,
+                self.url_name,
+                u64::from(self.capacity) * 2
+            )));
         };
         let s = self.slot(free);
-        // A claimer that died before publishing may have left bytes behind: overwrite
-        // every field.
-        for w in &s.lock {
-            w.store(0, Ordering::Relaxed);
+        let state = s.state.load(Ordering::Acquire);
+        if state == 0 {
+            // Never used. A claimer that died before publishing may have left bytes
+            // behind: overwrite every field.
+            for w in &s.lock {
+                w.store(0, Ordering::Relaxed);
+            }
+            Mutex::init(
+                self.region
+                    .place_at(TABLE_AT + free as usize * SLOT_SIZE, Mutex::SIZE)?,
+                &MutexOptions::new().recursive(false),
+            )?;
+            s.seq.store(0, Ordering::Relaxed);
+            s.watchers.store(0, Ordering::Relaxed);
         }
-        Mutex::init(
-            self.region
-                .place_at(TABLE_AT + free as usize * SLOT_SIZE, Mutex::SIZE)?,
-            &MutexOptions::new().recursive(false),
-        )?;
-        s.seq.store(0, Ordering::Relaxed);
-        s.watchers.store(0, Ordering::Relaxed);
-        s.next_token.store(0, Ordering::Relaxed);
+        // A reclaimed slot keeps its mutex (a process that cached the old name may be
+        // taking it, to find the name gone), `seq` and `watchers` (its watchers are
+        // still counted there).
+        s.next_token
+            .store(h.token_floor.load(Ordering::Acquire), Ordering::Relaxed);
         s.record.store(0, Ordering::Relaxed);
         s.hash.store(hash, Ordering::Relaxed);
         s.name_len.store(name.len() as u32, Ordering::Relaxed);
@@ -710,30 +804,184 @@ impl Shared {
             self.write_block(off, name.as_bytes())?;
             s.name[0].store(join(off, name.len()), Ordering::Relaxed);
         }
-        s.state.store(NAMED, Ordering::Release);
-        self.header().named.fetch_add(1, Ordering::Relaxed);
-        Ok(free)
+        if distance > h.max_probe.load(Ordering::Relaxed) {
+            h.max_probe.store(distance, Ordering::Release);
+        }
+        let named = state.wrapping_add(1) | 1;
+        s.state.store(named, Ordering::Release);
+        h.named.fetch_add(1, Ordering::Relaxed);
+        Ok((free, named))
     }
 
-    /// Looks for `name` along its probe sequence: its slot if present, and the first
-    /// free slot met (where it would be claimed).
-    fn probe(&self, name: &str, hash: u64) -> Result<(Option<u32>, Option<u32>)> {
+    /// Looks for `name` along its probe sequence: its slot and `state` if present.
+    /// The sequence ends at a slot never used, or past the header's `max_probe`: no
+    /// name lies farther from its home slot, so a miss costs a few slots, not the
+    /// table, however full it is.
+    fn probe(&self, name: &str, hash: u64) -> Result<Option<(u32, u32)>> {
+        let longest = self
+            .header()
+            .max_probe
+            .load(Ordering::Acquire)
+            .min(u64::from(self.capacity) - 1);
         let mut i = (hash % u64::from(self.capacity)) as u32;
-        for _ in 0..self.capacity {
+        for _ in 0..=longest {
             let s = self.slot(i);
-            if s.state.load(Ordering::Acquire) != NAMED {
-                return Ok((None, Some(i)));
+            let state = s.state.load(Ordering::Acquire);
+            if state == 0 {
+                return Ok(None);
             }
-            if s.hash.load(Ordering::Relaxed) == hash && self.name_matches(s, name)? {
-                return Ok((Some(i), None));
+            if is_named(state) && s.hash.load(Ordering::Relaxed) == hash {
+                // Without the allocation mutex the slot may be reclaimed and claimed
+                // again while its name is read: a name that does not read back
+                // consistently is no match (the caller then looks under the mutex).
+                match self.name_matches(s, name) {
+                    Ok(true) if s.state.load(Ordering::Acquire) == state => {
+                        return Ok(Some((i, state)))
+                    }
+                    Ok(_) => {}
+                    Err(_) if s.state.load(Ordering::Acquire) != state => {}
+                    Err(e) => return Err(e),
+                }
             }
             i = if i + 1 == self.capacity { 0 } else { i + 1 };
         }
-        Ok((None, None))
+        Ok(None)
     }
 
-    /// Loads slot `s`'s record; also answers the bytes it was decoded from.
-    fn load(&self, s: &RawSlot) -> Result<(Record, u64, Vec<u8>)> {
+    /// The first slot free to claim (never used or reclaimed) along `hash`'s probe
+    /// sequence, and its distance from the home slot. The caller holds the allocation
+    /// mutex.
+    fn free_slot(&self, hash: u64) -> Option<(u32, u64)> {
+        if self.header().named.load(Ordering::Relaxed) >= u64::from(self.capacity) {
+            return None;
+        }
+        let mut i = (hash % u64::from(self.capacity)) as u32;
+        for distance in 0..u64::from(self.capacity) {
+            if !is_named(self.slot(i).state.load(Ordering::Acquire)) {
+                return Some((i, distance));
+            }
+            i = if i + 1 == self.capacity { 0 } else { i + 1 };
+        }
+        None
+    }
+
+    /// Reclaims every idle named slot whose mutex is free right now, and recomputes
+    /// `max_probe` for the names that stay; answers how many it reclaimed. The caller
+    /// holds the allocation mutex. A sweep that finds nothing to reclaim holds off the
+    /// next for [`SWEEP_BACKOFF`].
+    fn sweep(&self) -> Result<u64> {
+        let h = self.header();
+        let now = now_millis();
+        if now < h.sweep_after.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
+        // Removed names first (nothing but a counter); only if there are none, idle
+        // names that still remember their kind, which they then forget.
+        let mut reclaimed = self.reclaim(false)?;
+        if reclaimed == 0 {
+            reclaimed = self.reclaim(true)?;
+            if reclaimed > 0 {
+                tracing::warn!(
+                    region = %self.url_name,
+                    reclaimed,
+                    "the shm: name table is crowded: idle names were reclaimed and their \
+                     kinds forgotten (open the region with a larger ?capacity=)"
+                );
+            }
+        }
+        self.sweep_tail(reclaimed, now)
+    }
+
+    /// Whether the record in block `word` is an idle name's kind and counter alone.
+    fn idle_with_kind(&self, word: u64) -> bool {
+        let (off, len) = split(word);
+        self.read_block(off, len)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok())
+            .is_some_and(|r| r.state.is_none() && r.tag.is_none())
+    }
+
+    /// One pass of [`Shared::sweep`]: reclaims the idle slots whose mutex is free right
+    /// now, with `with_kind` also those whose record keeps just a kind.
+    fn reclaim(&self, with_kind: bool) -> Result<u64> {
+        let h = self.header();
+        let mut reclaimed = 0;
+        for i in 0..self.capacity {
+            let s = self.slot(i);
+            let state = s.state.load(Ordering::Acquire);
+            // Not a name somebody watches (a waiter on a clear event, whose wait must
+            // not mistake the re-created name's counter for a set).
+            if !is_named(state)
+                || (s.record.load(Ordering::Acquire) != 0 && !with_kind)
+                || s.watchers.load(Ordering::SeqCst) != 0
+            {
+                continue;
+            }
+            let m = self.slot_mutex(i)?;
+            // Only a slot nobody is stepping on: never wait for one (a stepper holds
+            // its slot's mutex and may want this allocation mutex next).
+            let Some(guard) = m.try_lock()? else {
+                continue;
+            };
+            let word = s.record.load(Ordering::Acquire);
+            if (word == 0 || (with_kind && self.idle_with_kind(word)))
+                && s.state.load(Ordering::Acquire) == state
+            {
+                // The floor first: a crash before the state store leaves the name
+                // where it was, with a floor that is merely higher.
+                let counter = s.next_token.load(Ordering::Acquire);
+                if counter > h.token_floor.load(Ordering::Relaxed) {
+                    h.token_floor.store(counter, Ordering::Release);
+                }
+                let long = s.name_len.load(Ordering::Relaxed) as usize > INLINE_NAME;
+                let name_block = s.name[0].load(Ordering::Relaxed);
+                s.state.store(state.wrapping_add(1), Ordering::Release);
+                h.named.fetch_sub(1, Ordering::Relaxed);
+                if long {
+                    self.free_locked(name_block)?;
+                }
+                if word != 0 {
+                    s.record.store(0, Ordering::Release);
+                    self.free_locked(word)?;
+                }
+                reclaimed += 1;
+            }
+            drop(guard);
+            // Whoever still watches the old name looks it up again.
+            self.notify(s, u32::MAX);
+        }
+        Ok(reclaimed)
+    }
+
+    /// The end of [`Shared::sweep`]: `max_probe` recomputed, and the next sweep held
+    /// off if this one found nothing.
+    fn sweep_tail(&self, reclaimed: u64, now: Millis) -> Result<u64> {
+        let h = self.header();
+        // The farthest a remaining name lies from its home slot.
+        let mut longest = 0u64;
+        for i in 0..self.capacity {
+            let s = self.slot(i);
+            if is_named(s.state.load(Ordering::Acquire)) {
+                let home = s.hash.load(Ordering::Relaxed) % u64::from(self.capacity);
+                let distance =
+                    (u64::from(i) + u64::from(self.capacity) - home) % u64::from(self.capacity);
+                longest = longest.max(distance);
+            }
+        }
+        h.max_probe.store(longest, Ordering::Release);
+        h.reclaimed.fetch_add(reclaimed, Ordering::Relaxed);
+        let after = if reclaimed == 0 {
+            now + SWEEP_BACKOFF
+        } else {
+            0
+        };
+        h.sweep_after.store(after, Ordering::Relaxed);
+        Ok(reclaimed)
+    }
+
+    /// Loads slot `s`'s record (of `name`); also answers the bytes it was decoded from.
+    /// A record that does not decode is [`Error::Damaged`]: its name's problem only.
+    fn load(&self, s: &RawSlot, name: &str) -> Result<(Record, u64, Vec<u8>)> {
         let word = s.record.load(Ordering::Acquire);
         let next_token = s.next_token.load(Ordering::Acquire);
         if word == 0 {
@@ -745,8 +993,10 @@ impl Shared {
         }
         let (off, len) = split(word);
         let bytes = self.read_block(off, len)?;
-        let mut record: Record = serde_json::from_slice(&bytes)
-            .map_err(|e| self.corrupt(&format!("a record does not decode: {e}")))?;
+        let mut record: Record = serde_json::from_slice(&bytes).map_err(|e| Error::Damaged {
+            name: name.into(),
+            reason: e.to_string(),
+        })?;
         record.next_token = record.next_token.max(next_token);
         Ok((record, word, bytes))
     }
@@ -758,7 +1008,7 @@ impl Shared {
         if s.next_token.load(Ordering::Relaxed) != record.next_token {
             s.next_token.store(record.next_token, Ordering::Release);
         }
-        let new = if record.state.is_none() && record.tag.is_none() {
+        let new = if record.state.is_none() && record.tag.is_none() && record.kind.is_none() {
             0
         } else {
             let bytes = serde_json::to_vec(record)
@@ -787,15 +1037,34 @@ impl Shared {
         }
     }
 
-    fn ctx_step(&self, i: u32, name: &str, op: Op) -> Result<Reply> {
+    /// One step on slot `i`, which held `name` in `state`; the op back, untouched, if
+    /// the slot no longer does (the name was reclaimed).
+    fn ctx_step(&self, i: u32, state: u32, name: &str, op: Op) -> Result<Moved<Reply>> {
         let s = self.slot(i);
         let m = self.slot_mutex(i)?;
         let guard = m.lock()?;
+        if s.state.load(Ordering::Acquire) != state {
+            return Ok(Err(op));
+        }
         if guard.previous_owner_died() {
             // Records are published with one store, so the slot is consistent.
             tracing::warn!(name, "a process died inside a step on this name; recovered");
         }
-        let (mut record, old, old_bytes) = self.load(s)?;
+        let (mut record, old, old_bytes) = match self.load(s, name) {
+            Err(Error::Damaged { .. }) if matches!(op, Op::ForceRelease) => {
+                // Reset: the fencing counter lives in the slot, outside the record.
+                tracing::warn!(name, "reset a damaged record");
+                let record = Record {
+                    next_token: s.next_token.load(Ordering::Acquire),
+                    ..Record::default()
+                };
+                self.store(s, &record, s.record.load(Ordering::Acquire), &[])?;
+                drop(guard);
+                self.notify(s, u32::MAX);
+                return Ok(Ok(Reply::Count(0)));
+            }
+            loaded => loaded?,
+        };
         let (old_len, old_tickets) = queue_of(&record);
         let mut op = op;
         match &mut op {
@@ -840,7 +1109,7 @@ impl Shared {
                 self.notify(s, (self.queue_cap - new_len) as u32);
             }
         }
-        Ok(reply)
+        Ok(Ok(reply))
     }
 }
 
@@ -935,12 +1204,30 @@ fn join(off: u64, len: usize) -> u64 {
 
 impl Backend for ShmBackend {
     fn step(&self, key: &Key, op: Op) -> Result<Reply> {
-        let i = self.resolve(key)?;
-        self.shared.ctx_step(i, key.name(), op)
+        let (mut i, mut state) = self.resolve(key)?;
+        // A name is reclaimed only while idle, and found again (re-created if need be)
+        // at once; a step meets a reclaimed slot rarely, and twice in a row only when
+        // other processes keep reclaiming and re-creating it.
+        let mut op = op;
+        for _ in 0..64 {
+            match self.shared.ctx_step(i, state, key.name(), op)? {
+                Ok(reply) => return Ok(reply),
+                Err(back) => op = back,
+            }
+            (i, state) = self.re_resolve(key)?;
+        }
+        Err(Error::backend(format!(
+            "the shm: store /dev/shm/{}: the slot of '{}' kept being reclaimed",
+            self.shared.url_name,
+            key.name()
+        )))
     }
 
     fn watch(&self, key: &Key, ticket: Option<u64>) -> Result<Box<dyn Watch>> {
-        let i = self.resolve(key)?;
+        // If the name was reclaimed since, the watch is on its old slot: the sweep
+        // woke that slot's watchers, and a later one is woken by the poll interval;
+        // either way the waiter's next step finds the name again.
+        let (i, _) = self.resolve(key)?;
         let s = self.shared.slot(i);
         // SeqCst on both sides (here: count, then read; `notify`: bump, then read the
         // count): either the step sees this watcher and wakes it, or this read sees
@@ -963,12 +1250,38 @@ impl Backend for ShmBackend {
         let mut names = Vec::new();
         for i in 0..sh.capacity {
             let s = sh.slot(i);
-            if s.state.load(Ordering::Acquire) == NAMED {
-                names.push(String::from_utf8_lossy(&sh.slot_name(s)?).into_owned());
+            let state = s.state.load(Ordering::Acquire);
+            if is_named(state) {
+                // A name reclaimed while it is read is skipped (it was idle).
+                match sh.slot_name(s) {
+                    Ok(name) if s.state.load(Ordering::Acquire) == state => {
+                        names.push(String::from_utf8_lossy(&name).into_owned())
+                    }
+                    Err(e) if s.state.load(Ordering::Acquire) == state => return Err(e),
+                    _ => {}
+                }
             }
         }
         names.sort();
         Ok(names)
+    }
+
+    fn reclaim_idle(&self) -> Result<usize> {
+        let m = self.shared.alloc_mutex()?;
+        let _guard = m.lock()?;
+        // Asked for, so on purpose: every idle name goes, with its kind, and no
+        // back-off from an earlier sweep that found nothing holds it up.
+        let reclaimed = self.shared.reclaim(false)? + self.shared.reclaim(true)?;
+        Ok(self.shared.sweep_tail(reclaimed, now_millis())? as usize)
+    }
+
+    fn usage(&self) -> Option<crate::Usage> {
+        let h = self.shared.header();
+        Some(crate::Usage {
+            names: h.named.load(Ordering::Relaxed),
+            limit: usable(self.shared.capacity),
+            reclaimed: h.reclaimed.load(Ordering::Relaxed),
+        })
     }
 
     fn evict_tag(&self, tag: &str) -> Result<usize> {
@@ -976,15 +1289,21 @@ impl Backend for ShmBackend {
         let mut evicted = 0;
         for i in 0..sh.capacity {
             let s = sh.slot(i);
-            if s.state.load(Ordering::Acquire) != NAMED || s.record.load(Ordering::Relaxed) == 0 {
+            let state = s.state.load(Ordering::Acquire);
+            if !is_named(state) || s.record.load(Ordering::Relaxed) == 0 {
                 continue;
             }
             let m = sh.slot_mutex(i)?;
             let guard = m.lock()?;
-            let (mut record, old, old_bytes) = sh.load(s)?;
-            if record.tag.as_deref() == Some(tag) && record.state.is_some() {
-                record.state = None;
-                record.tag = None;
+            if s.state.load(Ordering::Acquire) != state {
+                continue;
+            }
+            // A damaged record's tag is unknown: it stays (`break --force` resets it).
+            let (mut record, old, old_bytes) = match sh.load(s, "") {
+                Err(Error::Damaged { .. }) => continue,
+                loaded => loaded?,
+            };
+            if model::evict(&mut record, tag) {
                 sh.store(s, &record, old, &old_bytes)?;
                 drop(guard);
                 sh.notify(s, u32::MAX);
@@ -1186,7 +1505,7 @@ mod tests {
     }
 
     #[test]
-    fn names_short_and_long_share_slots_across_opens_and_fill_up() {
+    fn names_short_and_long_share_slots_across_opens_and_idle_ones_make_room() {
         let name = unique("names");
         let _c = Cleanup(name.clone());
         let url = format!("{name}?capacity=3");
@@ -1199,10 +1518,12 @@ mod tests {
         let la = a.shared.find_or_create(&long).unwrap();
         assert_eq!(b.shared.find_or_create(&long).unwrap(), la);
         assert_ne!(la, ia);
+        assert_eq!(a.names().unwrap(), vec!["deploy", long.as_str()]);
+        // The third name crowds the table (7/8 of it named): the idle names make room.
         a.shared.find_or_create("third").unwrap();
-        let err = b.shared.find_or_create("fourth").unwrap_err().to_string();
-        assert!(err.contains("capacity="), "{err}");
-        assert_eq!(a.names().unwrap(), vec!["deploy", "third", long.as_str()]);
+        assert_eq!(a.names().unwrap(), vec!["third"]);
+        b.shared.find_or_create("fourth").unwrap();
+        assert_eq!(b.names().unwrap(), vec!["fourth", "third"]);
         // Another capacity than the region's is refused, not silently ignored.
         assert!(ShmBackend::open(&format!("{name}?capacity=4")).is_err());
     }
@@ -1220,7 +1541,7 @@ mod tests {
                 .map(|b| {
                     scope.spawn(move || {
                         (0..40)
-                            .map(|n| b.shared.find_or_create(&format!("n{n}")).unwrap())
+                            .map(|n| b.shared.find_or_create(&format!("n{n}")).unwrap().0)
                             .collect::<Vec<u32>>()
                     })
                 })

@@ -77,6 +77,30 @@ impl Event {
         }
     }
 
+    /// Where a wait begins, for [`Event::wait_after`]: a wait split into slices (to run
+    /// signal handlers between them) measures every slice from one mark, so that a
+    /// `set()` followed at once by `clear()` between two slices is not missed.
+    pub fn mark(&self) -> Result<EventMark> {
+        self.handle.check()?;
+        let (set, generation) = self.read()?;
+        Ok(EventMark { set, generation })
+    }
+
+    /// Waits at most `timeout` until the flag is set, or was set at any moment since
+    /// `mark` was taken; returns whether it was.
+    pub fn wait_after(&self, mark: EventMark, timeout: Duration) -> Result<bool> {
+        self.handle.check()?;
+        if mark.set {
+            return Ok(true);
+        }
+        let mut judge = |reply| judge(reply, mark.generation);
+        let deadline = deadline_after(timeout);
+        let seen = self
+            .handle
+            .block_on(None, deadline, &|| Op::EventRead, &mut judge)?;
+        Ok(seen.is_some())
+    }
+
     /// Waits until the flag is set; returns `true`.
     pub fn wait(&self) -> Result<bool> {
         self.wait_until(None)
@@ -133,6 +157,13 @@ impl Event {
 }
 
 /// Done once the flag is set, or was set since generation `since` (and maybe cleared).
+/// The state an event was in when a wait began: see [`Event::mark`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventMark {
+    set: bool,
+    generation: u64,
+}
+
 fn judge(reply: Reply, since: u64) -> Result<Step<()>> {
     match reply {
         Reply::Event { set, generation } if set || generation != since => Ok(Step::Done(())),

@@ -7,12 +7,46 @@ use crate::Result;
 
 const KIND: PermitKind = PermitKind::Lock;
 
+/// Who owns a Lock's blocking acquisition: the calling thread (the default), or the
+/// acquisition itself. Set with [`Lock::ownership`].
+///
+/// | | `Thread` | `Acquisition` |
+/// | --- | --- | --- |
+/// | the holding thread acquires again | [`crate::Error::WouldDeadlock`] (`EDEADLK`) | waits, like any other taker |
+/// | the guard moved to another thread and released there | released | released |
+/// | [`Lock::release`] of a detached hold | from the acquiring thread only | from any thread of this process |
+///
+/// `Thread` is POSIX's error-checking mutex (runtime.sync's `Mutex`); `Acquisition` is
+/// `threading.Lock`, multiprocessing's `Lock` and a thread pool's lock, and how async
+/// acquisitions always behave.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Ownership {
+    /// The calling thread owns the hold.
+    #[default]
+    Thread,
+    /// Each acquisition is its own owner.
+    Acquisition,
+}
+
 /// A lock that one owner holds at a time.
 ///
 /// Blocking acquisitions are owned by the calling thread: acquiring again from the same
 /// thread while holding is [`crate::Error::WouldDeadlock`] (`EDEADLK`) rather than a
-/// hang. Async acquisitions are each their own owner and queue first-come first-served,
-/// as Twisted's `DeferredLock` does.
+/// hang; with [`Lock::ownership`] set to [`Ownership::Acquisition`] each acquisition
+/// is its own owner instead, as in Python's `threading.Lock`. Async acquisitions are each
+/// their own owner and queue first-come first-served, as Twisted's `DeferredLock` does.
+///
+/// ```
+/// # fn main() -> locksmith::Result<()> {
+/// use locksmith::Ownership;
+/// let space = locksmith::Space::open("mem:")?;
+/// let lock = space.lock("job").ownership(Ownership::Acquisition);
+/// lock.acquire()?.detach();                 // held, by nobody in particular
+/// assert!(lock.try_acquire()?.is_none());   // this thread too would wait
+/// std::thread::spawn(move || lock.release()).join().unwrap()?; // any thread frees it
+/// # Ok(()) }
+/// ```
 ///
 /// ```
 /// # fn main() -> locksmith::Result<()> {
@@ -50,6 +84,10 @@ impl Lock {
         Lock { handle }
     }
 
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     fn kind(&self) -> Result<PermitKind> {
         Ok(KIND)
     }
@@ -58,14 +96,24 @@ impl Lock {
     acquire_methods!("the lock");
     run_method!();
 
-    /// Releases the hold of the calling thread (one taken here and then
-    /// [`crate::Guard::detach`]ed).
+    /// Who owns the blocking acquisitions made through this handle (default:
+    /// [`Ownership::Thread`]).
+    pub fn ownership(mut self, ownership: Ownership) -> Self {
+        self.handle.update_opts(|o| o.ownership = ownership);
+        self
+    }
+
+    /// Releases a hold taken and then [`crate::Guard::detach`]ed in this process: by
+    /// the calling thread, or by any thread with [`Ownership::Acquisition`]. Never a
+    /// hold that a live guard owns: release that through its guard.
     ///
     /// # Errors
     /// [`crate::Error::NotHeld`] if nobody holds it, [`crate::Error::NotOwner`] if
-    /// another owner does (both `EPERM`).
+    /// another owner or a live guard does (both `EPERM`); [`crate::Error::LeaseLost`]
+    /// if the detached hold ended before this release (its lease lapsed, or it was
+    /// force-released or evicted).
     pub fn release(&self) -> Result<()> {
-        permit::release_owned(&self.handle, self.kind()?)
+        permit::release_detached(&self.handle, self.kind()?)
     }
 
     /// Whether anyone holds the lock now (diskcache's `locked()`).

@@ -8,9 +8,10 @@ use std::time::Instant;
 use crate::backend::model::Acquire;
 use crate::backend::{Grant, Mode, Op, PermitKind, Reply};
 use crate::owner::{fresh_id, thread_number, Owner};
+use crate::primitives::detached::Claim;
 use crate::primitives::guard::{unexpected, Guard};
 use crate::primitives::handle::{instant_at, Handle, OnDrop, Step};
-use crate::Result;
+use crate::{Error, Ownership, Result};
 
 /// How long an acquisition may wait.
 #[derive(Clone, Copy)]
@@ -46,17 +47,47 @@ fn judge(reply: Reply) -> Result<Step<Grant>> {
     }
 }
 
-/// Takes a permit for the calling thread, waiting as `wait` allows.
+/// Whether blocking acquisitions through `handle` are each their own owner (a Lock
+/// owned by the acquisition) rather than the calling thread's.
+#[inline]
+fn by_acquisition(handle: &Handle, kind: PermitKind) -> bool {
+    kind == PermitKind::Lock && handle.opts.ownership == Ownership::Acquisition
+}
+
+/// Who may give back a detached hold of `kind` through the handle.
+fn claim(kind: PermitKind, thread: u64) -> Option<Claim> {
+    match (kind, thread) {
+        (PermitKind::Lock | PermitKind::RLock, 0) => Some(Claim::Process),
+        (PermitKind::Lock | PermitKind::RLock, t) => Some(Claim::Thread(t)),
+        _ => None,
+    }
+}
+
+fn claimed(guard: Guard, kind: PermitKind, thread: u64) -> Guard {
+    match claim(kind, thread) {
+        Some(c) => guard.claimed(c),
+        None => guard,
+    }
+}
+
+/// Takes a permit for the calling thread (or, for a Lock owned by the acquisition, for
+/// a new owner), waiting as `wait` allows.
 pub(crate) fn acquire(
     handle: &Handle,
     kind: PermitKind,
     mode: Mode,
     wait: Wait,
 ) -> Result<Option<Guard>> {
-    if let Some(guard) = acquire_fast(handle, kind, mode, thread_number()) {
+    let thread = if by_acquisition(handle, kind) {
+        0
+    } else {
+        thread_number()
+    };
+    if let Some(guard) = acquire_fast(handle, kind, mode, thread) {
         return Ok(Some(guard));
     }
-    Ok(acquire_grant(handle, kind, mode, wait)?.map(|g| Guard::new(handle, g)))
+    let grant = acquire_grant(handle, kind, mode, wait)?;
+    Ok(grant.map(|g| claimed(Guard::new(handle, g), kind, thread)))
 }
 
 /// The store's fast path, for a plain Lock (no lease, no tag) that is free: `thread`
@@ -78,7 +109,7 @@ pub(crate) fn acquire_fast(
         return None;
     }
     let hold = handle.space.backend.lock_fast(&handle.key, thread)?;
-    Some(Guard::fast(handle, hold))
+    Some(claimed(Guard::fast(handle, hold), kind, thread))
 }
 
 /// [`acquire`], answering with the grant rather than a guard.
@@ -89,9 +120,18 @@ pub(crate) fn acquire_grant(
     wait: Wait,
 ) -> Result<Option<Grant>> {
     handle.check()?;
-    let owner = Owner::current_thread();
+    let owner = if by_acquisition(handle, kind) {
+        Owner::new_task()
+    } else {
+        Owner::current_thread()
+    };
     // The fast path: one step, no queueing, no watch.
-    if let Step::Done(grant) = judge(handle.step(acquire_op(handle, kind, mode, &owner, None))?)? {
+    let op = acquire_op(handle, kind, mode, &owner, None);
+    let first = match wait {
+        Wait::Try => handle.step(op)?,
+        Wait::Until(deadline) => handle.wait_step(op, deadline)?,
+    };
+    if let Step::Done(grant) = judge(first)? {
         return Ok(Some(grant));
     }
     let Wait::Until(deadline) = wait else {
@@ -122,7 +162,7 @@ pub(crate) async fn acquire_async(
     // Boxed: the general path's future is large, and callers that took the fast path
     // above should not pay for moving it around.
     let grant = Box::pin(acquire_grant_async(handle, kind, mode, wait)).await?;
-    Ok(grant.map(|g| Guard::new(handle, g)))
+    Ok(grant.map(|g| claimed(Guard::new(handle, g), kind, 0)))
 }
 
 /// [`acquire_async`], answering with the grant rather than a guard.
@@ -134,9 +174,11 @@ pub(crate) async fn acquire_grant_async(
 ) -> Result<Option<Grant>> {
     handle.check()?;
     let owner = Owner::new_task();
-    let first = handle
-        .step_async(acquire_op(handle, kind, mode, &owner, None))
-        .await?;
+    let op = acquire_op(handle, kind, mode, &owner, None);
+    let first = match wait {
+        Wait::Try => handle.step_async(op).await?,
+        Wait::Until(deadline) => handle.wait_step_async(op, deadline).await?,
+    };
     if let Step::Done(grant) = judge(first)? {
         return Ok(Some(grant));
     }
@@ -155,15 +197,45 @@ pub(crate) async fn acquire_grant_async(
     Ok(grant)
 }
 
-/// Gives back the calling thread's hold without its guard; for a semaphore whose
-/// caller holds nothing, raises the count.
-pub(crate) fn release_owned(handle: &Handle, kind: PermitKind) -> Result<()> {
+/// Gives back `n` permits of a semaphore, all or nothing: each the calling thread's
+/// guardless permit if it holds one, else (bounded, at the bound) the oldest
+/// holder's, else a rise of the count.
+pub(crate) fn release_owned(handle: &Handle, kind: PermitKind, n: u32) -> Result<()> {
     handle.check()?;
+    if n == 0 {
+        return Err(Error::invalid("a release gives back at least 1 permit"));
+    }
     handle.step(Op::ReleaseOwned {
         kind,
         owner: Owner::current_thread(),
+        n,
     })?;
     Ok(())
+}
+
+/// Gives back a Lock's or RLock's hold (one level) that was detached from its guard in
+/// this process: the calling thread's, or any thread's for a Lock owned by the
+/// acquisition. A hold that a live guard owns is never touched.
+pub(crate) fn release_detached(handle: &Handle, kind: PermitKind) -> Result<()> {
+    handle.check()?;
+    let any_thread = by_acquisition(handle, kind);
+    let detached = &handle.space.detached;
+    if let Some(token) = detached.take(handle.name(), thread_number(), any_thread) {
+        return match handle.step(Op::Release { token }) {
+            Ok(_) => Ok(()),
+            // It ended while detached: lapsed, force-released or evicted.
+            Err(Error::NotHeld { name }) => Err(Error::LeaseLost { name }),
+            Err(e) => Err(e),
+        };
+    }
+    // Nothing this caller may give back: say why, changing nothing.
+    let name = handle.name().to_owned();
+    match handle.step(Op::Holders)? {
+        Reply::Holders { holders, .. } if holders.is_empty() => Err(Error::NotHeld { name }),
+        // Another owner's, or the caller's own hold that a live guard owns.
+        Reply::Holders { .. } => Err(Error::NotOwner { name }),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Whether anyone holds the primitive.
@@ -171,6 +243,46 @@ pub(crate) fn is_held(handle: &Handle) -> Result<bool> {
     handle.check()?;
     match handle.step(Op::Holders)? {
         Reply::Holders { holders, .. } => Ok(!holders.is_empty()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Whether the caller holds the primitive: the calling thread, or a hold of this
+/// process that no thread owns (an async acquisition, a Lock owned by the
+/// acquisition), which may have moved to the caller.
+pub(crate) fn held_here(handle: &Handle) -> Result<bool> {
+    handle.check()?;
+    match handle.step(Op::Holders)? {
+        Reply::Holders { holders, .. } => {
+            let me = Owner::current_thread();
+            Ok(holders
+                .iter()
+                .any(|h| h.owner == me || (h.owner.is_task() && h.owner.same_process(&me))))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A semaphore's free permits.
+pub(crate) fn value(handle: &Handle, kind: PermitKind) -> Result<u32> {
+    handle.check()?;
+    match handle.step(Op::Value { kind })? {
+        Reply::Count(n) => Ok(n.min(u64::from(u32::MAX)) as u32),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// How many levels of an RLock the calling thread holds (0: none).
+pub(crate) fn depth(handle: &Handle) -> Result<u32> {
+    handle.check()?;
+    match handle.step(Op::Holders)? {
+        Reply::Holders { holders, .. } => {
+            let me = Owner::current_thread();
+            Ok(holders
+                .iter()
+                .find(|h| h.owner == me)
+                .map_or(0, |h| h.count))
+        }
         other => Err(unexpected(other)),
     }
 }

@@ -36,6 +36,10 @@ impl RLock {
         RLock { handle }
     }
 
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     fn kind(&self) -> Result<PermitKind> {
         Ok(KIND)
     }
@@ -43,14 +47,26 @@ impl RLock {
     lease_options!();
     acquire_methods!("the lock (again, if this thread holds it)");
 
-    /// Releases one level of the calling thread's hold (taken here and
-    /// [`crate::Guard::detach`]ed).
+    /// Releases one level of the calling thread's hold that was taken here and
+    /// [`crate::Guard::detach`]ed; never a level a live guard owns.
     ///
     /// # Errors
     /// [`crate::Error::NotHeld`] if nobody holds it, [`crate::Error::NotOwner`] if
-    /// another owner does (both `EPERM`).
+    /// another owner or a live guard does (both `EPERM`); [`crate::Error::LeaseLost`]
+    /// if the detached hold ended before this release.
     pub fn release(&self) -> Result<()> {
-        permit::release_owned(&self.handle, self.kind()?)
+        permit::release_detached(&self.handle, self.kind()?)
+    }
+
+    /// Whether the calling thread holds the lock (threading's `_is_owned`).
+    pub fn is_owned(&self) -> Result<bool> {
+        Ok(permit::depth(&self.handle)? > 0)
+    }
+
+    /// How many levels of the lock the calling thread holds: 0 if it holds none
+    /// (threading's `_recursion_count`).
+    pub fn recursion_count(&self) -> Result<u32> {
+        permit::depth(&self.handle)
     }
 
     /// Whether anyone holds the lock now.

@@ -54,7 +54,28 @@ impl Semaphore {
     /// # Errors
     /// [`crate::Error::TooManyReleases`] if the count would pass `u32::MAX`.
     pub fn release(&self) -> Result<()> {
-        permit::release_owned(&self.handle, self.kind()?)
+        permit::release_owned(&self.handle, self.kind()?, 1)
+    }
+
+    /// `n` releases at once (threading's `release(n)`): all of them, or, if one would
+    /// fail, none.
+    ///
+    /// # Errors
+    /// As [`Self::release`], changing nothing; [`crate::Error::InvalidArgument`] for
+    /// `n == 0`.
+    pub fn release_n(&self, n: u32) -> Result<()> {
+        permit::release_owned(&self.handle, self.kind()?, n)
+    }
+
+    /// The permits free now (billiard's `get_value`): the initial count while idle,
+    /// less the permits held, plus the signalling releases.
+    pub fn value(&self) -> Result<u32> {
+        permit::value(&self.handle, self.kind()?)
+    }
+
+    /// Whether no permit is free now, so that an acquisition would wait.
+    pub fn is_locked(&self) -> Result<bool> {
+        Ok(self.value()? == 0)
     }
 
     /// The number of permits the semaphore started with.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::ptr::NonNull;
 
 use super::{Place, Placed, ALIGN};
+use crate::backend::reserve;
 use crate::{Error, Result};
 
 /// Where named regions live.
@@ -16,11 +17,15 @@ const SHM_DIR: &str = "/dev/shm";
 #[derive(Clone, Debug)]
 pub struct RegionOptions {
     mode: u32,
+    reserve: Option<usize>,
 }
 
 impl Default for RegionOptions {
     fn default() -> Self {
-        RegionOptions { mode: 0o600 }
+        RegionOptions {
+            mode: 0o600,
+            reserve: None,
+        }
     }
 }
 
@@ -35,6 +40,16 @@ impl RegionOptions {
         self.mode = mode & 0o777;
         self
     }
+
+    /// How many leading bytes to reserve when the region is created (all of it unless
+    /// said otherwise). Reserved memory is allocated in the filesystem up front, so a
+    /// full `/dev/shm` is an error from `create` rather than a `SIGBUS` on the first
+    /// write to a page; the rest stays sparse and must be reserved with
+    /// [`Region::reserve`] before it is touched.
+    pub fn reserve(mut self, bytes: usize) -> RegionOptions {
+        self.reserve = Some(bytes);
+        self
+    }
 }
 
 /// What [`Region::try_create`] found.
@@ -45,8 +60,12 @@ enum Created {
 
 #[derive(Debug)]
 enum Map {
-    File(memmap2::MmapRaw),
-    Anon { ptr: NonNull<u8>, len: usize },
+    /// The file is kept open to reserve its pages ([`Region::reserve`]).
+    File(memmap2::MmapRaw, File),
+    Anon {
+        ptr: NonNull<u8>,
+        len: usize,
+    },
 }
 
 /// A mapping of shared memory that primitives are placed in.
@@ -161,7 +180,9 @@ impl Region {
             file.set_permissions(std::fs::Permissions::from_mode(options.mode))
                 .map_err(|e| io("set the mode of", e))?;
             file.set_len(size as u64).map_err(|e| io("size", e))?;
-            let region = Region::map_file(&file, path.clone())?;
+            reserve(&file, 0, options.reserve.unwrap_or(size).min(size))
+                .map_err(|e| io("reserve memory for", e))?;
+            let region = Region::map_file(file, path.clone())?;
             init(&region)?;
             match std::fs::hard_link(&tmp, &path) {
                 Ok(()) => Ok(Created::Yes(region)),
@@ -181,7 +202,7 @@ impl Region {
             .write(true)
             .open(&path)
             .map_err(|e| Error::backend(format!("cannot open {}: {e}", path.display())))?;
-        Region::map_file(&file, path)
+        Region::map_file(file, path)
     }
 
     /// Opens the named region, or creates it with `size` bytes and `init` (mode
@@ -199,7 +220,7 @@ impl Region {
         }
     }
 
-    fn map_file(file: &File, path: PathBuf) -> Result<Region> {
+    fn map_file(file: File, path: PathBuf) -> Result<Region> {
         let len = file
             .metadata()
             .map_err(|e| Error::backend(format!("cannot stat {}: {e}", path.display())))?
@@ -210,10 +231,10 @@ impl Region {
                 path.display()
             )));
         }
-        let map = memmap2::MmapRaw::map_raw(file)
+        let map = memmap2::MmapRaw::map_raw(&file)
             .map_err(|e| Error::backend(format!("cannot map {}: {e}", path.display())))?;
         Ok(Region {
-            map: Map::File(map),
+            map: Map::File(map, file),
             path: Some(path),
         })
     }
@@ -256,7 +277,7 @@ impl Region {
     /// The region's size in bytes.
     pub fn len(&self) -> usize {
         match &self.map {
-            Map::File(m) => m.len(),
+            Map::File(m, _) => m.len(),
             Map::Anon { len, .. } => *len,
         }
     }
@@ -266,6 +287,30 @@ impl Region {
         self.len() == 0
     }
 
+    /// Allocates the memory behind `len` bytes at `offset` of a named region (a no-op
+    /// where it is allocated already, and for an anonymous region). Touching a page of
+    /// a named region that was never reserved allocates it on the spot, and if
+    /// `/dev/shm` is full the kernel answers with `SIGBUS`: reserve first, and a full
+    /// filesystem is this error instead (`no space left on device`).
+    pub fn reserve(&self, offset: usize, len: usize) -> Result<()> {
+        match &self.map {
+            Map::File(m, file) => {
+                let end = offset.checked_add(len).filter(|e| *e <= m.len());
+                if end.is_none() {
+                    return Err(Error::invalid(format!(
+                        "cannot reserve {len} bytes at {offset}: the region has {} bytes",
+                        m.len()
+                    )));
+                }
+                reserve(file, offset, len).map_err(|e| {
+                    let path = self.path.as_deref().unwrap_or(std::path::Path::new("?"));
+                    Error::backend(format!("cannot reserve memory in {}: {e}", path.display()))
+                })
+            }
+            Map::Anon { .. } => Ok(()),
+        }
+    }
+
     /// The file behind a named region.
     pub fn path(&self) -> Option<&std::path::Path> {
         self.path.as_deref()
@@ -273,7 +318,7 @@ impl Region {
 
     fn base(&self) -> *mut u8 {
         match &self.map {
-            Map::File(m) => m.as_mut_ptr(),
+            Map::File(m, _) => m.as_mut_ptr(),
             Map::Anon { ptr, .. } => ptr.as_ptr(),
         }
     }

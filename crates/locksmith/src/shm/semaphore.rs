@@ -650,7 +650,9 @@ mod tests {
         // stamped with its real start time), as if 12 other processes held permits.
         // SAFETY: getppid has no preconditions.
         let ppid = unsafe { libc::getppid() } as u32;
-        let (_, start) = sys::read_proc_stat(&format!("/proc/{ppid}/stat")).unwrap();
+        let start = crate::os::liveness::read_stat(&format!("/proc/{ppid}/stat"))
+            .unwrap()
+            .start;
         let key = slot_key(sys::Me {
             id: ppid,
             stamp: sys::stamp(ppid, start),

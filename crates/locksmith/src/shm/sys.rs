@@ -7,15 +7,12 @@
 //! Every holder leaves a *stamp* in shared memory: its thread id (for a [`Mutex`] owner)
 //! or process id (for semaphore permits and barrier participants) together with the
 //! start time of that thread or process, field 22 of `/proc/ID/stat` (clock ticks since
-//! boot). A waiter that has seen the same holder for a whole check interval reads
-//! `/proc/ID/stat` of the holder:
-//!
-//! - no such entry and `kill(id, 0)` answers `ESRCH`, or the entry is a zombie (`Z`)
-//!   or dead (`X`): the holder is dead (an unreadable entry that `kill` still finds, as
-//!   under `hidepid`, counts as alive);
-//! - an entry whose start time differs from the stamp: the id was reused by a new thread
-//!   or process, so the holder is dead;
-//! - otherwise the holder is alive.
+//! boot). A waiter that has seen the same holder for a whole check interval asks
+//! [`crate::os::liveness`], the verdict every store uses: the holder is dead only when
+//! its entry is gone and `kill(id, 0)` answers `ESRCH`, or its start time differs from
+//! the stamp (the id was reused), or it is a zombie (a zombie group leader whose other
+//! threads still run is a live process). Anything else, an entry `hidepid` hides
+//! included, counts as alive.
 //!
 //! Alternatives considered:
 //!
@@ -29,8 +26,9 @@
 //! - *A per-process liveness `flock`*: needs a file per process and a file descriptor
 //!   for every check.
 //!
-//! All processes sharing a primitive must be in the same pid namespace (ids are
-//! compared as numbers), which is the case for processes of one container or host.
+//! All processes sharing a placed primitive must be in the same pid namespace (ids
+//! are compared as numbers, and a stamp has no room for the namespace), which is the
+//! case for processes of one container or host.
 //!
 //! The pid+start-time check costs one small `/proc` read, made only on the slow path (a
 //! waiter that has waited a full check interval on an unchanged holder), never when
@@ -44,6 +42,8 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::os::liveness;
 
 /// Bits of a stamp that hold the start time; the id sits above them.
 pub(crate) const START_BITS: u32 = 42;
@@ -129,9 +129,7 @@ pub(crate) fn thread() -> Me {
 fn thread_slow() -> Me {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() } as u32;
-    let start = read_proc_stat(&format!("/proc/self/task/{tid}/stat"))
-        .map(|(_, start)| start)
-        .unwrap_or(0);
+    let start = start_of(&format!("/proc/self/task/{tid}/stat")).unwrap_or(0);
     let me = Me {
         id: tid,
         stamp: stamp(tid, start),
@@ -152,9 +150,7 @@ pub(crate) fn process() -> Me {
         };
     }
     let pid = std::process::id();
-    let start = read_proc_stat("/proc/self/stat")
-        .map(|(_, start)| start)
-        .unwrap_or(0);
+    let start = start_of("/proc/self/stat").unwrap_or(0);
     let s = stamp(pid, start);
     if atfork_registered() {
         PROCESS_STAMP.store(s, Ordering::Relaxed);
@@ -162,26 +158,13 @@ pub(crate) fn process() -> Me {
     Me { id: pid, stamp: s }
 }
 
-/// `(state letter, start time)` from a `/proc/…/stat` file.
-pub(crate) fn read_proc_stat(path: &str) -> Option<(u8, u64)> {
-    let text = std::fs::read(path).ok()?;
-    // The command name (field 2) is in parentheses and may itself contain ") ";
-    // everything after the last ')' is space separated, starting with field 3.
-    let close = text.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?.as_bytes().first().copied()?;
-    // Field 3 is the state; field 22 (start time) is 19 further on.
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
+/// The start time of the thread or process whose `/proc/…/stat` is at `path`.
+fn start_of(path: &str) -> Option<u64> {
+    liveness::read_stat(path).map(|s| s.start)
 }
 
-/// What a liveness check found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Liveness {
-    Alive,
-    Dead,
-}
+/// What a liveness check found: the one verdict of [`crate::os::liveness`].
+pub(crate) use crate::os::liveness::Verdict as Liveness;
 
 /// Is the thread (`process == false`) or process (`true`) behind `stamp` alive?
 ///
@@ -196,45 +179,15 @@ pub(crate) fn liveness(stamp_value: u64, process: bool) -> Liveness {
 }
 
 /// Is thread or process `id`, started at `start` (compared under `mask`; `0` = unknown,
-/// not compared), alive?
+/// not compared), alive? Only [`Liveness::Dead`] is proof; the caller treats
+/// [`Liveness::Unknown`] as alive.
 pub(crate) fn alive(id: u32, start: u64, mask: u64, process: bool) -> Liveness {
-    if id == 0 {
-        return Liveness::Alive;
-    }
-    match read_proc_stat(&format!("/proc/{id}/stat")) {
-        None => {
-            // No readable /proc entry: gone, or hidden (procfs mounted with `hidepid`),
-            // or no /proc at all. kill(id, 0) decides; it accepts thread ids too, and
-            // EPERM means the id exists but belongs to another user.
-            // SAFETY: kill with signal 0 only checks for existence; it sends nothing.
-            let r = unsafe { libc::kill(id as libc::pid_t, 0) };
-            if r == -1 && last_errno() == libc::ESRCH {
-                Liveness::Dead
-            } else {
-                Liveness::Alive
-            }
-        }
-        Some((state, found)) => {
-            if start != 0 && found & mask != start {
-                // The id now belongs to a thread or process started at another time.
-                return Liveness::Dead;
-            }
-            if state == b'Z' || state == b'X' {
-                if process {
-                    // A zombie group leader whose other threads still run is a live
-                    // process: count the tasks.
-                    let tasks = std::fs::read_dir(format!("/proc/{id}/task"))
-                        .map(|d| d.count())
-                        .unwrap_or(0);
-                    if tasks > 1 {
-                        return Liveness::Alive;
-                    }
-                }
-                return Liveness::Dead;
-            }
-            Liveness::Alive
-        }
-    }
+    let task = if process {
+        liveness::Task::Process
+    } else {
+        liveness::Task::Thread
+    };
+    liveness::judge_local(id, start, mask, task)
 }
 
 fn last_errno() -> i32 {

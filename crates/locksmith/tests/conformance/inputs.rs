@@ -11,6 +11,10 @@ pub fn tests() -> Vec<Test> {
         ("input::bad_names_are_refused_by_every_primitive", bad_names),
         ("input::bad_parameters_are_refused", bad_parameters),
         ("input::bad_urls_are_refused", bad_urls),
+        (
+            "input::averager_add_that_would_overflow_is_refused",
+            averager_overflow,
+        ),
     ]
 }
 
@@ -77,4 +81,26 @@ fn bad_urls(_store: &Store) {
             "{url}: {err}"
         );
     }
+}
+
+/// Item 12.7: an add whose sum would be infinite is refused with a typed error and
+/// changes nothing; the averager goes on working.
+fn averager_overflow(store: &Store) {
+    let space = store.open();
+    let avg = space.averager("big");
+    avg.add(1e308).unwrap();
+    for value in [1e308, f64::MAX] {
+        match avg.add(value) {
+            Err(e @ Error::Overflow { .. }) => assert_eq!(e.errno(), libc::ERANGE),
+            other => panic!("expected Overflow, got {other:?}"),
+        }
+    }
+    assert_eq!(avg.get().unwrap(), Some(1e308));
+    avg.add(-1e308).unwrap();
+    assert_eq!(avg.get().unwrap(), Some(0.0));
+    let low = space.averager("low");
+    low.add(-1e308).unwrap();
+    assert!(matches!(low.add(-1e308), Err(Error::Overflow { .. })));
+    assert_eq!(low.pop().unwrap(), Some(-1e308));
+    assert_eq!(low.get().unwrap(), None);
 }

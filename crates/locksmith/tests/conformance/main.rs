@@ -11,10 +11,14 @@ mod barriers;
 mod conditions;
 mod events;
 mod inputs;
+mod kinds;
+mod lease_loss;
 mod locks;
 mod processes;
+mod reclaim;
 #[cfg(feature = "redis")]
 mod redis;
+mod seeds;
 mod semaphores;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -179,6 +183,10 @@ fn main() {
             tests.extend(conditions::tests());
             tests.extend(barriers::tests());
             tests.extend(inputs::tests());
+            tests.extend(kinds::tests());
+            tests.extend(seeds::tests());
+            tests.extend(reclaim::tests());
+            tests.extend(lease_loss::tests());
         }
         tests.extend(asyncs::tests());
         if store.cross_process {

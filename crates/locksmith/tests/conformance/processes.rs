@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use locksmith::Space;
+use locksmith::{Liveness, Space};
 
 use crate::{unique, Store, Test};
 
@@ -24,15 +24,41 @@ pub fn tests() -> Vec<Test> {
             async_waiter_woken,
         ),
         ("process::barrier_phases_across_processes", barrier_phases),
+        (
+            "process::pid_namespace_holder_is_not_reaped",
+            pid_namespace_holder_is_not_reaped,
+        ),
+        (
+            "process::zombie_leader_with_live_threads_is_not_reaped",
+            zombie_leader_with_live_threads_is_not_reaped,
+        ),
+        (
+            "process::holder_hidden_by_hidepid_is_not_reaped",
+            holder_hidden_by_hidepid_is_not_reaped,
+        ),
     ]
 }
 
-const SEP: char = '\u{1f}';
+pub const SEP: char = '\u{1f}';
 
 /// Starts this test binary in a child role.
 fn spawn(role: &[&str], stdout: Stdio) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .env("LOCKSMITH_CHILD", role.join(&SEP.to_string()))
+    spawn_under(&[], role, stdout)
+}
+
+/// Starts this test binary in a child role, through the command `wrapper` (for example
+/// `unshare --pid --fork`), which runs it with its arguments appended.
+fn spawn_under(wrapper: &[&str], role: &[&str], stdout: Stdio) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    };
+    cmd.env("LOCKSMITH_CHILD", role.join(&SEP.to_string()))
         .stdin(Stdio::piped())
         .stdout(stdout)
         .spawn()
@@ -94,6 +120,14 @@ pub fn child_main(role: &str) -> i32 {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number and changes only this process's
     // own death signal: if the test process dies, so does this child.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // A child posing as another host (in a UTS namespace of its own).
+    if let Ok(name) = std::env::var("LOCKSMITH_CHILD_HOSTNAME") {
+        // SAFETY: sethostname reads `len` bytes from a live buffer.
+        if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+            eprintln!("child: sethostname: {}", std::io::Error::last_os_error());
+            return 2;
+        }
+    }
     let args: Vec<&str> = role.split(SEP).collect();
     let space = match Space::open(args.get(1).copied().unwrap_or("")) {
         Ok(space) => space,
@@ -190,6 +224,12 @@ pub fn child_main(role: &str) -> i32 {
             }
             0
         }
+        ["queue", _, name] => {
+            // Waits in the queue until killed.
+            let got = space.lock(name).acquire_timeout(Duration::from_secs(600));
+            eprintln!("child: a queued waiter was not killed: {got:?}");
+            5
+        }
         ["hold", _, name] => {
             let guard = space
                 .lock(name)
@@ -201,6 +241,58 @@ pub fn child_main(role: &str) -> i32 {
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
             0
+        }
+        ["hold-hidden", _, name] => {
+            // Not dumpable: a process without CAP_SYS_PTRACE may not look at this one,
+            // so a `/proc` mounted with hidepid hides it even from its own user.
+            // SAFETY: PR_SET_DUMPABLE takes a flag and changes only this process.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+            let guard = space
+                .lock(name)
+                .lease(Duration::from_secs(600))
+                .acquire()
+                .unwrap();
+            println!("held {}", guard.token());
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            0
+        }
+        ["judge", _, name, pid] => {
+            // Run where the holder's /proc entry is hidden: say what the holder looks
+            // like and whether the lock can be had.
+            let visible = std::path::Path::new(&format!("/proc/{pid}")).exists();
+            let process = match space.holders(name).unwrap().first() {
+                Some(h) => h.process.as_str(),
+                None => "none",
+            };
+            let got = space
+                .lock(name)
+                .acquire_timeout(Duration::from_secs(2))
+                .unwrap()
+                .is_some();
+            println!("visible={visible} process={process} got={got}");
+            0
+        }
+        ["hold-then-leader-exits", _, name] => {
+            let guard = space
+                .lock(name)
+                .lease(Duration::from_secs(600))
+                .acquire()
+                .unwrap();
+            println!("held {}", guard.token());
+            std::mem::forget(guard);
+            // The process lives on in this thread until told to die (holding the lock).
+            std::thread::spawn(|| {
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                std::process::exit(0);
+            });
+            // The group leader (this thread) ends alone: it becomes a zombie while the
+            // process runs. SYS_exit ends the calling thread only, unwinding nothing.
+            // SAFETY: no Rust frame of this thread runs again; the memory it borrowed
+            // stays mapped (the process lives), and nothing waits for this thread.
+            unsafe { libc::syscall(libc::SYS_exit, 0) };
+            unreachable!("SYS_exit returned")
         }
         ["event", _, name] => {
             let set = space
@@ -344,4 +436,127 @@ fn barrier_phases(store: &Store) {
         .collect();
     indices.sort();
     assert_eq!(indices, [0, 1, 2]);
+}
+
+/// Reads the child's `held TOKEN` line.
+fn held_token(child: &mut Child) -> u64 {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim()
+        .strip_prefix("held ")
+        .unwrap_or_else(|| panic!("the child does not hold: {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// Tells a `hold` child to go (it reads a line on stdin).
+fn let_go(child: &mut Child) {
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+}
+
+/// Item 12.1: a live holder in another PID namespace (a container sharing the store)
+/// is never taken for dead, although its pid means nothing (or another process) here.
+fn pid_namespace_holder_is_not_reaped(store: &Store) {
+    let url = (store.fresh_url)();
+    let mut kids = Kids(vec![spawn_under(
+        &["unshare", "--pid", "--fork", "--mount-proc"],
+        &["hold", &url, "deploy"],
+        Stdio::piped(),
+    )]);
+    let token = held_token(&mut kids.0[0]);
+    let space = Space::open(&url).unwrap();
+    let holders = space.holders("deploy").unwrap();
+    assert_eq!(holders.len(), 1);
+    assert_eq!(holders[0].process, Liveness::Unknown, "{holders:?}");
+    // The holder lives (it waits for its line): nobody else may get the lock. The
+    // timeout is a bound for the negative only; the old code gave it away in ~5 ms.
+    let lock = space.lock("deploy");
+    let stolen = lock.acquire_timeout(Duration::from_secs(2)).unwrap();
+    assert!(
+        stolen.is_none(),
+        "a live holder in another PID namespace lost its lock"
+    );
+    let_go(&mut kids.0[0]);
+    kids.wait_all("holder in a PID namespace");
+    let guard = lock
+        .acquire_timeout(Duration::from_secs(60))
+        .unwrap()
+        .expect("the lock is free once its holder released it");
+    assert!(!guard.previous_owner_died());
+    assert!(guard.token() > token);
+}
+
+/// The state letter of `/proc/PID/stat`.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// Item 12.3: a process whose main thread exited while its other threads run is alive
+/// (its group leader shows as a zombie): `status` says so and no acquirer reaps it; once
+/// the process really ends, the lock is recovered.
+fn zombie_leader_with_live_threads_is_not_reaped(store: &Store) {
+    let url = (store.fresh_url)();
+    let mut kids = Kids::spawn(1, &["hold-then-leader-exits", &url, "deploy"], Stdio::piped);
+    let token = held_token(&mut kids.0[0]);
+    let pid = kids.0[0].id();
+    crate::eventually("the holder's group leader is a zombie", || {
+        proc_state(pid) == Some('Z')
+    });
+    let space = Space::open(&url).unwrap();
+    let holders = space.holders("deploy").unwrap();
+    assert_eq!(holders[0].process, Liveness::Alive, "{holders:?}");
+    let lock = space.lock("deploy");
+    let stolen = lock.acquire_timeout(Duration::from_secs(2)).unwrap();
+    assert!(
+        stolen.is_none(),
+        "a live process with a zombie leader lost its lock"
+    );
+    let_go(&mut kids.0[0]);
+    kids.wait_all("holder with a zombie leader");
+    let guard = lock
+        .acquire_timeout(Duration::from_secs(60))
+        .unwrap()
+        .expect("the dead holder's lock is recovered");
+    assert!(guard.previous_owner_died());
+    assert!(guard.token() > token);
+}
+
+/// Item 12.3: a live holder whose `/proc` entry this process cannot read (`hidepid`) is
+/// not provably dead: `status` says `unknown` and no acquirer reaps it.
+fn holder_hidden_by_hidepid_is_not_reaped(store: &Store) {
+    let url = (store.fresh_url)();
+    let mut kids = Kids::spawn(1, &["hold-hidden", &url, "deploy"], Stdio::piped);
+    held_token(&mut kids.0[0]);
+    let pid = kids.0[0].id().to_string();
+    // The judge: in a mount namespace of its own, with a /proc that hides other
+    // processes (`hidepid=invisible`, a per-mount option since Linux 5.8; its `gid`,
+    // whose members see everything, a group nobody here is in rather than root's), and
+    // without CAP_SYS_PTRACE, which would see through it.
+    let judge = spawn_under(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t proc -o hidepid=invisible,gid=4242 proc /proc && \
+             exec setpriv --inh-caps -sys_ptrace --bounding-set -sys_ptrace \"$0\"",
+        ],
+        &["judge", &url, "deploy", &pid],
+        Stdio::piped(),
+    );
+    let out = wait_ok(judge, "judge under hidepid");
+    assert_eq!(out.trim(), "visible=false process=unknown got=false");
+    let_go(&mut kids.0[0]);
+    kids.wait_all("hidden holder");
 }

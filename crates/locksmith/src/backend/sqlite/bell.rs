@@ -86,6 +86,24 @@ pub(crate) fn slot(hash: u64, ticket: Option<u64>) -> usize {
     (h % SLOTS as u64) as usize
 }
 
+/// Why a doorbell cannot be used (another user's, say), as one line: waiters on its
+/// store poll, so hand-offs take up to the poll interval instead of microseconds. Also
+/// logged, once per process and doorbell.
+pub(crate) fn warn_once(path: &Path, e: &io::Error) -> String {
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let line = format!(
+        "cannot use the doorbell '{}' ({e}): waiters on this store poll, so hand-offs \
+         may take up to the poll interval",
+        path.display()
+    );
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.iter().any(|p| p == path) {
+        warned.push(path.to_owned());
+        tracing::warn!(bell = %path.display(), error = %e, "no doorbell: waiters on this store will poll");
+    }
+    line
+}
+
 impl Bell {
     /// The doorbell of the database at `db` (a canonical path).
     pub(crate) fn path_for(db: &Path) -> PathBuf {
@@ -114,11 +132,10 @@ impl Bell {
                 "the doorbell belongs to another user or is writeable by others",
             ));
         }
-        if meta.len() < SIZE as u64 {
-            // Growing to the same size from two processes at once is harmless, and a
-            // doorbell never shrinks.
-            file.set_len(SIZE as u64)?;
-        }
+        // Allocate the page before mapping it (growing the file if needed): a write to
+        // a page of a full filesystem that was never allocated is a SIGBUS, not an
+        // error. Two processes doing it at once is harmless; a doorbell never shrinks.
+        super::super::reserve(&file, 0, SIZE)?;
         use std::os::fd::AsRawFd;
         // SAFETY: a fresh shared mapping of a file we opened read-write and made at
         // least SIZE bytes long; the result is checked against MAP_FAILED.

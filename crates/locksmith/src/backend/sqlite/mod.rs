@@ -11,8 +11,10 @@
 //! | `token` | the fencing counter ([`Record::next_token`]); never goes back |
 //! | `tag` | the tag, for [`Backend::evict_tag`]; NULL when untagged or free |
 //! | `state` | the live state as JSON; NULL when the primitive is free |
+//! | `kind` | the kind and parameters fixed by the name's first use, as JSON; NULL once removed |
 //!
-//! A free primitive leaves just `(name, token, NULL, NULL)`. The file carries
+//! A free primitive leaves just `(name, token, NULL, NULL, kind)`. Version 1 files
+//! (without `kind`) gain the column when first opened by this build. The file carries
 //! `PRAGMA application_id` = `LKSM` and `PRAGMA user_version` = the schema version, so
 //! a foreign or newer file is refused rather than misread.
 //!
@@ -74,7 +76,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 use self::bell::{slot, stable_hash, Bell};
 use super::mem::now_millis;
-use super::model::{self, Ctx, Millis, Op, Record, Reply, State};
+use super::model::{self, Ctx, Kind, Millis, Op, Record, Reply, State};
 use super::{Backend, BoxFuture, Key, Watch};
 use crate::owner::Owner;
 use crate::{Error, Result};
@@ -82,7 +84,7 @@ use crate::{Error, Result};
 /// `PRAGMA application_id` of a locksmith database: "LKSM".
 const APPLICATION_ID: i32 = 0x4C4B_534D;
 /// `PRAGMA user_version`: the schema version this build reads and writes.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 /// Write steps between two background checkpoints.
 const CHECKPOINT_EVERY: u32 = 512;
 /// The WAL size, in pages, at which a step checkpoints by itself.
@@ -92,10 +94,11 @@ const WAITER_TTL_FLOOR: Millis = 30_000;
 /// The most shards a sharded store may have.
 pub(crate) const MAX_SHARDS: usize = 256;
 
-const SELECT: &str = "SELECT token, tag, state FROM prim WHERE name = ?1";
-const UPSERT: &str = "INSERT INTO prim (name, token, tag, state) VALUES (?1, ?2, ?3, ?4) \
+const SELECT: &str = "SELECT token, tag, state, kind FROM prim WHERE name = ?1";
+const UPSERT: &str =
+    "INSERT INTO prim (name, token, tag, state, kind) VALUES (?1, ?2, ?3, ?4, ?5) \
      ON CONFLICT (name) DO UPDATE SET token = excluded.token, tag = excluded.tag, \
-     state = excluded.state";
+     state = excluded.state, kind = excluded.kind";
 
 /// How a `sqlite:` URL asked the store to behave.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,6 +226,8 @@ struct Shard {
     busy_timeout: Duration,
     conn: Mutex<Conn>,
     bell: Option<Arc<Bell>>,
+    /// Why there is no doorbell, if one was wanted.
+    warning: Option<String>,
 }
 
 struct Conn(Connection);
@@ -286,11 +291,14 @@ impl SqliteBackend {
         let shards = match opts.shards {
             None => vec![Shard::open(&opts.path, opts, None)?],
             Some(n) => {
-                DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&opts.path)
-                    .map_err(|e| io_error(&opts.path, "create the shard directory", e))?;
+                // The directory itself, not its parents: a mistyped path must not
+                // grow a tree.
+                match DirBuilder::new().mode(0o700).create(&opts.path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                        return Err(io_error(&opts.path, "create the shard directory", e))
+                    }
+                    _ => {}
+                }
                 (0..n)
                     .map(|i| {
                         let file = opts.path.join(format!("shard-{i:03}.sqlite"));
@@ -333,75 +341,43 @@ impl SqliteBackend {
 impl Shard {
     fn open(path: &Path, opts: &Options, shard: Option<(usize, usize)>) -> Result<Shard> {
         // Create the file ourselves, so that it is 0600 whatever SQLite's defaults;
-        // SQLite gives its -wal and -shm files the same mode. A missing directory is
-        // created 0700.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(|e| io_error(dir, "create the directory", e))?;
-            }
-        }
-        OpenOptions::new()
+        // SQLite gives its -wal and -shm files the same mode. A missing directory is an
+        // error (only the default store's directory is created, by `default_url`): a
+        // mistyped path must not grow a directory tree.
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
             .open(path)
-            .map_err(|e| io_error(path, "open the database", e))?;
+            .map_err(
+                |e| match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    Some(dir) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
+                        Error::backend(format!(
+                            "cannot open the database '{}': the directory '{}' does not exist \
+                         (create it first; only the default store makes its directory)",
+                            path.display(),
+                            dir.display()
+                        ))
+                    }
+                    _ => io_error(path, "open the database", e),
+                },
+            )?;
         let canonical = path
             .canonicalize()
             .map_err(|e| io_error(path, "resolve the database path", e))?;
+        // Refuse what is plainly not a locksmith store from its first bytes, before
+        // SQLite opens it: nothing is written beside a file that is refused.
+        precheck(&file, &canonical)?;
+        drop(file);
         let err = |e| store_error(&canonical, e);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&canonical, flags).map_err(err)?;
-        let bell = if opts.bell {
-            let bell_path = Bell::path_for(&canonical);
-            match Bell::open(&bell_path) {
-                Ok(bell) => Some(Arc::new(bell)),
-                Err(e) => {
-                    tracing::warn!(
-                        bell = %bell_path.display(),
-                        error = %e,
-                        "no doorbell: waiters on this store will poll"
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
         let timeout = opts.busy_timeout;
-        let mut started = Instant::now();
-        let tx_bell = bell.clone();
-        conn.busy_handler(Some(move |count: i32| {
-            // SQLite's own handler sleeps a whole millisecond at once; locks here are
-            // held for microseconds. Yield first; then sleep until the doorbell says a
-            // transaction ended (with a growing timeout, for a release missed just
-            // before the wait began), or back off gently without a doorbell.
-            if count == 0 {
-                started = Instant::now();
-            }
-            let waited = started.elapsed();
-            if waited >= timeout {
-                return false;
-            }
-            let left = timeout - waited;
-            if count < 4 {
-                std::thread::yield_now();
-            } else if let Some(bell) = &tx_bell {
-                let nap = Duration::from_micros(100u64 << (count - 4).min(5) as u32);
-                bell.wait_tx(nap.min(left));
-            } else {
-                let nap = Duration::from_micros(20u64 << (count - 4).min(6) as u32);
-                std::thread::sleep(nap.min(left));
-            }
-            true
-        }))
-        .map_err(err)?;
+        // No doorbell until the file passed its checks: a refused file gets none.
+        conn.busy_handler(Some(busy_handler(timeout, None)))
+            .map_err(err)?;
         // Some lock waits bypass the busy handler (switching to WAL, WAL recovery by
         // another process that opens the file at the same moment): retry those here,
         // within the same busy timeout.
@@ -446,12 +422,33 @@ impl Shard {
             .map_err(err)?;
         init_schema(&conn, &canonical, shard, &retry)?;
         conn.set_prepared_statement_cache_capacity(16);
+        // The doorbell, now that the file is known to be a locksmith store. It lives
+        // beside the database's canonical path (a symlink's target), as SQLite's own
+        // -wal and -shm files do, so every path to one file rings one doorbell.
+        let mut warning = None;
+        let bell = if opts.bell {
+            let bell_path = Bell::path_for(&canonical);
+            match Bell::open(&bell_path) {
+                Ok(bell) => Some(Arc::new(bell)),
+                Err(e) => {
+                    warning = Some(bell::warn_once(&bell_path, &e));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if bell.is_some() {
+            conn.busy_handler(Some(busy_handler(timeout, bell.clone())))
+                .map_err(err)?;
+        }
         Ok(Shard {
             path: canonical,
             writes: AtomicU32::new(0),
             busy_timeout: timeout,
             conn: Mutex::new(Conn(conn)),
             bell,
+            warning,
         })
     }
 
@@ -493,6 +490,71 @@ impl Shard {
             bell.ring(slot(hash, ticket));
         }
     }
+}
+
+/// SQLite's busy handler for a connection: SQLite's own sleeps a whole millisecond at
+/// once, while locks here are held for microseconds. Yield first; then sleep until the
+/// doorbell says a transaction ended (with a growing timeout, for a release missed just
+/// before the wait began), or back off gently without a doorbell.
+fn busy_handler(timeout: Duration, bell: Option<Arc<Bell>>) -> impl FnMut(i32) -> bool + Send {
+    let mut started = Instant::now();
+    move |count: i32| {
+        if count == 0 {
+            started = Instant::now();
+        }
+        let waited = started.elapsed();
+        if waited >= timeout {
+            return false;
+        }
+        let left = timeout - waited;
+        if count < 4 {
+            std::thread::yield_now();
+        } else if let Some(bell) = &bell {
+            let nap = Duration::from_micros(100u64 << (count - 4).min(5) as u32);
+            bell.wait_tx(nap.min(left));
+        } else {
+            let nap = Duration::from_micros(20u64 << (count - 4).min(6) as u32);
+            std::thread::sleep(nap.min(left));
+        }
+        true
+    }
+}
+
+/// Refuses, from its first 100 bytes (the SQLite header), a file that cannot be a
+/// locksmith store: not empty and not an SQLite database, or one whose
+/// `application_id` names another program. What passes is checked again by SQLite
+/// ([`check_header`]), which also sees commits not yet copied from the WAL.
+fn precheck(file: &std::fs::File, path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; 100];
+    let mut got = 0;
+    while got < header.len() {
+        match file.read_at(&mut header[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_error(path, "read", e)),
+        }
+    }
+    let file = path.display();
+    if got == 0 {
+        return Ok(());
+    }
+    if got < 16 || &header[..16] != b"SQLite format 3\0" {
+        return Err(Error::invalid(format!(
+            "'{file}' is not a locksmith database (not an SQLite file); it was left as it is"
+        )));
+    }
+    if got == header.len() {
+        let app = i32::from_be_bytes([header[68], header[69], header[70], header[71]]);
+        if app != 0 && app != APPLICATION_ID {
+            return Err(Error::invalid(format!(
+                "'{file}' is an SQLite database of another program, not a locksmith store; \
+                 it was left as it is"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -539,7 +601,7 @@ fn check_header(conn: &Connection, path: &Path) -> Result<bool> {
         Err(Error::invalid(format!(
             "'{file}' is an SQLite database of another program, not a locksmith store"
         )))
-    } else if version != SCHEMA_VERSION {
+    } else if version != SCHEMA_VERSION && version != 1 {
         Err(Error::invalid(format!(
             "'{file}' is a locksmith store of schema version {version}; this build \
              reads version {SCHEMA_VERSION} only"
@@ -562,7 +624,7 @@ fn init_schema(
         if check_header(conn, path)? {
             conn.execute_batch(&format!(
                 "CREATE TABLE prim (name TEXT PRIMARY KEY NOT NULL, token INTEGER NOT NULL, \
-                     tag TEXT, state BLOB) WITHOUT ROWID;
+                     tag TEXT, state BLOB, kind TEXT) WITHOUT ROWID;
                  CREATE INDEX prim_tag ON prim (tag) WHERE tag IS NOT NULL;
                  CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value) WITHOUT ROWID;
                  PRAGMA application_id = {APPLICATION_ID};
@@ -576,6 +638,17 @@ fn init_schema(
                 )
                 .map_err(err)?;
             }
+        }
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        if version == 1 {
+            // Version 1 kept no kinds: idle names of such a file start without one.
+            conn.execute_batch(&format!(
+                "ALTER TABLE prim ADD COLUMN kind TEXT;
+                 PRAGMA user_version = {SCHEMA_VERSION};"
+            ))
+            .map_err(err)?;
         }
         let meta = |k: &str| -> Result<Option<i64>> {
             conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
@@ -616,6 +689,15 @@ fn corrupt(path: &Path, name: &str, e: impl std::fmt::Display) -> Error {
     ))
 }
 
+/// The store's token floor: the highest counter of any name reclaimed from this file
+/// (0 if none was); a name without a row counts on from it.
+fn token_floor(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = 'token_floor'")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.unwrap_or(0))
+}
+
 /// The tickets queued or sleeping on `record`: whom a change to every watcher concerns.
 fn queued_tickets(record: &Record) -> Vec<u64> {
     match &record.state {
@@ -632,23 +714,21 @@ fn queued_tickets(record: &Record) -> Vec<u64> {
 /// Liveness checks for one step: owners in this process are alive without a look at
 /// `/proc`, and each other process is looked up once per step.
 fn liveness() -> impl Fn(&Owner) -> bool {
-    let memo: RefCell<Vec<(u32, u64, bool)>> = RefCell::new(Vec::new());
+    type Process = (u64, u64, u64, u32, u64);
+    let memo: RefCell<Vec<(Process, bool)>> = RefCell::new(Vec::new());
     move |o: &Owner| {
+        let process = (o.boot, o.machine, o.pidns, o.pid, o.start);
         if o.pid == std::process::id() {
             let me = Owner::current_thread();
-            if o.start == me.start && o.boot == me.boot && o.host == me.host {
+            if process == (me.boot, me.machine, me.pidns, me.pid, me.start) {
                 return false;
             }
         }
-        if let Some(&(_, _, dead)) = memo
-            .borrow()
-            .iter()
-            .find(|(pid, start, _)| *pid == o.pid && *start == o.start)
-        {
+        if let Some(&(_, dead)) = memo.borrow().iter().find(|(p, _)| *p == process) {
             return dead;
         }
         let dead = o.is_dead();
-        memo.borrow_mut().push((o.pid, o.start, dead));
+        memo.borrow_mut().push((process, dead));
         dead
     }
 }
@@ -664,6 +744,7 @@ impl SqliteBackend {
             is_dead: Some(&is_dead),
             waiter_ttl: Some(self.waiter_ttl),
         };
+        let force = matches!(op, Op::ForceRelease);
         let (reply, wake, all_tickets, wrote) = shard.transact(|conn| {
             let err = |e| store_error(&shard.path, e);
             let mut select = conn.prepare_cached(SELECT).map_err(err)?;
@@ -673,36 +754,71 @@ impl SqliteBackend {
                         r.get::<_, i64>(0)?,
                         r.get::<_, Option<String>>(1)?,
                         r.get::<_, Option<Vec<u8>>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
                     ))
                 })
                 .optional()
                 .map_err(err)?;
-            let (old_token, old_tag, old_state) = row.unwrap_or((0, None, None));
-            let state = match &old_state {
-                Some(bytes) => Some(
-                    serde_json::from_slice::<State>(bytes)
-                        .map_err(|e| corrupt(&shard.path, name, e))?,
-                ),
-                None => None,
+            let (old_token, old_tag, old_state, old_kind) = match row {
+                Some(row) => row,
+                // A new name, or one reclaimed: its counter starts at the floor.
+                None => (token_floor(conn).map_err(err)?, None, None, None),
+            };
+            let decoded = old_state
+                .as_deref()
+                .map(serde_json::from_slice::<State>)
+                .transpose()
+                .and_then(|state| {
+                    let kind = old_kind.as_deref().map(serde_json::from_str::<Kind>);
+                    Ok((state, kind.transpose()?))
+                });
+            let (state, kind, damaged) = match decoded {
+                Ok((state, kind)) => (state, kind, false),
+                // A record that does not decode is this name's problem only; a forced
+                // release resets it (its fencing counter is a column of its own).
+                Err(_) if force => (None, None, true),
+                Err(e) => {
+                    return Err(Error::Damaged {
+                        name: name.into(),
+                        reason: e.to_string(),
+                    })
+                }
             };
             let mut record = Record {
                 next_token: old_token as u64,
-                tag: old_tag.clone(),
+                tag: if damaged { None } else { old_tag.clone() },
                 state,
+                kind,
             };
-            let (reply, wake) = model::apply(&mut record, name, op, &ctx)?;
+            let (reply, mut wake) = model::apply(&mut record, name, op, &ctx)?;
+            if damaged {
+                tracing::warn!(name, "reset a damaged record");
+                // Whoever waited on the damaged record looks again.
+                wake.all = true;
+            }
             let new_state = match &record.state {
                 Some(s) => Some(serde_json::to_vec(s).map_err(|e| corrupt(&shard.path, name, e))?),
+                None => None,
+            };
+            let new_kind = match &record.kind {
+                Some(k) => {
+                    Some(serde_json::to_string(k).map_err(|e| corrupt(&shard.path, name, e))?)
+                }
                 None => None,
             };
             let token = i64::try_from(record.next_token).map_err(|_| {
                 Error::backend(format!("the fencing counter of '{name}' overflowed"))
             })?;
-            let wrote = token != old_token || record.tag != old_tag || new_state != old_state;
+            let wrote = token != old_token
+                || record.tag != old_tag
+                || new_state != old_state
+                || new_kind != old_kind;
             if wrote {
                 conn.prepare_cached(UPSERT)
                     .and_then(|mut s| {
-                        s.execute(rusqlite::params![name, token, record.tag, new_state])
+                        s.execute(rusqlite::params![
+                            name, token, record.tag, new_state, new_kind
+                        ])
                     })
                     .map_err(err)?;
             }
@@ -814,12 +930,51 @@ impl Backend for SqliteBackend {
         Ok(names)
     }
 
+    fn warnings(&self) -> Vec<String> {
+        self.shards
+            .iter()
+            .filter_map(|s| s.warning.clone())
+            .collect()
+    }
+
+    fn reclaim_idle(&self) -> Result<usize> {
+        let mut reclaimed = 0;
+        for shard in &self.shards {
+            reclaimed += shard.transact(|conn| {
+                let err = |e| store_error(&shard.path, e);
+                // The floor first, in the same transaction as the deletion.
+                let highest: Option<i64> = conn
+                    .query_row(
+                        "SELECT max(token) FROM prim WHERE state IS NULL AND tag IS NULL",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(err)?;
+                let Some(highest) = highest else {
+                    return Ok(0);
+                };
+                if highest > token_floor(conn).map_err(err)? {
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('token_floor', ?1) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        [highest],
+                    )
+                    .map_err(err)?;
+                }
+                conn.execute("DELETE FROM prim WHERE state IS NULL AND tag IS NULL", [])
+                    .map_err(err)
+            })?;
+        }
+        Ok(reclaimed)
+    }
+
     fn evict_tag(&self, tag: &str) -> Result<usize> {
         let mut evicted = 0;
         for shard in &self.shards {
             let woken = shard.transact(|conn| {
                 let err = |e| store_error(&shard.path, e);
                 let mut woken = Vec::new();
+                let mut kept = Vec::new();
                 {
                     let mut stmt = conn
                         .prepare_cached(
@@ -835,23 +990,34 @@ impl Backend for SqliteBackend {
                         let (name, bytes) = row.map_err(err)?;
                         // A record that does not parse is evicted all the same; it
                         // just has no tickets to wake.
-                        let tickets = serde_json::from_slice::<State>(&bytes)
-                            .map(|state| {
-                                queued_tickets(&Record {
-                                    next_token: 0,
-                                    tag: None,
-                                    state: Some(state),
-                                })
-                            })
-                            .unwrap_or_default();
+                        let mut record = Record {
+                            next_token: 0,
+                            tag: Some(tag.to_owned()),
+                            state: serde_json::from_slice::<State>(&bytes).ok(),
+                            kind: None,
+                        };
+                        let tickets = queued_tickets(&record);
+                        model::evict(&mut record, tag);
+                        if let Some(state) = &record.state {
+                            // Holds were cut short: the next holder is told.
+                            let bytes = serde_json::to_vec(state)
+                                .map_err(|e| corrupt(&shard.path, &name, e))?;
+                            kept.push((name.clone(), bytes));
+                        }
                         woken.push((stable_hash(name.as_bytes()), tickets));
                     }
                 }
                 conn.prepare_cached(
-                    "UPDATE prim SET state = NULL, tag = NULL WHERE tag = ?1 AND state IS NOT NULL",
+                    "UPDATE prim SET state = NULL, tag = NULL, kind = NULL \
+                     WHERE tag = ?1 AND state IS NOT NULL",
                 )
                 .and_then(|mut s| s.execute([tag]))
                 .map_err(err)?;
+                for (name, bytes) in kept {
+                    conn.prepare_cached("UPDATE prim SET state = ?2 WHERE name = ?1")
+                        .and_then(|mut s| s.execute(rusqlite::params![name, bytes]))
+                        .map_err(err)?;
+                }
                 Ok(woken)
             })?;
             evicted += woken.len();
