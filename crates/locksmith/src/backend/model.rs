@@ -374,7 +374,11 @@ pub(crate) fn apply(
                 }
                 // A broken holder was cut off mid-section: the next one is told.
                 p.owner_died |= n > 0;
-                Ok((Reply::Count(n as u64), p.wake(None)))
+                let mut wake = p.wake(None);
+                // Everyone watching the name hears of a break, the broken holder too
+                // (it may be listening for the loss of its hold).
+                wake.all |= n > 0;
+                Ok((Reply::Count(n as u64), wake))
             }
             Err(_) => Ok((Reply::Count(0), Wake::default())),
         },

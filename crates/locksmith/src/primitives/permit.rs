@@ -126,7 +126,12 @@ pub(crate) fn acquire_grant(
         Owner::current_thread()
     };
     // The fast path: one step, no queueing, no watch.
-    if let Step::Done(grant) = judge(handle.step(acquire_op(handle, kind, mode, &owner, None))?)? {
+    let op = acquire_op(handle, kind, mode, &owner, None);
+    let first = match wait {
+        Wait::Try => handle.step(op)?,
+        Wait::Until(deadline) => handle.wait_step(op, deadline)?,
+    };
+    if let Step::Done(grant) = judge(first)? {
         return Ok(Some(grant));
     }
     let Wait::Until(deadline) = wait else {
@@ -169,9 +174,11 @@ pub(crate) async fn acquire_grant_async(
 ) -> Result<Option<Grant>> {
     handle.check()?;
     let owner = Owner::new_task();
-    let first = handle
-        .step_async(acquire_op(handle, kind, mode, &owner, None))
-        .await?;
+    let op = acquire_op(handle, kind, mode, &owner, None);
+    let first = match wait {
+        Wait::Try => handle.step_async(op).await?,
+        Wait::Until(deadline) => handle.wait_step_async(op, deadline).await?,
+    };
     if let Step::Done(grant) = judge(first)? {
         return Ok(Some(grant));
     }

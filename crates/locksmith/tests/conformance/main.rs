@@ -11,6 +11,7 @@ mod barriers;
 mod conditions;
 mod events;
 mod inputs;
+mod lease_loss;
 mod locks;
 mod processes;
 mod reclaim;
@@ -181,8 +182,9 @@ fn main() {
             tests.extend(conditions::tests());
             tests.extend(barriers::tests());
             tests.extend(inputs::tests());
-            tests.extend(reclaim::tests());
             tests.extend(seeds::tests());
+            tests.extend(reclaim::tests());
+            tests.extend(lease_loss::tests());
         }
         tests.extend(asyncs::tests());
         if store.cross_process {
