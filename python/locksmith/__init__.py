@@ -13,6 +13,8 @@ The seed APIs have their own modules: :mod:`locksmith.sync` (runtime.sync's plac
 """
 
 from locksmith._locksmith import (
+    Barrier,
+    RwLock,
     Averager,
     Event,
     SyncError,
@@ -39,6 +41,8 @@ from locksmith._locksmith import (
 )
 
 __all__ = [
+    "Barrier",
+    "RwLock",
     "Averager",
     "Event",
     "SyncError",

@@ -237,3 +237,39 @@ def test_event(store):
     assert seen == [True]
     ev.clear()
     assert not ev.is_set()
+
+
+def test_barrier(store):
+    bar = locksmith.Barrier("meet", 3, store)
+    assert bar.parties == 3 and not bar.broken
+    indices = []
+    threads = [threading.Thread(target=lambda: indices.append(bar.wait(timeout=30)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(indices) == [0, 1, 2]
+    with pytest.raises(locksmith.BrokenBarrier) as info:
+        bar.wait(timeout=0.05)  # one party alone times out and breaks it
+    assert isinstance(info.value, threading.BrokenBarrierError)
+    assert bar.broken
+    bar.reset()
+    assert not bar.broken
+
+
+def test_rwlock(store):
+    rw = locksmith.RwLock("table", store)
+    r1 = rw.read()
+    other = []
+    for attempt in (rw.try_read, rw.try_write):  # each from a thread holding nothing
+        t = threading.Thread(target=lambda: other.append(attempt()))
+        t.start()
+        t.join()
+    assert other[0] is not None and other[1] is None
+    other[0].release()
+    r1.release()
+    with rw.write() as w:
+        assert w.token > 0
+        assert rw.locked()
+    assert not rw.locked()

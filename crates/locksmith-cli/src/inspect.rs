@@ -123,11 +123,23 @@ pub fn status(space: &Space, a: StatusArgs) -> Outcome {
                 json!({ "name": name, "holders": [], "waiting": 0, "damaged": reason })
             }))
             .collect();
-        let doc = json!({ "store": space.url(), "primitives": primitives });
+        let mut doc = json!({ "store": space.url(), "primitives": primitives });
+        if let Some(u) = space.usage() {
+            doc["usage"] = json!({ "names": u.names, "limit": u.limit, "reclaimed": u.reclaimed });
+        }
         println!("{doc:#}");
         return Ok(ExitCode::SUCCESS);
     }
     println!("store {}", space.url());
+    if let Some(u) = space.usage() {
+        println!(
+            "names {} of {} ({}% full; idle names are reclaimed when it fills, {} so far)",
+            u.names,
+            u.limit,
+            u.names.saturating_mul(100) / u.limit.max(1),
+            u.reclaimed
+        );
+    }
     if rows.is_empty() && damaged.is_empty() {
         println!(
             "(no primitives{})",

@@ -265,3 +265,25 @@ fn item13_status_escapes_control_characters_in_names() {
     assert!(text.contains("evil\\nforged"), "{text}");
     assert!(text.contains("\\u{1b}[2K"), "{text}");
 }
+
+#[test]
+fn item14_status_says_how_full_a_region_is() {
+    let region = ShmFile::new("usage");
+    let store = format!("shm:{}?capacity=64", region.0);
+    for name in ["a", "b", "c"] {
+        let out = common::locksmith()
+            .args(["--store", &store, "run", "--lock", name, "--", "true"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = common::locksmith()
+        .args(["--store", &store, "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("names 3 of 56 (5% full"), "{text}");
+    let doc = common::status_json(&store);
+    assert_eq!(doc["usage"]["names"], 3, "{doc}");
+    assert_eq!(doc["usage"]["limit"], 56, "{doc}");
+}

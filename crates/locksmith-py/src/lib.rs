@@ -1,13 +1,16 @@
 //! The extension module `locksmith._locksmith`: the Python bindings of the locksmith
 //! core. The public API is the `locksmith` Python package, which re-exports these.
 
+mod aio;
 mod averager;
+mod barrier;
 mod condition;
 mod errors;
 mod event;
 mod guard;
 mod lock;
 mod permits;
+mod rwlock;
 mod semaphore;
 mod space;
 mod sync;
@@ -33,6 +36,8 @@ fn _locksmith(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sync::PlacedMutex>()?;
     m.add_class::<averager::Averager>()?;
     m.add_class::<event::Event>()?;
+    m.add_class::<barrier::Barrier>()?;
+    m.add_class::<rwlock::RwLock>()?;
     threading::register(m)?;
     Ok(())
 }

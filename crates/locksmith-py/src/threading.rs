@@ -214,7 +214,7 @@ impl TLock {
 
     /// Acquires the lock: waits while it is held (at most `timeout` seconds unless
     /// `-1`); returns whether it was acquired.
-    #[pyo3(signature = (blocking=true, timeout=-1.0))]
+    #[pyo3(signature = (blocking=true, timeout=-1.0), text_signature = "(self, /, blocking=True, timeout=-1)")]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
         let wait = lock_wait(py, blocking, timeout)?;
         let core = self.core.get().raise_py(py)?;
@@ -345,7 +345,37 @@ macro_rules! exclusive {
         }
     )*};
 }
-exclusive!(locksmith::RLock, locksmith::Condition);
+exclusive!(locksmith::RLock, locksmith::Condition, locksmith::Lock);
+
+/// An RLock's store primitive: an anonymous one is alone in its private space, where a
+/// plain thread-owned Lock (the store's fastest path) serves for the first level; one
+/// shared by name is an RLock in the store, as every other user of the name sees it.
+#[derive(Clone, Debug)]
+enum RCore {
+    Private(locksmith::Lock),
+    Named(locksmith::RLock),
+}
+
+impl Exclusive for RCore {
+    fn try_acquire(&self) -> locksmith::Result<Option<locksmith::Guard>> {
+        match self {
+            RCore::Private(l) => l.try_acquire(),
+            RCore::Named(l) => l.try_acquire(),
+        }
+    }
+    fn acquire_timeout(&self, d: Duration) -> locksmith::Result<Option<locksmith::Guard>> {
+        match self {
+            RCore::Private(l) => l.acquire_timeout(d),
+            RCore::Named(l) => l.acquire_timeout(d),
+        }
+    }
+    fn is_locked(&self) -> locksmith::Result<bool> {
+        match self {
+            RCore::Private(l) => l.is_locked(),
+            RCore::Named(l) => l.is_locked(),
+        }
+    }
+}
 
 /// A re-entrant hold kept per object: the store is asked only for the first level.
 #[derive(Debug)]
@@ -490,7 +520,7 @@ impl<T: Exclusive> Reentrant<T> {
 #[pyclass(frozen, weakref, name = "RLock", module = "locksmith.threading")]
 #[derive(Debug)]
 pub struct TRLock {
-    inner: Reentrant<locksmith::RLock>,
+    inner: Reentrant<RCore>,
 }
 
 #[pymethods]
@@ -498,13 +528,21 @@ impl TRLock {
     #[new]
     #[pyo3(signature = (*, name=None, store=None))]
     fn new(py: Python<'_>, name: Option<String>, store: Option<&str>) -> PyResult<Self> {
+        let private = name.is_none() && store.is_none();
+        let make = move |s: &locksmith::Space, n: &str| {
+            if private {
+                RCore::Private(s.lock(n))
+            } else {
+                RCore::Named(s.rlock(n))
+            }
+        };
         Ok(TRLock {
-            inner: Reentrant::new(py, name, store, |s, n| s.rlock(n))?,
+            inner: Reentrant::new(py, name, store, make)?,
         })
     }
 
     /// Acquires the lock, or one more level of it for its owning thread.
-    #[pyo3(signature = (blocking=true, timeout=-1.0))]
+    #[pyo3(signature = (blocking=true, timeout=-1.0), text_signature = "(self, /, blocking=True, timeout=-1)")]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
         let wait = lock_wait(py, blocking, timeout)?;
         self.inner.acquire(py, wait)
@@ -613,7 +651,7 @@ impl CondLock {
         })
     }
 
-    #[pyo3(signature = (blocking=true, timeout=-1.0))]
+    #[pyo3(signature = (blocking=true, timeout=-1.0), text_signature = "(self, /, blocking=True, timeout=-1)")]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
         let wait = lock_wait(py, blocking, timeout)?;
         self.inner.acquire(py, wait)

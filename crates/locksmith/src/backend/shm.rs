@@ -110,10 +110,12 @@ fn is_named(state: u32) -> bool {
     state & 1 == 1
 }
 
-/// Above this share of the slots in use (7/8), creating a name first reclaims idle
-/// ones, so that probe sequences stay short.
-fn crowded(named: u64, capacity: u32) -> bool {
-    named * 8 >= u64::from(capacity) * 7
+/// How many names a table of `capacity` slots holds at once: 7/8 of it (at least 1).
+/// Past that, creating a name first reclaims idle ones, and if none are, it is
+/// refused. So probe sequences stay short (a lookup of a name the table does not hold
+/// reads a few slots, never the whole table), at the price of 1/8 of the slots.
+fn usable(capacity: u32) -> u64 {
+    (u64::from(capacity) * 7 / 8).max(1)
 }
 
 /// After a sweep that found nothing idle, the next waits this long (ms): a table full
@@ -746,15 +748,19 @@ impl Shared {
             return Ok(found);
         }
         let h = self.header();
-        if crowded(h.named.load(Ordering::Relaxed) + 1, self.capacity) {
-            self.sweep()?;
+        let full = |h: &RawHeader| h.named.load(Ordering::Relaxed) + 1 > usable(self.capacity);
+        if full(h) {
+            self.sweep(false)?;
         }
-        let Some((free, distance)) = self.free_slot(hash) else {
+        let free = if full(h) { None } else { self.free_slot(hash) };
+        let Some((free, distance)) = free else {
             return Err(Error::backend(format!(
-                "the shm: store /dev/shm/{} is full: all {} names are in use (held, waited \
-                 for, set or tagged; idle names are reclaimed when needed). Remove the \
-                 region and open it with a larger ?capacity= (e.g. shm:{}?capacity={})",
+                "the shm: store /dev/shm/{} is full: all {} names it holds at once (7/8 of \
+                 capacity={}) are in use (held, waited for, set or tagged; idle names are \
+                 reclaimed when needed). Remove the region and open it with a larger \
+                 ?capacity= (e.g. shm:{}?capacity={})",
                 self.url_name,
+                usable(self.capacity),
                 self.capacity,
                 self.url_name,
                 u64::from(self.capacity) * 2
@@ -863,16 +869,18 @@ impl Shared {
     /// `max_probe` for the names that stay; answers how many it reclaimed. The caller
     /// holds the allocation mutex. A sweep that finds nothing to reclaim holds off the
     /// next for [`SWEEP_BACKOFF`].
-    fn sweep(&self) -> Result<u64> {
+    ///
+    /// Asked for (`Space::reclaim_idle`), it forgets every idle name on purpose; by
+    /// itself, on a crowded table, it takes removed names first and only if there are
+    /// none idle names that still remember their kind, which they then forget.
+    fn sweep(&self, asked: bool) -> Result<u64> {
         let h = self.header();
         let now = now_millis();
         if now < h.sweep_after.load(Ordering::Relaxed) {
             return Ok(0);
         }
-        // Removed names first (nothing but a counter); only if there are none, idle
-        // names that still remember their kind, which they then forget.
-        let mut reclaimed = self.reclaim(false)?;
-        if reclaimed == 0 {
+        let mut reclaimed = self.reclaim(asked)?;
+        if reclaimed == 0 && !asked {
             reclaimed = self.reclaim(true)?;
             if reclaimed > 0 {
                 tracing::warn!(
@@ -903,7 +911,12 @@ impl Shared {
         for i in 0..self.capacity {
             let s = self.slot(i);
             let state = s.state.load(Ordering::Acquire);
-            if !is_named(state) || (s.record.load(Ordering::Acquire) != 0 && !with_kind) {
+            // Not a name somebody watches (a waiter on a clear event, whose wait must
+            // not mistake the re-created name's counter for a set).
+            if !is_named(state)
+                || (s.record.load(Ordering::Acquire) != 0 && !with_kind)
+                || s.watchers.load(Ordering::SeqCst) != 0
+            {
                 continue;
             }
             let m = self.slot_mutex(i)?;
@@ -1253,6 +1266,23 @@ impl Backend for ShmBackend {
         }
         names.sort();
         Ok(names)
+    }
+
+    fn reclaim_idle(&self) -> Result<usize> {
+        let m = self.shared.alloc_mutex()?;
+        let _guard = m.lock()?;
+        // Asked for: no back-off from an earlier sweep that found nothing.
+        self.shared.header().sweep_after.store(0, Ordering::Relaxed);
+        Ok(self.shared.sweep(true)? as usize)
+    }
+
+    fn usage(&self) -> Option<crate::Usage> {
+        let h = self.shared.header();
+        Some(crate::Usage {
+            names: h.named.load(Ordering::Relaxed),
+            limit: usable(self.shared.capacity),
+            reclaimed: h.reclaimed.load(Ordering::Relaxed),
+        })
     }
 
     fn evict_tag(&self, tag: &str) -> Result<usize> {

@@ -10,10 +10,12 @@ mod asyncs;
 mod barriers;
 mod conditions;
 mod events;
+mod forms;
 mod inputs;
 mod kinds;
 mod locks;
 mod processes;
+mod reclaim;
 #[cfg(feature = "redis")]
 mod redis;
 mod seeds;
@@ -182,7 +184,9 @@ fn main() {
             tests.extend(barriers::tests());
             tests.extend(inputs::tests());
             tests.extend(kinds::tests());
+            tests.extend(forms::tests());
             tests.extend(seeds::tests());
+            tests.extend(reclaim::tests());
         }
         tests.extend(asyncs::tests());
         if store.cross_process {

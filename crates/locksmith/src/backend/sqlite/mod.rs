@@ -689,6 +689,15 @@ fn corrupt(path: &Path, name: &str, e: impl std::fmt::Display) -> Error {
     ))
 }
 
+/// The store's token floor: the highest counter of any name reclaimed from this file
+/// (0 if none was); a name without a row counts on from it.
+fn token_floor(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = 'token_floor'")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.unwrap_or(0))
+}
+
 /// The tickets queued or sleeping on `record`: whom a change to every watcher concerns.
 fn queued_tickets(record: &Record) -> Vec<u64> {
     match &record.state {
@@ -750,7 +759,11 @@ impl SqliteBackend {
                 })
                 .optional()
                 .map_err(err)?;
-            let (old_token, old_tag, old_state, old_kind) = row.unwrap_or((0, None, None, None));
+            let (old_token, old_tag, old_state, old_kind) = match row {
+                Some(row) => row,
+                // A new name, or one reclaimed: its counter starts at the floor.
+                None => (token_floor(conn).map_err(err)?, None, None, None),
+            };
             let decoded = old_state
                 .as_deref()
                 .map(serde_json::from_slice::<State>)
@@ -922,6 +935,37 @@ impl Backend for SqliteBackend {
             .iter()
             .filter_map(|s| s.warning.clone())
             .collect()
+    }
+
+    fn reclaim_idle(&self) -> Result<usize> {
+        let mut reclaimed = 0;
+        for shard in &self.shards {
+            reclaimed += shard.transact(|conn| {
+                let err = |e| store_error(&shard.path, e);
+                // The floor first, in the same transaction as the deletion.
+                let highest: Option<i64> = conn
+                    .query_row(
+                        "SELECT max(token) FROM prim WHERE state IS NULL AND tag IS NULL",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(err)?;
+                let Some(highest) = highest else {
+                    return Ok(0);
+                };
+                if highest > token_floor(conn).map_err(err)? {
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('token_floor', ?1) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        [highest],
+                    )
+                    .map_err(err)?;
+                }
+                conn.execute("DELETE FROM prim WHERE state IS NULL AND tag IS NULL", [])
+                    .map_err(err)
+            })?;
+        }
+        Ok(reclaimed)
     }
 
     fn evict_tag(&self, tag: &str) -> Result<usize> {
