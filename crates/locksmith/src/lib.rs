@@ -5,7 +5,8 @@
 //! [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`],
 //! [`Barrier`], [`Averager`] and [`RwLock`]. Every acquisition returns a [`Guard`] that
 //! releases on drop and carries a fencing token; every waiting operation has a
-//! blocking, a `try_`, a `_timeout` and an `_async` form.
+//! blocking, a `try_`, a `_timeout` and an `_async` form (a condition's wait has no
+//! `try_` form: a wait that does not wait is a release and a re-acquisition).
 //!
 //! ```
 //! # fn main() -> locksmith::Result<()> {

@@ -294,6 +294,9 @@ pub(crate) enum Op {
         tag: Option<String>,
         /// Whether this party has an action to run if it arrives last.
         action: bool,
+        /// Arrive only if this arrival completes the generation (`try_wait`);
+        /// otherwise answer [`Reply::NotLast`], changing nothing.
+        only_last: bool,
     },
     BarrierAdvance {
         parties: u32,
@@ -394,6 +397,8 @@ pub(crate) enum Reply {
     /// The arrival broke the barrier (it found a dead party, or disagreed about the
     /// action); the caller's answer is [`Error::BrokenBarrier`].
     Broke(BrokenCause),
+    /// A barrier arrival that would not have completed the generation, not made.
+    NotLast,
     Barrier(BarrierView),
     Average(Option<f64>),
     Holders {
@@ -660,7 +665,8 @@ pub(crate) fn apply(
             owner,
             tag,
             action,
-        } => barrier_arrive(record, name, parties, owner, tag, action, ctx),
+            only_last,
+        } => barrier_arrive(record, name, parties, owner, tag, (action, only_last), ctx),
         Op::BarrierAdvance {
             parties,
             generation,
@@ -1098,7 +1104,7 @@ fn barrier_arrive(
     parties: u32,
     owner: Owner,
     tag: Option<String>,
-    action: bool,
+    (action, only_last): (bool, bool),
     ctx: &Ctx<'_>,
 ) -> Result<(Reply, Wake)> {
     let generation = record.next_token;
@@ -1117,6 +1123,10 @@ fn barrier_arrive(
     }
     if b.arrived.len() >= parties as usize {
         return Ok((Reply::Busy, Wake::default()));
+    }
+    if only_last && b.arrived.len() + 1 < parties as usize {
+        record.tidy();
+        return Ok((Reply::NotLast, Wake::default()));
     }
     if b.action.is_some_and(|a| a != action) {
         // The action runs in whichever party arrives last: parties that disagree

@@ -8,13 +8,11 @@
 -- `CLAIM_TTL:WAITER_TTL` in ms (see enqueue below), ARGV[2] the op, ARGV[3..] the op's
 -- arguments.
 --
--- Record: { t = next_token, g = tag?, s = state?, f = kind?, rl = id of the last
---           release that ended a hold? }
+-- Record: { t = next_token, g = tag?, s = state?, rl = id of the last release that
+--           ended a hold?, f = kind? }
 --   f: the kind and parameters fixed by the name's first use, until it is removed on
 --      purpose (op remove, evict, reclaim): 'lock:0', 'sem:3', 'cond:0', 'event',
 --      'barrier:4', 'avg' (see OP_KIND)
---   An idle record (no state, no tag) is always written in one form,
---   {"t":N[,"f":"F"][,"rl":"ID"]} (idle_json), which the fast paths and reclaim read.
 --   permits: { k='permits', kind='lock'|'rlock'|'sem'|'bsem'|'rw'|'cond', n, av,
 --              h = holders { tk, o, m='x'|'s', c, since, u?, w?, r? },
 --              sl = sleepers { tk (string), o, nt }, od = owner_died, qs = arrivals,
@@ -615,13 +613,14 @@ ops.evread = function()
   return { 'event', (e and e.set) and 1 or 0, rec.t }
 end
 
--- arrive PARTIES OWNER TAG ACTION(0|1)
+-- arrive PARTIES OWNER TAG ACTION(0|1) ONLY_LAST(0|1)
 ops.arrive = function(a)
   local generation = rec.t
   local parties = tonumber(a[1])
   local b = barrier_of(parties)
   if b.br then fail('broken', b.bc or 'unknown') end
   if #b.ar >= parties then return { 'busy' } end
+  if a[5] == '1' and #b.ar + 1 < parties then return { 'notlast' } end
   local action = a[4] == '1'
   if b.ac ~= nil and b.ac ~= action then
     -- The action runs in whichever party arrives last: parties that disagree about
@@ -800,18 +799,6 @@ end
 -- order, which the general path reads like any other; a record in any other shape, or
 -- any case these do not cover, takes the general path. They decide exactly as it would.
 
--- An idle record's parts, if `raw` is one in the form idle_json writes; else nil.
-local function parse_idle(raw)
-  local t, rest = string.match(raw, '^{"t":(%d+)(.*)$')
-  if t == nil then return nil end
-  local f, after = string.match(rest, '^,"f":"([%a:%d]+)"(.*)$')
-  if f then rest = after end
-  local rl, last = string.match(rest, '^,"rl":"(%d+)"(.*)$')
-  if rl then rest = last end
-  if rest ~= '}' then return nil end
-  return tonumber(t), f, rl
-end
-
 -- An idle record in its one written form: {"t":N[,"f":"F"][,"rl":"ID"]} (cjson's key
 -- order is the table's, not fixed, so the fast paths could not read what it writes).
 local function idle_json(t, f, rl)
@@ -823,13 +810,22 @@ end
 
 local KINDS = { lock = true, rlock = true, sem = true, bsem = true, rw = true, cond = true }
 
+-- The counter and kind of an idle record (no state, no tag: just `t`, maybe `f` and
+-- `rl`, in any order); nil for any other.
+local function idle_record(r)
+  if string.find(r, '"s":', 1, true) or string.find(r, '"g":', 1, true) then return nil end
+  local t = tonumber(string.match(r, '"t":(%d+)'))
+  if t == nil then return nil end
+  return t, string.match(r, '"f":"([%a:%d]+)"')
+end
+
 -- acq KIND N MODE OWNER LEASE TAG TICKET ID, on an idle primitive (record absent, or
 -- just its counter and the last release's id): granted with nothing to
 -- prune, nobody queued (an idle record has no queue) and nobody to wake.
 local function fast_acquire(a)
   local t, f
   if raw then
-    t, f = parse_idle(raw)
+    t, f = idle_record(raw)
     if t == nil then return nil end
   else
     t = token_floor()
@@ -872,7 +868,7 @@ local function fast_release(token, id)
   n, av = tonumber(n), tonumber(av)
   if is_sem(kind) then av = av + 1 end
   if av ~= initial(kind, n) then return nil end
-  redis.call('SET', key, idle_json(tonumber(t), f, id))
+  redis.call('SET', key, '{"t":' .. t .. ',"f":"' .. f .. '","rl":"' .. id .. '"}')
   return { 'done' }
 end
 
@@ -880,7 +876,7 @@ end
 -- to that counter first, so the name counts on from above it if it is used again.
 local function reclaim()
   if raw == nil then return { 'count', 0 } end
-  local t = parse_idle(raw)
+  local t = idle_record(raw)
   if t == nil or FK == nil then return { 'count', 0 } end
   if t > token_floor() then redis.call('SET', FK, t) end
   redis.call('DEL', key)
@@ -951,7 +947,7 @@ if rec.s == nil or is_idle(rec.s) then
 end
 
 if rec.s == nil and rec.g == nil and rec.f == nil
-    and (rec.t == 0 or (raw == nil and rec.t == start_t)) then
+  and (rec.t == 0 or (raw == nil and rec.t == start_t)) then
   -- Nothing to keep: no counter, or only the one the name starts from anyway.
   if raw then redis.call('DEL', key) end
 else

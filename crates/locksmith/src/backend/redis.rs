@@ -1357,12 +1357,14 @@ fn encode(op: &Op) -> Vec<String> {
             owner,
             tag,
             action,
+            only_last,
         } => vec![
             s("arrive"),
             parties.to_string(),
             owner_str(owner),
             opt_arg(tag),
             s(if *action { "1" } else { "0" }),
+            s(if *only_last { "1" } else { "0" }),
         ],
         Op::BarrierAdvance {
             parties,
@@ -1506,6 +1508,7 @@ fn decode(values: Vec<Value>, name: &str) -> Result<(Reply, Vec<String>)> {
             index: uint(v(2))? as u32,
         },
         "busy" => Reply::Busy,
+        "notlast" => Reply::NotLast,
         "pmismatch" => Reply::PartiesMismatch {
             parties: uint(v(1))? as u32,
         },

@@ -750,7 +750,7 @@ impl Shared {
         let h = self.header();
         let full = |h: &RawHeader| h.named.load(Ordering::Relaxed) + 1 > usable(self.capacity);
         if full(h) {
-            self.sweep()?;
+            self.sweep(false)?;
         }
         let free = if full(h) { None } else { self.free_slot(hash) };
         let Some((free, distance)) = free else {
@@ -869,16 +869,18 @@ impl Shared {
     /// `max_probe` for the names that stay; answers how many it reclaimed. The caller
     /// holds the allocation mutex. A sweep that finds nothing to reclaim holds off the
     /// next for [`SWEEP_BACKOFF`].
-    fn sweep(&self) -> Result<u64> {
+    ///
+    /// Asked for (`Space::reclaim_idle`), it forgets every idle name on purpose; by
+    /// itself, on a crowded table, it takes removed names first and only if there are
+    /// none idle names that still remember their kind, which they then forget.
+    fn sweep(&self, asked: bool) -> Result<u64> {
         let h = self.header();
         let now = now_millis();
         if now < h.sweep_after.load(Ordering::Relaxed) {
             return Ok(0);
         }
-        // Removed names first (nothing but a counter); only if there are none, idle
-        // names that still remember their kind, which they then forget.
-        let mut reclaimed = self.reclaim(false)?;
-        if reclaimed == 0 {
+        let mut reclaimed = self.reclaim(asked)?;
+        if reclaimed == 0 && !asked {
             reclaimed = self.reclaim(true)?;
             if reclaimed > 0 {
                 tracing::warn!(
@@ -1269,10 +1271,9 @@ impl Backend for ShmBackend {
     fn reclaim_idle(&self) -> Result<usize> {
         let m = self.shared.alloc_mutex()?;
         let _guard = m.lock()?;
-        // Asked for, so on purpose: every idle name goes, with its kind, and no
-        // back-off from an earlier sweep that found nothing holds it up.
-        let reclaimed = self.shared.reclaim(false)? + self.shared.reclaim(true)?;
-        Ok(self.shared.sweep_tail(reclaimed, now_millis())? as usize)
+        // Asked for: no back-off from an earlier sweep that found nothing.
+        self.shared.header().sweep_after.store(0, Ordering::Relaxed);
+        Ok(self.shared.sweep(true)? as usize)
     }
 
     fn usage(&self) -> Option<crate::Usage> {

@@ -191,6 +191,47 @@ impl Barrier {
             owner: owner.clone(),
             tag: self.handle.opts.tag.clone(),
             action: self.action.is_some(),
+            only_last: false,
+        }
+    }
+
+    /// The `try_` form of [`Barrier::wait`]: arrives only if this arrival completes
+    /// the generation (every other party already waits), then runs the action and
+    /// releases them all, answering `Some(index)`; otherwise `None`, without arriving
+    /// (nothing changes). Never waits, except while the previous generation is still
+    /// being released.
+    ///
+    /// # Errors
+    /// As [`Barrier::wait`].
+    pub fn try_wait(&self) -> Result<Option<u32>> {
+        self.check()?;
+        let owner = Owner::current_thread();
+        let arrive = || match self.arrive_op(&owner) {
+            Op::BarrierArrive {
+                parties,
+                owner,
+                tag,
+                action,
+                ..
+            } => Op::BarrierArrive {
+                parties,
+                owner,
+                tag,
+                action,
+                only_last: true,
+            },
+            other => other,
+        };
+        let mut judge = |reply| match reply {
+            Reply::NotLast => Ok(Step::Done(None)),
+            other => self.judge_arrival(other).map(|step| match step {
+                Step::Done(arrival) => Step::Done(Some(arrival)),
+                Step::Wait(at) => Step::Wait(at),
+            }),
+        };
+        match self.handle.block_on(None, None, &arrive, &mut judge)? {
+            Some(Some((generation, index))) => self.release_all(generation, index).map(Some),
+            _ => Ok(None),
         }
     }
 

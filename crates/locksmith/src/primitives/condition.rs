@@ -202,6 +202,82 @@ impl Condition {
         Ok(())
     }
 
+    /// [`Condition::wait_while`] with a predicate that can fail (shared state read
+    /// from a file or a store): its error ends the wait, holding the lock.
+    pub fn wait_while_fallible<E: From<Error>>(
+        &self,
+        guard: &mut Guard,
+        mut condition: impl FnMut() -> std::result::Result<bool, E>,
+    ) -> std::result::Result<(), E> {
+        while condition()? {
+            self.wait(guard)?;
+        }
+        Ok(())
+    }
+
+    /// [`Condition::wait_while_fallible`] for at most `timeout` in all: returns `true` once
+    /// `condition` returned false, `false` if the time ran out first (holding the
+    /// lock either way). The predicate is checked one last time when the time runs
+    /// out, so a change made just then is not missed.
+    pub fn wait_while_timeout<E: From<Error>>(
+        &self,
+        guard: &mut Guard,
+        timeout: Duration,
+        mut condition: impl FnMut() -> std::result::Result<bool, E>,
+    ) -> std::result::Result<bool, E> {
+        let deadline = deadline_after(timeout);
+        while condition()? {
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::MAX,
+            };
+            if left.is_zero() {
+                return Ok(false);
+            }
+            if !self.wait_until(guard, deadline)? {
+                return Ok(!condition()?);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Async [`Condition::wait_while_fallible`].
+    ///
+    /// # Cancel safety
+    /// As [`Condition::wait_async`].
+    pub async fn wait_while_async<E: From<Error>>(
+        &self,
+        guard: &mut Guard,
+        mut condition: impl FnMut() -> std::result::Result<bool, E>,
+    ) -> std::result::Result<(), E> {
+        while condition()? {
+            self.wait_async(guard).await?;
+        }
+        Ok(())
+    }
+
+    /// Async [`Condition::wait_while_timeout`].
+    ///
+    /// # Cancel safety
+    /// As [`Condition::wait_async`].
+    pub async fn wait_while_timeout_async<E: From<Error>>(
+        &self,
+        guard: &mut Guard,
+        timeout: Duration,
+        mut condition: impl FnMut() -> std::result::Result<bool, E>,
+    ) -> std::result::Result<bool, E> {
+        let deadline = deadline_after(timeout);
+        while condition()? {
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return Ok(false);
+            }
+            if !self.wait_until_async(guard, deadline).await? {
+                return Ok(!condition()?);
+            }
+        }
+        Ok(true)
+    }
+
     /// Wakes up to `n` sleepers, oldest first; returns how many were woken.
     ///
     /// # Errors

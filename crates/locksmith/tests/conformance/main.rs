@@ -10,6 +10,7 @@ mod asyncs;
 mod barriers;
 mod conditions;
 mod events;
+mod forms;
 mod inputs;
 mod kinds;
 mod lease_loss;
@@ -184,6 +185,7 @@ fn main() {
             tests.extend(barriers::tests());
             tests.extend(inputs::tests());
             tests.extend(kinds::tests());
+            tests.extend(forms::tests());
             tests.extend(seeds::tests());
             tests.extend(reclaim::tests());
             tests.extend(lease_loss::tests());
