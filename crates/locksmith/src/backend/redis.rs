@@ -1896,6 +1896,10 @@ impl Watch for RedisWatch {
 }
 
 #[cfg(test)]
+#[path = "redis_diff.rs"]
+mod diff;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
