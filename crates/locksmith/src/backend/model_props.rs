@@ -46,7 +46,8 @@ pub(crate) struct RawStep {
     pub flag: bool,
     /// Props only: advance the clock by this much first.
     pub tick: Option<u16>,
-    /// Props only: this step's owner dies instead.
+    /// Instead of an op: props kill the step's owner; the differential test reclaims
+    /// the step's name.
     pub kill: bool,
 }
 
@@ -56,7 +57,7 @@ pub(crate) fn raw_step() -> impl Strategy<Value = RawStep> {
         (0..OWNERS as u8, 0..4u8, any::<bool>()),
         (
             prop::option::weighted(0.1, 1..3000u16),
-            prop::bool::weighted(0.02),
+            prop::bool::weighted(0.04),
         ),
     )
         .prop_map(

@@ -113,11 +113,14 @@ fn kind_code(kind: Option<Kind>) -> Option<String> {
     })
 }
 
-/// The script's record's counter and kind (a name without a record counts from 0 here:
-/// nothing in a case reclaims).
-fn lua_counter_and_kind(conn: &mut redis::Connection, key: &str) -> (u64, Option<String>) {
-    let raw: Option<String> = redis::cmd("GET").arg(key).query(conn).unwrap();
-    let Some(raw) = raw else { return (0, None) };
+/// The script's record's counter and kind; a name without a record counts from the
+/// prefix's token floor.
+fn lua_counter_and_kind(conn: &mut redis::Connection, keys: &[String; 5]) -> (u64, Option<String>) {
+    let raw: Option<String> = redis::cmd("GET").arg(&keys[0]).query(conn).unwrap();
+    let Some(raw) = raw else {
+        let floor: Option<u64> = redis::cmd("GET").arg(&keys[4]).query(conn).unwrap();
+        return (floor.unwrap_or(0), None);
+    };
     let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
     (
         v["t"].as_u64().unwrap_or(0),
@@ -125,11 +128,93 @@ fn lua_counter_and_kind(conn: &mut redis::Connection, key: &str) -> (u64, Option
     )
 }
 
+/// The model's side of a prefix: its records, and the token floor that a name without
+/// a record counts on from (the stores' reclaiming, which the script does with the
+/// floor key; the model itself never forgets a record).
+struct Names {
+    records: Vec<Option<Record>>,
+    floor: u64,
+}
+
+impl Names {
+    /// Applies `op` to `name` as a store does: a name without a record starts from the
+    /// floor, and a record left with nothing to keep is dropped, as the script drops
+    /// its key.
+    fn apply(&mut self, name: usize, op: Op, ctx: &Ctx<'_>) -> Result<Reply> {
+        let absent = self.records[name].is_none();
+        let start = self.floor;
+        let record = self.records[name].get_or_insert_with(|| Record {
+            next_token: start,
+            ..Record::default()
+        });
+        let out = apply(record, "n", op, ctx).map(|(r, _)| r);
+        if record.state.is_none()
+            && record.tag.is_none()
+            && record.kind.is_none()
+            && (record.next_token == 0 || (absent && record.next_token == start))
+        {
+            self.records[name] = None;
+        }
+        out
+    }
+
+    /// `reclaim_idle` for one name: an idle record is forgotten, kind and all, and the
+    /// floor rises to its counter.
+    fn reclaim(&mut self, name: usize) -> u64 {
+        match &self.records[name] {
+            Some(r) if r.state.is_none() && r.tag.is_none() => {
+                self.floor = self.floor.max(r.next_token);
+                self.records[name] = None;
+                1
+            }
+            _ => 0,
+        }
+    }
+
+    fn counter_and_kind(&self, name: usize) -> (u64, Option<String>) {
+        match &self.records[name] {
+            Some(r) => (r.next_token, kind_code(r.kind)),
+            None => (self.floor, None),
+        }
+    }
+}
+
 fn run_case(server: &mut Server, case_no: u64, kinds: &[usize], steps: &[RawStep]) {
     let mut driver = Driver::new(kinds, |_| Some(MAX_LEASE));
-    let mut records: Vec<Record> = (0..NAMES).map(|_| Record::default()).collect();
+    let mut names = Names {
+        records: (0..NAMES).map(|_| None).collect(),
+        floor: 0,
+    };
+    let mut granted: Vec<Vec<u64>> = vec![Vec::new(); NAMES];
     let mut log = Vec::new();
     for s in steps {
+        let ctx = Ctx {
+            now: now_millis(),
+            is_dead: None,
+            waiter_ttl: None,
+        };
+        let trail = |log: &[String]| log.join("\n");
+        if s.kill {
+            // Here: reclaim the name (`reclaim_idle`), which the model leaves to stores.
+            let name = usize::from(s.name);
+            log.push(format!("name {name}: reclaim"));
+            let keys = keys(case_no, name);
+            let lua = decode(
+                script_call(&keys, &["reclaim".to_owned()])
+                    .invoke(&mut server.conn)
+                    .expect("the script runs"),
+                "n",
+            )
+            .map(|(r, _)| r);
+            let rust: Result<Reply> = Ok(Reply::Count(names.reclaim(name)));
+            assert_eq!(
+                comparable(&lua),
+                comparable(&rust),
+                "reclaim differs (left: redis.lua); steps:\n{}",
+                trail(&log)
+            );
+            continue;
+        }
         let (name, op) = driver.op(s);
         log.push(format!("name {name} owner {}: {op:?}", s.owner));
         let keys = keys(case_no, name);
@@ -137,19 +222,27 @@ fn run_case(server: &mut Server, case_no: u64, kinds: &[usize], steps: &[RawStep
             .invoke(&mut server.conn)
             .expect("the script runs");
         let lua = decode(values, "n").map(|(r, _)| r);
-        let ctx = Ctx {
-            now: now_millis(),
-            is_dead: None,
-            waiter_ttl: None,
-        };
-        let rust = apply(&mut records[name], "n", op.clone(), &ctx).map(|(r, _)| r);
-        let trail = || log.join("\n");
+        let rust = names.apply(name, op.clone(), &ctx);
         assert_eq!(
             comparable(&lua),
             comparable(&rust),
             "redis.lua (left) and the model (right) answer differently; steps:\n{}",
-            trail()
+            trail(&log)
         );
+        if let Ok(Reply::Granted(g)) = &lua {
+            // Fencing tokens only rise, across reclaims too: a new grant's token is
+            // above every earlier one of the name (a re-entry repeats its own).
+            let seen = &mut granted[name];
+            if !seen.contains(&g.token) {
+                assert!(
+                    seen.iter().all(|&t| t < g.token),
+                    "token {} after {seen:?}; steps:\n{}",
+                    g.token,
+                    trail(&log)
+                );
+                seen.push(g.token);
+            }
+        }
         // The resulting state: holders (an op of its own, the same on both sides),
         // the fencing counter and the fixed kind.
         let lua_h = decode(
@@ -159,19 +252,18 @@ fn run_case(server: &mut Server, case_no: u64, kinds: &[usize], steps: &[RawStep
             "n",
         )
         .map(|(r, _)| r);
-        let rust_h = apply(&mut records[name], "n", Op::Holders, &ctx).map(|(r, _)| r);
+        let rust_h = names.apply(name, Op::Holders, &ctx);
         assert_eq!(
             comparable(&lua_h),
             comparable(&rust_h),
             "holders differ (left: redis.lua); steps:\n{}",
-            trail()
+            trail(&log)
         );
-        let (t, f) = lua_counter_and_kind(&mut server.conn, &keys[0]);
         assert_eq!(
-            (t, f),
-            (records[name].next_token, kind_code(records[name].kind)),
+            lua_counter_and_kind(&mut server.conn, &keys),
+            names.counter_and_kind(name),
             "counter or kind differ (left: redis.lua); steps:\n{}",
-            trail()
+            trail(&log)
         );
         driver.saw(name, usize::from(s.owner), &op, &rust);
     }
