@@ -466,7 +466,7 @@ fn check_idle_after_drain(record: &mut Record, ctx: &Ctx<'_>) {
 fn run_case(kinds: &[usize], steps: &[RawStep]) {
     let mut driver = Driver::new(kinds, |s| (s.a != 0).then(|| u64::from(s.a) * 700));
     let mut records: Vec<Record> = (0..NAMES).map(|_| Record::default()).collect();
-    let mut max_token = vec![0u64; NAMES];
+    let mut max_token = [0u64; NAMES];
     let dead: RefCell<Vec<Owner>> = RefCell::new(Vec::new());
     let is_dead = |o: &Owner| dead.borrow().contains(o);
     let mut now: Millis = 1_000_000;
@@ -568,9 +568,17 @@ fn run_case(kinds: &[usize], steps: &[RawStep]) {
     }
 }
 
+/// `PROPTEST_CASES` if set (for a longer hunt), else `default`.
+pub(crate) fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 400,
+        cases: cases(400),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

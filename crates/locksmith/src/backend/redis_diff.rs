@@ -18,7 +18,7 @@ use proptest::test_runner::TestRunner;
 use super::{decode, encode, script_call, MAX_LEASE};
 use crate::backend::mem::now_millis;
 use crate::backend::model::{apply, Ctx, Kind, Op, PermitKind, Record, Reply};
-use crate::backend::model_props::{case, Driver, RawStep, NAMES};
+use crate::backend::model_props::{case, cases, Driver, RawStep, NAMES};
 use crate::Result;
 
 /// A redis-server on a free loopback port, killed when dropped.
@@ -276,7 +276,7 @@ fn redis_lua_agrees_with_the_model() {
     // whatever the outcome: a runner rather than `proptest!`, which would need it static.
     let server = std::cell::RefCell::new((Server::start(), 0u64));
     let config = ProptestConfig {
-        cases: 200,
+        cases: cases(200),
         failure_persistence: None,
         ..ProptestConfig::default()
     };
