@@ -123,11 +123,23 @@ pub fn status(space: &Space, a: StatusArgs) -> Outcome {
                 json!({ "name": name, "holders": [], "waiting": 0, "damaged": reason })
             }))
             .collect();
-        let doc = json!({ "store": space.url(), "primitives": primitives });
+        let mut doc = json!({ "store": space.url(), "primitives": primitives });
+        if let Some(u) = space.usage() {
+            doc["usage"] = json!({ "names": u.names, "limit": u.limit, "reclaimed": u.reclaimed });
+        }
         println!("{doc:#}");
         return Ok(ExitCode::SUCCESS);
     }
     println!("store {}", space.url());
+    if let Some(u) = space.usage() {
+        println!(
+            "names {} of {} ({}% full; idle names are reclaimed when it fills, {} so far)",
+            u.names,
+            u.limit,
+            u.names.saturating_mul(100) / u.limit.max(1),
+            u.reclaimed
+        );
+    }
     if rows.is_empty() && damaged.is_empty() {
         println!(
             "(no primitives{})",
@@ -240,11 +252,16 @@ pub fn break_(space: &Space, a: BreakArgs) -> Outcome {
 
 /// `locksmith evict --tag TAG`.
 pub fn evict(space: &Space, a: EvictArgs) -> Outcome {
-    if a.tag.is_empty() {
+    let Some(tag) = a.tag.filter(|_| !a.idle) else {
+        let n = space.reclaim_idle()?;
+        println!("forgot {n} idle name(s)");
+        return Ok(ExitCode::SUCCESS);
+    };
+    if tag.is_empty() {
         return Err(Failure::usage("a tag must not be empty"));
     }
-    let n = space.evict_tag(&a.tag)?;
-    println!("evicted {n} primitive(s) tagged '{}'", a.tag);
+    let n = space.evict_tag(&tag)?;
+    println!("evicted {n} primitive(s) tagged '{}'", escape(&tag));
     Ok(ExitCode::SUCCESS)
 }
 

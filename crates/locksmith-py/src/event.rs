@@ -70,6 +70,29 @@ impl Event {
         Ok(set.is_some())
     }
 
+    /// Waits from async code: an awaitable of the flag (False when `timeout` ran out).
+    #[pyo3(signature = (timeout=None))]
+    fn wait_async<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = timeout_arg(py, timeout)?;
+        let core = self.core.get().raise_py(py)?.into_owned();
+        let work = async move {
+            match timeout {
+                None => core.wait_async().await,
+                Some(d) => core.wait_timeout_async(d).await,
+            }
+        };
+        crate::aio::spawn(py, work, |py, set| {
+            Ok(pyo3::types::PyBool::new(py, set)
+                .to_owned()
+                .into_any()
+                .unbind())
+        })
+    }
+
     /// The event's name.
     #[getter]
     fn name(&self) -> &str {

@@ -61,6 +61,15 @@ impl Slot {
         *self.lock() = Some(guard);
     }
 
+    /// Takes the hold out to release it elsewhere (an async release); `None` if it was
+    /// released already.
+    pub(crate) fn take_for_release(&self) -> Option<locksmith::Guard> {
+        if !self.live.swap(false, Ordering::Relaxed) {
+            return None;
+        }
+        self.lock().take()
+    }
+
     /// Releases the hold (without the GIL: on a network store it is a round trip).
     /// Releasing twice, or in a forked child, does nothing.
     pub(crate) fn release(&self, py: Python<'_>) -> PyResult<()> {
@@ -210,6 +219,31 @@ impl Guard {
     /// released guard does nothing.
     fn release(&self, py: Python<'_>) -> PyResult<()> {
         self.slot.release(py)
+    }
+
+    /// Releases the hold from async code: an awaitable that resolves when the store
+    /// answered (a round trip on a network store, which the event loop does not wait
+    /// for).
+    fn release_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.slot.take_for_release() {
+            Some(guard) => crate::aio::spawn(py, guard.release_async(), |py, ()| Ok(py.None())),
+            None => crate::aio::ready(py, py.None()),
+        }
+    }
+
+    fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        crate::aio::ready(py, slf.into_any().unbind())
+    }
+
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        _exc_type: &Bound<'py, PyAny>,
+        _exc: &Bound<'py, PyAny>,
+        _tb: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.release_async(py)
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use pyo3::types::PyAny;
 
 use crate::errors::Raise;
 use crate::guard::{Guard, Holds};
@@ -17,7 +18,14 @@ pub(crate) trait Acquire: Clone + Send + Sync + 'static {
     fn acquire_timeout(&self, d: Duration) -> locksmith::Result<Option<locksmith::Guard>>;
     /// The core's `release()`: a guardless hold of this thread, or a signalling release.
     fn release_owned(&self) -> locksmith::Result<()>;
+    /// The async acquisition, waiting at most `timeout` (`None`: as long as it takes).
+    fn acquire_owned_async(self, timeout: Option<Duration>) -> AcquireFuture;
 }
+
+/// What [`Acquire::acquire_owned_async`] returns.
+pub(crate) type AcquireFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = locksmith::Result<Option<locksmith::Guard>>> + Send>,
+>;
 
 macro_rules! impl_acquire {
     ($($t:ty),*) => {$(
@@ -30,6 +38,14 @@ macro_rules! impl_acquire {
             }
             fn release_owned(&self) -> locksmith::Result<()> {
                 <$t>::release(self)
+            }
+            fn acquire_owned_async(self, timeout: Option<Duration>) -> AcquireFuture {
+                Box::pin(async move {
+                    match timeout {
+                        None => self.acquire_async().await.map(Some),
+                        Some(d) => self.acquire_timeout_async(d).await,
+                    }
+                })
             }
         }
     )*};
@@ -51,6 +67,14 @@ impl Acquire for locksmith::Condition {
     fn release_owned(&self) -> locksmith::Result<()> {
         Err(locksmith::Error::NotHeld {
             name: self.name().to_owned(),
+        })
+    }
+    fn acquire_owned_async(self, timeout: Option<Duration>) -> AcquireFuture {
+        Box::pin(async move {
+            match timeout {
+                None => self.acquire_async().await.map(Some),
+                Some(d) => self.acquire_timeout_async(d).await,
+            }
         })
     }
 }
@@ -80,6 +104,28 @@ pub(crate) fn acquire<T: Acquire>(
         |slice| core.acquire_timeout(slice),
     )?;
     Ok(got.map(|g| holds.push(g)))
+}
+
+/// The async acquisition: an asyncio future of a `Guard` (or `None` when `timeout`
+/// ran out), completed from the module's runtime through the loop. The guard is the
+/// awaiting task's own: it releases on `release()`, `async with`'s exit or when the
+/// guard object is garbage.
+pub(crate) fn acquire_async<'py, T: Acquire>(
+    py: Python<'py>,
+    core: &Core<T>,
+    timeout: Option<f64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let timeout = timeout_arg(py, timeout)?;
+    let core = core.get().raise_py(py)?.into_owned();
+    // No synchronous try first: the core's `try_acquire` is owned by this thread, and
+    // an async acquisition must be its own owner (a task may not inherit the thread's
+    // blocking holds). The core's async path takes a free primitive without waiting.
+    crate::aio::spawn(py, core.acquire_owned_async(timeout), |py, got| {
+        Ok(match got {
+            Some(g) => Py::new(py, Guard::new(&crate::guard::Slot::new(g)))?.into_any(),
+            None => py.None(),
+        })
+    })
 }
 
 /// Acquisition that never waits.
@@ -122,6 +168,14 @@ macro_rules! permit_class {
             #[pyo3(signature = (timeout=None))]
             fn acquire(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<$crate::guard::Guard>> {
                 $crate::permits::acquire(py, &self.core, &self.holds, timeout)
+            }
+
+            /// Acquires from async code: an awaitable of the `Guard` (or `None` when
+            /// `timeout` ran out). The guard is the task's own and releases on
+            /// `release()`, `async with` exit, or when it is garbage.
+            #[pyo3(signature = (timeout=None))]
+            fn acquire_async<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+                $crate::permits::acquire_async(py, &self.core, timeout)
             }
 
             /// Acquires if that is possible now: the `Guard`, or `None`.

@@ -83,6 +83,19 @@ impl fmt::Debug for Space {
     }
 }
 
+/// How full a store that holds a fixed number of names is (`shm:`), as
+/// [`Space::usage`] answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Names that occupy a slot now (in use, or idle and not yet reclaimed).
+    pub names: u64,
+    /// The most names the store holds at once; idle ones are reclaimed to make room.
+    pub limit: u64,
+    /// Idle names reclaimed so far.
+    pub reclaimed: u64,
+}
+
 /// One hold of a primitive, as [`Space::holders`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -250,6 +263,24 @@ impl Space {
         self.inner.backend.warnings()
     }
 
+    /// Forgets the names that are idle (nobody holds, waits for or has set them, and
+    /// they carry no tag), so that a store does not keep a counter for every name it
+    /// ever saw; answers how many it forgot. Fencing tokens never go back: the store
+    /// keeps the highest counter of the names it forgot, and a name used again counts
+    /// on from there. A forgotten name forgets its kind too (see [`Space::remove`]).
+    /// `shm:` also does this by itself when its table fills up, `mem:` as its map
+    /// grows, taking removed names first and idle names that keep a kind only if there
+    /// are none; `sqlite:` and Redis only when asked.
+    pub fn reclaim_idle(&self) -> Result<usize> {
+        self.inner.backend.reclaim_idle()
+    }
+
+    /// How full the store is, for stores that hold a fixed number of names (`shm:`);
+    /// `None` for the others, which have no such limit.
+    pub fn usage(&self) -> Option<Usage> {
+        self.inner.backend.usage()
+    }
+
     /// The URL this space was opened with.
     pub fn url(&self) -> &str {
         &self.inner.url
@@ -360,6 +391,25 @@ impl Space {
     /// primitives were dropped.
     pub fn evict_tag(&self, tag: &str) -> Result<usize> {
         self.inner.backend.evict_tag(tag)
+    }
+
+    /// Removes the name `name` on purpose: forgets the kind and parameters it was
+    /// first used with, so that it may be used as any primitive afterwards. Its
+    /// fencing counter stays (tokens keep counting up). Refused with [`Error::Busy`]
+    /// while the name is in use (held, waited for, a set event, a filling or broken
+    /// barrier, an averager with values); answers whether the name had a kind.
+    ///
+    /// Until removed (or evicted, [`Space::evict_tag`], or forgotten with every idle
+    /// name, [`Space::reclaim_idle`]), every use of a name with
+    /// another kind or other parameters is [`Error::Mismatch`], whether or not the
+    /// name is in use at the time.
+    pub fn remove(&self, name: &str) -> Result<bool> {
+        let handle = self.handle(name);
+        handle.check()?;
+        match handle.step(Op::Remove)? {
+            Reply::Flag(had) => Ok(had),
+            other => Err(crate::primitives::guard_unexpected(other)),
+        }
     }
 
     /// The names this space has state or fencing counters for, sorted.

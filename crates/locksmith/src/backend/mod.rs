@@ -109,6 +109,23 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         Box::pin(std::future::ready(self.step(key, op)))
     }
 
+    /// [`Backend::step`] for a waiter that waits until `deadline` (`None`: for ever):
+    /// a store whose steps can fail for a while (a server restarting) may keep trying
+    /// within it instead of failing at once, and no attempt outlasts it by much.
+    fn wait_step(&self, key: &Key, op: Op, _deadline: Option<Instant>) -> Result<Reply> {
+        self.step(key, op)
+    }
+
+    /// [`Backend::wait_step`] for async callers.
+    fn wait_step_async<'a>(
+        &'a self,
+        key: &'a Key,
+        op: Op,
+        _deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Reply>> {
+        self.step_async(key, op)
+    }
+
     /// Starts listening for changes to `key`: with a `ticket`, for the changes that
     /// concern that queued waiter; without, for any change. A change made after this
     /// call returns is never missed by the returned [`Watch`].
@@ -141,6 +158,16 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// primitive layer renews it while the guard lives, so only a dead holder's hold
     /// lapses. `None`: holds without a lease last until released.
     fn default_lease(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Forgets every idle name (no state, no tag: only its fencing counter left) that
+    /// nobody is using, first raising the store's token floor to its counter, so that
+    /// a name created again still gets larger tokens; answers how many went.
+    fn reclaim_idle(&self) -> Result<usize>;
+
+    /// How full the store is, if it holds a fixed number of names.
+    fn usage(&self) -> Option<crate::Usage> {
         None
     }
 

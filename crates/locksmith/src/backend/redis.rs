@@ -9,9 +9,11 @@
 //! [`model::apply`](super::model) ported op for op, run atomically by the server, on
 //! the server's clock (`TIME`). A
 //! primitive's record is JSON in the key `{prefix}{name}`; its waiter queue, when it has
-//! one, sits beside it in `{prefix}{name}:q`, `:w` and `:i` (a sorted set of tickets in
-//! arrival order, a sorted set of when each last tried, a hash of their modes and
-//! owners), so a step costs O(log n) in the queue's length. The `{name}` hash tag keeps
+//! one, sits beside it in `{prefix}{name}:q`, `:d` and `:i` (a sorted set of tickets in
+//! arrival order, a sorted set of when each must look again or lose its place, a hash of
+//! their modes and owners), so a step costs O(log n) in the queue's length. (Earlier
+//! versions kept when each last tried in `:w`: the new name keeps old and new clients
+//! on one prefix from dropping each other's waiters.) The `{name}` hash tag keeps
 //! a primitive's keys in one Redis Cluster slot.
 //!
 //! # Waking
@@ -54,14 +56,19 @@ use super::model::{Acquire, BarrierView, Holder, Millis, Op, Reply};
 use super::{Backend, BoxFuture, Grant, Key, Mode, PermitKind, Watch};
 use crate::backend::mem::now_millis;
 use crate::owner::Owner;
-use crate::{Error, Result};
+use crate::{BrokenCause, Error, Result};
 
 /// The lease of a hold taken without one: renewed while the holder lives, it bounds
 /// how long a dead holder on another host blocks the others.
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
-/// A queued waiter that has not tried for this long is dropped from the queue (its
-/// process is presumed gone).
+/// A queued waiter that could be granted must claim the grant within this long of
+/// being woken for it, or it is dropped from the queue (its process is presumed gone):
+/// how long a waiter killed on another host can keep the ones behind it waiting, plus
+/// one [`POLL`] (the step that drops it is the next waiter's look).
+pub(crate) const CLAIM_TTL: Millis = 3_000;
+
+/// A queued waiter that has not tried for this long is dropped from the queue.
 pub(crate) const WAITER_TTL: Millis = 30_000;
 
 /// The longest a watcher near the front of a queue, or a watcher of an event or a
@@ -75,12 +82,26 @@ const FRONT: i64 = 16;
 /// of [`WAITER_TTL`]), rarely enough that ten thousand waiters cost little.
 const REFRESH: Duration = Duration::from_millis(WAITER_TTL / 3);
 
+/// How long one step may wait for the server's answer, unless the URL says otherwise
+/// (`?timeout=`): past it, the step fails with "timed out waiting for the server".
+pub(crate) const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The shortest time an attempt is given, even when the caller's deadline is closer
+/// (or passed): a waiter's last look at its deadline, and the step that records a
+/// timed-out wait (a barrier broken by it), get an answer from a loaded server.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
+
+/// How long a waiter without a deadline keeps retrying while the server cannot be
+/// reached (a restart), before it reports the error.
+pub(crate) const OUTAGE: Duration = Duration::from_secs(30);
+
+/// Leaving a queue is given at most this long: an entry left behind expires on its own
+/// within [`CLAIM_TTL`] once it matters.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Leases longer than this (ten years) are cut to it, so that every time the script
 /// computes fits a Lua number exactly.
 const MAX_LEASE: Millis = 10 * 365 * 24 * 3600 * 1000;
-
-/// How long one request may take before it is a [`Error::Backend`].
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The step function's Lua source (see `redis.lua`).
 const SOURCE: &str = include_str!("redis.lua");
@@ -110,12 +131,12 @@ fn script() -> &'static redis::Script {
 }
 
 /// The EVALSHA form of a step, as [`fcall_cmd`] is its FCALL form.
-fn script_call(keys: &[String; 4], args: &[String]) -> redis::ScriptInvocation<'static> {
+fn script_call(keys: &[String; 5], args: &[String]) -> redis::ScriptInvocation<'static> {
     let mut call = script().prepare_invoke();
     for k in keys {
         call.key(k);
     }
-    call.arg(WAITER_TTL);
+    call.arg(queue_timing());
     for a in args {
         call.arg(a);
     }
@@ -128,14 +149,20 @@ fn load_library_cmd() -> redis::Cmd {
     cmd
 }
 
-fn fcall_cmd(keys: &[String; 4], args: &[String]) -> redis::Cmd {
+fn fcall_cmd(keys: &[String; 5], args: &[String]) -> redis::Cmd {
     let mut cmd = redis::cmd("FCALL");
     cmd.arg(function_name())
         .arg(keys.len())
         .arg(keys)
-        .arg(WAITER_TTL)
+        .arg(queue_timing())
         .arg(args);
     cmd
+}
+
+/// The script's ARGV[1]: how long queued waiters have to claim a grant, and to come
+/// back.
+fn queue_timing() -> String {
+    format!("{CLAIM_TTL}:{WAITER_TTL}")
 }
 
 /// Whether the server forgot the function (it restarted without persistence).
@@ -145,6 +172,137 @@ fn no_function(e: &redis::RedisError) -> bool {
 
 fn backend_err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::backend(e)
+}
+
+/// `s` on one line: what a server (or something else on its port) answers may hold
+/// line breaks and control characters, and every error is one line.
+fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            if !out.ends_with(' ') {
+                out.push(' ');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+/// How one attempt at a step failed.
+#[derive(Debug)]
+enum Fault {
+    /// No connection could be made: nothing was sent.
+    Unreachable(String),
+    /// The connection broke, or the server is still loading its data after a restart:
+    /// the step may or may not have happened.
+    Broken(String),
+    /// No answer within the attempt's time: the step may or may not have happened.
+    TimedOut(Duration),
+    /// The server (or whatever listens on its port) answered with an error.
+    Failed(String),
+}
+
+impl Fault {
+    fn of(e: &redis::RedisError, budget: Duration) -> Fault {
+        if e.is_timeout() {
+            Fault::TimedOut(budget)
+        } else if e.is_connection_dropped()
+            || e.is_io_error()
+            || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+        {
+            Fault::Broken(e.to_string())
+        } else {
+            Fault::Failed(e.to_string())
+        }
+    }
+
+    /// Whether the server may answer if asked again later (it is restarting).
+    fn transient(&self) -> bool {
+        !matches!(self, Fault::Failed(_))
+    }
+
+    fn into_error(self, url: &str) -> Error {
+        let msg = match self {
+            Fault::Unreachable(m) => format!("cannot reach {url}: {m}"),
+            Fault::Broken(msg) => format!("{url}: {msg}"),
+            Fault::TimedOut(d) => format!(
+                "timed out waiting for the Redis server {url} (no answer within {})",
+                millis(d)
+            ),
+            Fault::Failed(m) => format!("{url}: {m}"),
+        };
+        backend_err(one_line(&msg))
+    }
+}
+
+/// A duration to the millisecond, for messages: `5s`, `200ms`.
+fn millis(d: Duration) -> String {
+    let ms = (d.as_micros() + 500) / 1000;
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// What the caller allows a step: whether sending it twice does no harm (so it may be
+/// sent again after a broken connection), its deadline, and whether it belongs to a
+/// waiter (which keeps trying, within its deadline, while the server cannot be reached).
+#[derive(Clone, Copy)]
+struct Allow {
+    idempotent: bool,
+    deadline: Option<Instant>,
+    patient: bool,
+    /// The longest one attempt may take, when shorter than the space's timeout.
+    cap: Option<Duration>,
+}
+
+impl Allow {
+    fn once(idempotent: bool) -> Allow {
+        Allow {
+            idempotent,
+            deadline: None,
+            patient: false,
+            cap: None,
+        }
+    }
+
+    /// The time one attempt is given: the step timeout, the caller's deadline.
+    fn budget(&self, timeout: Duration) -> Duration {
+        let t = self.cap.map_or(timeout, |c| c.min(timeout));
+        match self.deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                t.min(left.max(MIN_ATTEMPT))
+            }
+            None => t,
+        }
+    }
+}
+
+/// Whether `op`, sent twice, leaves the state as sending it once does, and answers
+/// the same (an acquisition and a release carry a request id, see `redis.lua`).
+fn idempotent(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Acquire(_)
+            | Op::Release { .. }
+            | Op::Renew { .. }
+            | Op::Dequeue { .. }
+            | Op::Check { .. }
+            | Op::Holders
+            | Op::Value { .. }
+            | Op::CondCheck { .. }
+            | Op::EventSet { .. }
+            | Op::EventClear
+            | Op::EventRead
+            | Op::BarrierAdvance { .. }
+            | Op::BarrierAbort { .. }
+            | Op::BarrierRead { .. }
+            | Op::AvgGet
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -203,9 +361,12 @@ struct Url {
     /// servers that ask for one (Redis does, unless `tls-auth-clients no`).
     cert: Option<String>,
     key: Option<String>,
+    /// `timeout=DURATION`: how long one step may wait for the server.
+    timeout: Option<Duration>,
 }
 
-/// Splits locksmith's parameters (`prefix`, `cacert`, `cert`, `key`) off a Redis URL.
+/// Splits locksmith's parameters (`prefix`, `cacert`, `cert`, `key`, `timeout`) off a
+/// Redis URL.
 fn split_url(url: &str) -> Result<Url> {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, q),
@@ -224,6 +385,7 @@ fn split_url(url: &str) -> Result<Url> {
             Some(("cacert", v)) => parsed.cacert = Some(percent_decode(v)?),
             Some(("cert", v)) => parsed.cert = Some(percent_decode(v)?),
             Some(("key", v)) => parsed.key = Some(percent_decode(v)?),
+            Some(("timeout", v)) => parsed.timeout = Some(parse_timeout(&percent_decode(v)?)?),
             _ => rest.push(pair),
         }
     }
@@ -262,7 +424,7 @@ impl Url {
             Error::invalid(format!("'{}' is not a Redis URL: {e}", redact(original)))
         };
         if !self.has_tls_files() {
-            return redis::Client::open(self.server.as_str()).map_err(|e| bad(&e));
+            return redis::Client::open(self.info(original)?).map_err(|e| bad(&e));
         }
         if !self.server.starts_with("rediss:") {
             return Err(bad(&"cacert, cert and key need rediss:// (TLS)"));
@@ -271,6 +433,18 @@ impl Url {
             return Err(bad(&"cert and key go together"));
         }
         self.tls_client(original)
+    }
+
+    /// The server's connection settings. Connecting sends nothing before the first
+    /// step (no `CLIENT SETINFO`) unless the URL asks for a password or a database: a
+    /// server that never answers then costs one step timeout, not one per setup reply.
+    fn info(&self, original: &str) -> Result<redis::ConnectionInfo> {
+        use redis::IntoConnectionInfo;
+        let info = self.server.as_str().into_connection_info().map_err(|e| {
+            Error::invalid(format!("'{}' is not a Redis URL: {e}", redact(original)))
+        })?;
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        Ok(info.set_redis_settings(settings))
     }
 
     #[cfg(feature = "redis-tls")]
@@ -298,7 +472,7 @@ impl Url {
             client_tls,
             root_cert,
         };
-        redis::Client::build_with_tls(self.server.as_str(), certs).map_err(|e| {
+        redis::Client::build_with_tls(self.info(original)?, certs).map_err(|e| {
             Error::invalid(format!(
                 "'{}': bad TLS certificates or URL: {e}",
                 redact(original)
@@ -313,6 +487,31 @@ impl Url {
             redact(original)
         )))
     }
+}
+
+/// A step timeout: a positive number with a unit (`ms`, `s`, `m`), or of seconds.
+fn parse_timeout(s: &str) -> Result<Duration> {
+    let bad = || {
+        Error::invalid(format!(
+            "bad timeout '{s}' in the Redis URL: give a positive duration such as 2s or 500ms"
+        ))
+    };
+    let (number, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        _ => return Err(bad()),
+    };
+    let secs = number.parse::<f64>().map_err(|_| bad())? * scale;
+    // At least a millisecond, at most a day: a step that waits longer is a hang.
+    if !(0.001..=86_400.0).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn percent_decode(s: &str) -> Result<String> {
@@ -375,14 +574,16 @@ struct Inner {
     client: redis::Client,
     /// Idle synchronous connections, the blocking steps' path, and the process they
     /// belong to: a forked child must not talk on its parent's sockets (the two would
-    /// read each other's replies).
-    pool: Mutex<(u32, Vec<redis::Connection>)>,
+    /// read each other's replies). Each with the socket timeout it was last given.
+    pool: Mutex<(u32, Vec<(redis::Connection, Duration)>)>,
     /// The async steps' connection (multiplexed, reconnecting), made on first use.
     manager: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
     hub: Arc<Hub>,
     pattern: String,
     /// Whether the server has functions (Redis 7): FCALL, else EVALSHA.
     functions: bool,
+    /// How long one step may wait for the server (`?timeout=`).
+    timeout: Duration,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -396,7 +597,7 @@ impl fmt::Debug for RedisBackend {
 
 /// What a [`Key`] resolves to: its Redis keys and its local wake-up slot.
 struct Resolved {
-    keys: [String; 4],
+    keys: [String; 5],
     slot: Arc<Slot>,
 }
 
@@ -414,7 +615,10 @@ impl RedisBackend {
         }
         let client = parsed.client(url)?;
         let prefix = parsed.prefix.clone();
-        let hub = Hub::for_server(&parsed.identity(), &client)?;
+        let timeout = parsed.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT);
+        // Opening is one step: it waits for the server as long as one step may.
+        let deadline = Instant::now() + timeout;
+        let hub = Hub::for_server(&parsed.identity(), &client, timeout)?;
         let pattern = format!("{}*", glob_escape(&prefix));
         let mut inner = Inner {
             url: redact(url),
@@ -425,22 +629,48 @@ impl RedisBackend {
             hub: hub.clone(),
             pattern: pattern.clone(),
             functions: false,
+            timeout,
         };
         // A first connection: a server that is down is an error now, not later.
-        let mut conn = inner.connect()?;
+        let budget = Allow {
+            deadline: Some(deadline),
+            ..Allow::once(false)
+        }
+        .budget(timeout);
+        let mut conn = inner
+            .connect(budget)
+            .map_err(|f| f.into_error(&inner.url))?;
+        let budget = deadline
+            .saturating_duration_since(Instant::now())
+            .max(MIN_ATTEMPT);
+        conn.set_read_timeout(Some(budget))
+            .map_err(|e| Fault::of(&e, budget).into_error(&inner.url))?;
         // LOCKSMITH_REDIS_EVAL=1 forces the EVALSHA path (how older servers are
         // served), so that it can be tested on Redis 7.
         let force_eval = std::env::var_os("LOCKSMITH_REDIS_EVAL").is_some_and(|v| v == "1");
-        inner.functions = !force_eval && load_library_cmd().query::<String>(&mut conn).is_ok();
-        lock(&inner.pool).1.push(conn);
+        inner.functions = !force_eval
+            && match load_library_cmd().query::<String>(&mut conn) {
+                Ok(_) => true,
+                // An older server that does not know FUNCTION: scripts, then.
+                Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => false,
+                Err(e) => return Err(Fault::of(&e, budget).into_error(&inner.url)),
+            };
+        lock(&inner.pool).1.push((conn, budget));
         let subscribed = block_on({
             let hub = hub.clone();
-            async move { hub.subscribe(pattern).await }
+            async move { hub.subscribe(pattern, deadline).await }
         });
         let backend = RedisBackend {
             inner: Arc::new(inner),
         };
-        subscribed??;
+        subscribed?.map_err(|()| {
+            backend_err(one_line(&format!(
+                "timed out waiting for the Redis server {} to confirm a subscription \
+                 (no answer within {})",
+                backend.inner.url,
+                millis(timeout)
+            )))
+        })?;
         Ok(backend)
     }
 
@@ -452,8 +682,11 @@ impl RedisBackend {
                 keys: [
                     base.clone(),
                     format!("{base}:q"),
-                    format!("{base}:w"),
+                    format!("{base}:d"),
                     format!("{base}:i"),
+                    // One key for the prefix, not the name: outside the name's
+                    // cluster slot (this client talks to one server).
+                    format!("{}token-floor", self.inner.prefix),
                 ],
                 slot,
             })
@@ -463,7 +696,7 @@ impl RedisBackend {
     /// The primitive names of this prefix's keys.
     fn scan(&self) -> Result<Vec<String>> {
         let pattern = format!("{}{{*}}", glob_escape(&self.inner.prefix));
-        let keys: Vec<String> = self.inner.with_conn(|c| {
+        let keys: Vec<String> = self.inner.with_conn(Allow::once(true), &|c| {
             let mut keys = Vec::new();
             let mut cursor: u64 = 0;
             loop {
@@ -503,24 +736,64 @@ impl Drop for RedisBackend {
 }
 
 impl Inner {
-    fn connect(&self) -> Result<redis::Connection> {
+    /// A new connection, its socket timeouts set to `budget`.
+    fn connect(&self, budget: Duration) -> std::result::Result<redis::Connection, Fault> {
         let conn = self
             .client
-            .get_connection_with_timeout(IO_TIMEOUT)
-            .map_err(|e| backend_err(format!("cannot reach {}: {e}", self.url)))?;
-        conn.set_read_timeout(Some(IO_TIMEOUT))
-            .and_then(|()| conn.set_write_timeout(Some(IO_TIMEOUT)))
-            .map_err(|e| backend_err(format!("{}: {e}", self.url)))?;
+            .get_connection_with_timeout(budget)
+            .map_err(|e| match Fault::of(&e, budget) {
+                Fault::TimedOut(d) => Fault::TimedOut(d),
+                _ => Fault::Unreachable(e.to_string()),
+            })?;
+        conn.set_read_timeout(Some(budget))
+            .and_then(|()| conn.set_write_timeout(Some(budget)))
+            .map_err(|e| Fault::Unreachable(e.to_string()))?;
         Ok(conn)
     }
 
-    /// Runs `f` on a pooled connection. A connection that fails is dropped with every
-    /// idle one (after a restart or failover they are all stale), and the failure is
-    /// reported, never retried: the step may or may not have happened.
+    /// Runs `f` on a connection, as `allow` allows: a step whose connection broke
+    /// (after a restart or failover every pooled one is stale) is sent again once, on a
+    /// fresh connection, if sending it twice does no harm; a waiter's step keeps being retried, with
+    /// backoff, while the server cannot be reached, until its deadline (or for
+    /// [`OUTAGE`]). Anything else is reported: the step may or may not have happened.
     fn with_conn<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        allow: Allow,
+        f: &dyn Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
+        let mut retried = false;
+        let mut backoff = Duration::from_millis(50);
+        let mut give_up = allow.deadline;
+        loop {
+            let fault = match self.attempt(allow.budget(self.timeout), f) {
+                Ok(t) => return Ok(t),
+                Err(fault) => fault,
+            };
+            if allow.idempotent && fault.transient() {
+                if matches!(fault, Fault::Broken(_)) && !retried {
+                    retried = true;
+                    continue;
+                }
+                if allow.patient {
+                    let now = Instant::now();
+                    let until = *give_up.get_or_insert(now + OUTAGE);
+                    if now < until {
+                        std::thread::sleep(backoff.min(until - now));
+                        backoff = (backoff * 2).min(POLL);
+                        continue;
+                    }
+                }
+            }
+            return Err(fault.into_error(&self.url));
+        }
+    }
+
+    /// One attempt of [`Inner::with_conn`], given `budget`.
+    fn attempt<T>(
+        &self,
+        budget: Duration,
+        f: &dyn Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> std::result::Result<T, Fault> {
         let pooled = {
             let mut pool = lock(&self.pool);
             let pid = crate::owner::pid();
@@ -531,38 +804,47 @@ impl Inner {
             pool.1.pop()
         };
         let mut conn = match pooled {
-            Some(c) => c,
-            None => self.connect()?,
+            Some((conn, set)) => {
+                if set != budget {
+                    conn.set_read_timeout(Some(budget))
+                        .and_then(|()| conn.set_write_timeout(Some(budget)))
+                        .map_err(|e| Fault::of(&e, budget))?;
+                }
+                conn
+            }
+            None => self.connect(budget)?,
         };
         match f(&mut conn) {
             Ok(t) => {
-                self.put_back(conn);
+                self.put_back(conn, budget);
                 Ok(t)
             }
             Err(e) => {
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
                     && !e.is_connection_dropped()
                 {
-                    self.put_back(conn);
+                    self.put_back(conn, budget);
                 } else {
+                    // A connection that timed out may still get the late answer: never
+                    // reuse it. One that broke says the others are stale too.
                     lock(&self.pool).1.clear();
                 }
-                Err(backend_err(format!("{}: {e}", self.url)))
+                Err(Fault::of(&e, budget))
             }
         }
     }
 
-    fn put_back(&self, conn: redis::Connection) {
+    fn put_back(&self, conn: redis::Connection, budget: Duration) {
         let mut pool = lock(&self.pool);
         if pool.0 == crate::owner::pid() {
-            pool.1.push(conn);
+            pool.1.push((conn, budget));
         }
     }
 
-    fn eval(&self, keys: &[String; 4], args: &[String]) -> Result<Vec<Value>> {
+    fn eval(&self, keys: &[String; 5], args: &[String], allow: Allow) -> Result<Vec<Value>> {
         if self.functions {
             let cmd = fcall_cmd(keys, args);
-            let value: Value = self.with_conn(|c| match cmd.query(c) {
+            let value: Value = self.with_conn(allow, &|c| match cmd.query(c) {
                 Err(e) if no_function(&e) => {
                     load_library_cmd().query::<String>(c)?;
                     cmd.query(c)
@@ -572,50 +854,102 @@ impl Inner {
             return into_array(value);
         }
         let call = script_call(keys, args);
-        let value: Value = self.with_conn(|c| call.invoke(c))?;
+        let value: Value = self.with_conn(allow, &|c| call.invoke(c))?;
         into_array(value)
     }
 
-    async fn manager(&self) -> Result<redis::aio::ConnectionManager> {
-        self.manager
-            .get_or_try_init(|| async {
+    async fn manager(
+        &self,
+        budget: Duration,
+    ) -> std::result::Result<redis::aio::ConnectionManager, Fault> {
+        let made = tokio::time::timeout(
+            budget,
+            self.manager.get_or_try_init(|| async {
                 let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(IO_TIMEOUT))
-                    .set_connection_timeout(Some(IO_TIMEOUT))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_connection_timeout(Some(self.timeout))
                     .set_number_of_retries(2);
                 self.client
                     .get_connection_manager_with_config(config)
                     .await
-                    .map_err(|e| backend_err(format!("cannot reach {}: {e}", self.url)))
-            })
-            .await
-            .cloned()
+                    .map_err(|e| Fault::Unreachable(e.to_string()))
+            }),
+        )
+        .await;
+        match made {
+            Ok(Ok(m)) => Ok(m.clone()),
+            Ok(Err(f)) => Err(f),
+            Err(_) => Err(Fault::TimedOut(budget)),
+        }
     }
 
-    /// [`Inner::eval`] on the async connection; runs on the Redis runtime.
-    async fn eval_async(&self, keys: &[String; 4], args: &[String]) -> Result<Vec<Value>> {
-        let mut conn = self.manager().await?;
-        if self.functions {
-            let cmd = fcall_cmd(keys, args);
-            let value: Value = match cmd.query_async(&mut conn).await {
-                Err(e) if no_function(&e) => {
-                    load_library_cmd()
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .map_err(|e| backend_err(format!("{}: {e}", self.url)))?;
-                    cmd.query_async(&mut conn).await
+    /// One attempt of [`Inner::eval_async`], given `budget`.
+    async fn attempt_async(
+        &self,
+        keys: &[String; 5],
+        args: &[String],
+        budget: Duration,
+    ) -> std::result::Result<Value, Fault> {
+        let mut conn = self.manager(budget).await?;
+        let sent = async {
+            if self.functions {
+                let cmd = fcall_cmd(keys, args);
+                match cmd.query_async(&mut conn).await {
+                    Err(e) if no_function(&e) => {
+                        load_library_cmd().query_async::<String>(&mut conn).await?;
+                        cmd.query_async(&mut conn).await
+                    }
+                    other => other,
                 }
-                other => other,
+            } else {
+                script_call(keys, args).invoke_async(&mut conn).await
             }
-            .map_err(|e| backend_err(format!("{}: {e}", self.url)))?;
-            return into_array(value);
+        };
+        match tokio::time::timeout(budget, sent).await {
+            Ok(Ok(value)) => Ok(value),
+            // (The manager reconnects on its next use.)
+            Ok(Err(e)) => Err(Fault::of(&e, budget)),
+            Err(_) => Err(Fault::TimedOut(budget)),
         }
-        let call = script_call(keys, args);
-        let value: Value = call
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| backend_err(format!("{}: {e}", self.url)))?;
-        into_array(value)
+    }
+
+    /// [`Inner::eval`] on the async connection; runs on the Redis runtime. Retries as
+    /// [`Inner::with_conn`] does, unless `stop` says the caller went away.
+    async fn eval_async(
+        &self,
+        keys: &[String; 5],
+        args: &[String],
+        allow: Allow,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<Value>> {
+        let mut retried = false;
+        let mut backoff = Duration::from_millis(50);
+        let mut give_up = allow.deadline;
+        loop {
+            let fault = match self
+                .attempt_async(keys, args, allow.budget(self.timeout))
+                .await
+            {
+                Ok(value) => return into_array(value),
+                Err(fault) => fault,
+            };
+            if allow.idempotent && fault.transient() && !stop() {
+                if matches!(fault, Fault::Broken(_)) && !retried {
+                    retried = true;
+                    continue;
+                }
+                if allow.patient {
+                    let now = Instant::now();
+                    let until = *give_up.get_or_insert(now + OUTAGE);
+                    if now < until {
+                        tokio::time::sleep(backoff.min(until - now)).await;
+                        backoff = (backoff * 2).min(POLL);
+                        continue;
+                    }
+                }
+            }
+            return Err(fault.into_error(&self.url));
+        }
     }
 
     /// [`Inner::eval_async`], from any executor, and safe to cancel: if the caller
@@ -626,6 +960,7 @@ impl Inner {
         resolved: &Arc<Resolved>,
         args: Vec<String>,
         undo: Undo,
+        allow: Allow,
     ) -> Result<Vec<Value>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let inner = self.clone();
@@ -633,7 +968,10 @@ impl Inner {
         let done = Arc::new(Done::default());
         let finished = done.clone();
         runtime()?.spawn(async move {
-            let out = inner.eval_async(&resolved.keys, &args).await;
+            let out = {
+                let gone = || tx.is_closed();
+                inner.eval_async(&resolved.keys, &args, allow, &gone).await
+            };
             if let Err(Ok(values)) = tx.send(out) {
                 inner.undo(&resolved, undo, &values).await;
             }
@@ -648,6 +986,7 @@ impl Inner {
         let mut settle = Settle {
             done,
             armed: matches!(undo, Undo::Acquire(_)),
+            bound: 2 * self.timeout + POLL,
         };
         let out = rx.await;
         settle.armed = false;
@@ -665,7 +1004,11 @@ impl Inner {
             }
             _ => return,
         };
-        if let Err(e) = self.eval_async(&resolved.keys, &args).await {
+        let never = || false;
+        if let Err(e) = self
+            .eval_async(&resolved.keys, &args, Allow::once(true), &never)
+            .await
+        {
             tracing::warn!(error = %e, "could not undo a cancelled acquisition");
         }
     }
@@ -682,6 +1025,8 @@ struct Done {
 struct Settle {
     done: Arc<Done>,
     armed: bool,
+    /// The longest it waits.
+    bound: Duration,
 }
 
 impl Drop for Settle {
@@ -689,7 +1034,7 @@ impl Drop for Settle {
         if !self.armed {
             return;
         }
-        let deadline = Instant::now() + 2 * IO_TIMEOUT;
+        let deadline = Instant::now() + self.bound;
         loop {
             let listener = self.done.event.listen();
             if self.done.flag.load(std::sync::atomic::Ordering::Acquire) {
@@ -710,19 +1055,27 @@ enum Undo {
     Acquire(Option<u64>),
 }
 
-impl Backend for RedisBackend {
-    fn step(&self, key: &Key, op: Op) -> Result<Reply> {
+impl RedisBackend {
+    /// A step, as `allow` allows. Owners the reply names whose processes are gone (on
+    /// this host) are reaped first, and the step is taken again.
+    fn step_with(&self, key: &Key, op: Op, allow: Allow) -> Result<Reply> {
         let resolved = self.resolve(key);
         let args = encode(&op);
-        let (reply, dead) = decode(self.inner.eval(&resolved.keys, &args)?, key.name())?;
+        let (reply, dead) = decode(self.inner.eval(&resolved.keys, &args, allow)?, key.name())?;
         if dead.is_empty() {
             return Ok(reply);
         }
-        self.inner.eval(&resolved.keys, &reap_args(dead))?;
-        Ok(decode(self.inner.eval(&resolved.keys, &args)?, key.name())?.0)
+        self.inner
+            .eval(&resolved.keys, &reap_args(dead), Allow::once(true))?;
+        Ok(decode(self.inner.eval(&resolved.keys, &args, allow)?, key.name())?.0)
     }
 
-    fn step_async<'a>(&'a self, key: &'a Key, op: Op) -> BoxFuture<'a, Result<Reply>> {
+    fn step_with_async<'a>(
+        &'a self,
+        key: &'a Key,
+        op: Op,
+        allow: Allow,
+    ) -> BoxFuture<'a, Result<Reply>> {
         let resolved = self.resolve(key);
         let inner = self.inner.clone();
         Box::pin(async move {
@@ -731,17 +1084,64 @@ impl Backend for RedisBackend {
                 _ => Undo::Nothing,
             };
             let args = encode(&op);
-            let values = inner.eval_detached(&resolved, args.clone(), undo).await?;
+            let values = inner
+                .eval_detached(&resolved, args.clone(), undo, allow)
+                .await?;
             let (reply, dead) = decode(values, key.name())?;
             if dead.is_empty() {
                 return Ok(reply);
             }
             inner
-                .eval_detached(&resolved, reap_args(dead), Undo::Nothing)
+                .eval_detached(&resolved, reap_args(dead), Undo::Nothing, Allow::once(true))
                 .await?;
-            let values = inner.eval_detached(&resolved, args, undo).await?;
+            let values = inner.eval_detached(&resolved, args, undo, allow).await?;
             Ok(decode(values, key.name())?.0)
         })
+    }
+}
+
+/// What a step that no waiter takes is allowed.
+fn allow_once(op: &Op) -> Allow {
+    Allow {
+        cap: matches!(op, Op::Dequeue { .. }).then_some(LEAVE_TIMEOUT),
+        ..Allow::once(idempotent(op))
+    }
+}
+
+/// What a waiter's step is allowed: its deadline, and patience while the server is
+/// away.
+fn allow_waiting(op: &Op, deadline: Option<Instant>) -> Allow {
+    Allow {
+        deadline,
+        patient: true,
+        ..allow_once(op)
+    }
+}
+
+impl Backend for RedisBackend {
+    fn step(&self, key: &Key, op: Op) -> Result<Reply> {
+        let allow = allow_once(&op);
+        self.step_with(key, op, allow)
+    }
+
+    fn step_async<'a>(&'a self, key: &'a Key, op: Op) -> BoxFuture<'a, Result<Reply>> {
+        let allow = allow_once(&op);
+        self.step_with_async(key, op, allow)
+    }
+
+    fn wait_step(&self, key: &Key, op: Op, deadline: Option<Instant>) -> Result<Reply> {
+        let allow = allow_waiting(&op, deadline);
+        self.step_with(key, op, allow)
+    }
+
+    fn wait_step_async<'a>(
+        &'a self,
+        key: &'a Key,
+        op: Op,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Reply>> {
+        let allow = allow_waiting(&op, deadline);
+        self.step_with_async(key, op, allow)
     }
 
     fn watch(&self, key: &Key, ticket: Option<u64>) -> Result<Box<dyn Watch>> {
@@ -771,11 +1171,28 @@ impl Backend for RedisBackend {
             let key = Key::new(&name);
             let resolved = self.resolve(&key);
             let args = vec!["evict".to_owned(), tag.to_owned()];
-            if let (Reply::Count(n), _) = decode(self.inner.eval(&resolved.keys, &args)?, &name)? {
+            let values = self.inner.eval(&resolved.keys, &args, Allow::once(true))?;
+            if let (Reply::Count(n), _) = decode(values, &name)? {
                 evicted += n as usize;
             }
         }
         Ok(evicted)
+    }
+
+    fn reclaim_idle(&self) -> Result<usize> {
+        let mut reclaimed = 0;
+        for name in self.scan()? {
+            let key = Key::new(&name);
+            let resolved = self.resolve(&key);
+            let args = vec!["reclaim".to_owned()];
+            if let (Reply::Count(n), _) = decode(
+                self.inner.eval(&resolved.keys, &args, Allow::once(true))?,
+                &name,
+            )? {
+                reclaimed += n as usize;
+            }
+        }
+        Ok(reclaimed)
     }
 
     fn default_lease(&self) -> Option<Duration> {
@@ -875,6 +1292,8 @@ fn encode(op: &Op) -> Vec<String> {
             ticket,
         }) => {
             let [k, n] = kind_args(*kind);
+            // The request's id: the same on every retry of this step (see `redis.lua`).
+            let id = ticket.unwrap_or_else(crate::owner::fresh_id);
             vec![
                 s("acq"),
                 k,
@@ -884,9 +1303,16 @@ fn encode(op: &Op) -> Vec<String> {
                 millis_arg(*lease),
                 opt_arg(tag),
                 opt_arg(ticket),
+                id.to_string(),
             ]
         }
-        Op::Release { token } => vec![s("rel"), token.to_string()],
+        // An id, as an acquisition's: a resend after a lost answer is not a second
+        // release (see `redis.lua`).
+        Op::Release { token } => vec![
+            s("rel"),
+            token.to_string(),
+            crate::owner::fresh_id().to_string(),
+        ],
         Op::ReleaseOwned {
             kind,
             owner,
@@ -916,6 +1342,10 @@ fn encode(op: &Op) -> Vec<String> {
             ticket.to_string(),
             owner_str(owner),
         ],
+        Op::CondSleep { ticket, owner } => {
+            vec![s("condsleep"), ticket.to_string(), owner_str(owner)]
+        }
+        Op::ReleaseAll { token } => vec![s("relall"), token.to_string()],
         Op::CondNotify { n } => vec![s("notify"), (*n).min(1 << 40).to_string()],
         Op::CondCheck { ticket } => vec![s("condcheck"), ticket.to_string(), s("0")],
         Op::CondCancel { ticket } => vec![s("condcheck"), ticket.to_string(), s("1")],
@@ -926,11 +1356,15 @@ fn encode(op: &Op) -> Vec<String> {
             parties,
             owner,
             tag,
+            action,
+            only_last,
         } => vec![
             s("arrive"),
             parties.to_string(),
             owner_str(owner),
             opt_arg(tag),
+            s(if *action { "1" } else { "0" }),
+            s(if *only_last { "1" } else { "0" }),
         ],
         Op::BarrierAdvance {
             parties,
@@ -939,10 +1373,12 @@ fn encode(op: &Op) -> Vec<String> {
         Op::BarrierAbort {
             parties,
             generation,
+            cause,
         } => vec![
             s("abort"),
             parties.to_string(),
             generation.map(|g| g.to_string()).unwrap_or_default(),
+            s(cause.code()),
         ],
         Op::BarrierReset { parties } => vec![s("reset"), parties.to_string()],
         Op::BarrierRead { parties } => vec![s("bread"), parties.to_string()],
@@ -954,6 +1390,7 @@ fn encode(op: &Op) -> Vec<String> {
         ],
         Op::AvgGet => vec![s("avgget")],
         Op::AvgPop => vec![s("avgpop")],
+        Op::Remove => vec![s("remove")],
     }
 }
 
@@ -1003,13 +1440,24 @@ fn opt_millis(v: Option<&Value>) -> Result<Option<Millis>> {
     Ok((x >= 0).then_some(x as Millis))
 }
 
-/// The owners among `owners` whose processes are known to be gone (on this host).
+/// The owners among `owners` whose processes are known to be gone (on this host);
+/// each process is looked at once, however many of its threads and tasks are named.
 fn dead_among(owners: &[Value]) -> Vec<String> {
-    owners
-        .iter()
-        .filter_map(|v| text(v).ok())
-        .filter(|s| parse_owner(s).is_some_and(|o| o.is_dead()))
-        .collect()
+    let mut seen: HashMap<Owner, bool> = HashMap::new();
+    let mut dead: Vec<String> = Vec::new();
+    for s in owners.iter().filter_map(|v| text(v).ok()) {
+        let Some(o) = parse_owner(&s) else { continue };
+        // Its process: the owner without its thread or task.
+        let process = Owner { thread: 0, ..o };
+        if *seen
+            .entry(process)
+            .or_insert_with_key(|process| process.is_dead())
+            && !dead.contains(&s)
+        {
+            dead.push(s);
+        }
+    }
+    dead
 }
 
 /// The reply, and the owners the reply named whose processes are gone.
@@ -1060,17 +1508,29 @@ fn decode(values: Vec<Value>, name: &str) -> Result<(Reply, Vec<String>)> {
             index: uint(v(2))? as u32,
         },
         "busy" => Reply::Busy,
+        "notlast" => Reply::NotLast,
+        "pmismatch" => Reply::PartiesMismatch {
+            parties: uint(v(1))? as u32,
+        },
+        "broke" => Reply::Broke(BrokenCause::from_code(
+            &text(v(1).unwrap_or(&Value::Nil)).unwrap_or_default(),
+        )),
         "barrier" => {
             let view = BarrierView {
                 generation: uint(v(1))?,
                 n_waiting: uint(v(2))? as u32,
                 broken: int(v(3))? != 0,
                 last_broken: opt_millis(v(4))?,
+                cause: v(5)
+                    .map(text)
+                    .transpose()?
+                    .filter(|c| !c.is_empty())
+                    .map(|c| BrokenCause::from_code(&c)),
             };
             let dead = if view.broken {
                 Vec::new()
             } else {
-                dead_among(values.get(5..).unwrap_or_default())
+                dead_among(values.get(6..).unwrap_or_default())
             };
             return Ok((Reply::Barrier(view), dead));
         }
@@ -1113,8 +1573,20 @@ fn decode(values: Vec<Value>, name: &str) -> Result<(Reply, Vec<String>)> {
                 "notowner" => Error::NotOwner { name },
                 "deadlock" => Error::WouldDeadlock { name },
                 "toomany" => Error::TooManyReleases { name },
-                "broken" => Error::BrokenBarrier { name },
+                "broken" => Error::BrokenBarrier {
+                    name,
+                    cause: BrokenCause::from_code(
+                        &text(v(2).unwrap_or(&Value::Nil)).unwrap_or_default(),
+                    ),
+                },
                 "overflow" => Error::Overflow { name },
+                "busy" => Error::Busy { name },
+                "nested" => Error::invalid(format!(
+                    "'{name}' is held {} levels deep by this owner: a condition wait takes \
+                     the lock again under a new fencing token, which the outer levels' \
+                     guards do not have; wait holding one level",
+                    text(v(2).unwrap_or(&Value::Nil)).unwrap_or_default()
+                )),
                 "mismatch" => Error::Mismatch {
                     name,
                     wanted: text(v(2).unwrap_or(&Value::Nil)).unwrap_or_default(),
@@ -1148,6 +1620,8 @@ struct Hub {
     sink: Mutex<Option<redis::aio::PubSubSink>>,
     connected: tokio::sync::Notify,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// How long connecting may take (the step timeout of the first space opened).
+    timeout: Duration,
 }
 
 /// A map of weak entries, swept of dead ones whenever it doubled since the last
@@ -1226,7 +1700,7 @@ impl Slot {
 }
 
 impl Hub {
-    fn for_server(server: &str, client: &redis::Client) -> Result<Arc<Hub>> {
+    fn for_server(server: &str, client: &redis::Client, timeout: Duration) -> Result<Arc<Hub>> {
         // Keyed by pid too: a forked child must not use its parent's subscriber.
         static HUBS: Mutex<Vec<(u32, String, Weak<Hub>)>> = Mutex::new(Vec::new());
         let pid = crate::owner::pid();
@@ -1246,6 +1720,7 @@ impl Hub {
             sink: Mutex::new(None),
             connected: tokio::sync::Notify::new(),
             task: Mutex::new(None),
+            timeout,
         });
         let task = runtime()?.spawn(subscriber(Arc::downgrade(&hub)));
         *lock(&hub.task) = Some(task);
@@ -1264,25 +1739,26 @@ impl Hub {
         }
     }
 
-    /// Subscribes to `pattern`, returning once the server confirmed it.
-    async fn subscribe(&self, pattern: String) -> Result<()> {
+    /// Subscribes to `pattern`, returning once the server confirmed it; `Err(())` if
+    /// it did not by `deadline`.
+    async fn subscribe(&self, pattern: String, deadline: Instant) -> Result<(), ()> {
         *lock(&self.patterns).entry(pattern.clone()).or_insert(0) += 1;
-        let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+        let deadline = tokio::time::Instant::from_std(deadline);
         loop {
             let notified = self.connected.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let sink = lock(&self.sink).clone();
             if let Some(mut sink) = sink {
-                if sink.psubscribe(&pattern).await.is_ok() {
+                if let Ok(Ok(())) =
+                    tokio::time::timeout_at(deadline, sink.psubscribe(&pattern)).await
+                {
                     return Ok(());
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 self.unsubscribe(&pattern);
-                return Err(backend_err(
-                    "cannot subscribe to the Redis server's wake-ups",
-                ));
+                return Err(());
             }
         }
     }
@@ -1320,10 +1796,10 @@ impl Drop for Hub {
 async fn subscriber(hub: Weak<Hub>) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let Some(client) = hub.upgrade().map(|h| h.client.clone()) else {
+        let Some((client, timeout)) = hub.upgrade().map(|h| (h.client.clone(), h.timeout)) else {
             return;
         };
-        let connected = tokio::time::timeout(IO_TIMEOUT, client.get_async_pubsub()).await;
+        let connected = tokio::time::timeout(timeout, client.get_async_pubsub()).await;
         let pubsub = match connected {
             Ok(Ok(p)) => p,
             _ => {
@@ -1338,7 +1814,10 @@ async fn subscriber(hub: Weak<Hub>) {
             let patterns: Vec<String> = lock(&h.patterns).keys().cloned().collect();
             let mut ok = true;
             for p in patterns {
-                ok &= sink.psubscribe(&p).await.is_ok();
+                ok &= matches!(
+                    tokio::time::timeout(timeout, sink.psubscribe(&p)).await,
+                    Ok(Ok(()))
+                );
             }
             if !ok {
                 continue;

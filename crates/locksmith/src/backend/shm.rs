@@ -110,10 +110,12 @@ fn is_named(state: u32) -> bool {
     state & 1 == 1
 }
 
-/// Above this share of the slots in use (7/8), creating a name first reclaims idle
-/// ones, so that probe sequences stay short.
-fn crowded(named: u64, capacity: u32) -> bool {
-    named * 8 >= u64::from(capacity) * 7
+/// How many names a table of `capacity` slots holds at once: 7/8 of it (at least 1).
+/// Past that, creating a name first reclaims idle ones, and if none are, it is
+/// refused. So probe sequences stay short (a lookup of a name the table does not hold
+/// reads a few slots, never the whole table), at the price of 1/8 of the slots.
+fn usable(capacity: u32) -> u64 {
+    (u64::from(capacity) * 7 / 8).max(1)
 }
 
 /// After a sweep that found nothing idle, the next waits this long (ms): a table full
@@ -183,9 +185,11 @@ unsafe impl AtomicBlock for RawHeader {}
 ///
 /// # Reclaiming
 ///
-/// A name is idle when its `record` is 0 (no state, no tag): only its counter is left.
-/// When creating a name finds the table crowded (7/8 of the slots named), a sweep under
-/// the `alloc` mutex reclaims every idle slot whose `lock` it can take at once: it
+/// A name is removed when its `record` is 0 (no state, no tag, no kind): only its
+/// counter is left; it is idle when its record holds its kind alone. When creating a
+/// name finds the table crowded (7/8 of the slots named), a sweep under the `alloc`
+/// mutex reclaims every removed slot whose `lock` it can take at once, or, if there
+/// is none, every idle one, whose kind is then forgotten (a warning says so): it
 /// raises the header's `token_floor` to the slot's counter, then makes `state` even.
 /// A re-created name starts from that floor, so its tokens exceed every token it had.
 /// A process that cached the slot finds `state` changed once it holds `lock`, and looks
@@ -744,15 +748,19 @@ impl Shared {
             return Ok(found);
         }
         let h = self.header();
-        if crowded(h.named.load(Ordering::Relaxed) + 1, self.capacity) {
-            self.sweep()?;
+        let full = |h: &RawHeader| h.named.load(Ordering::Relaxed) + 1 > usable(self.capacity);
+        if full(h) {
+            self.sweep(false)?;
         }
-        let Some((free, distance)) = self.free_slot(hash) else {
+        let free = if full(h) { None } else { self.free_slot(hash) };
+        let Some((free, distance)) = free else {
             return Err(Error::backend(format!(
-                "the shm: store /dev/shm/{} is full: all {} names are in use (held, waited \
-                 for, set or tagged; idle names are reclaimed when needed). Remove the \
-                 region and open it with a larger ?capacity= (e.g. shm:{}?capacity={})",
+                "the shm: store /dev/shm/{} is full: all {} names it holds at once (7/8 of \
+                 capacity={}) are in use (held, waited for, set or tagged; idle names are \
+                 reclaimed when needed). Remove the region and open it with a larger \
+                 ?capacity= (e.g. shm:{}?capacity={})",
                 self.url_name,
+                usable(self.capacity),
                 self.capacity,
                 self.url_name,
                 u64::from(self.capacity) * 2
@@ -861,17 +869,54 @@ impl Shared {
     /// `max_probe` for the names that stay; answers how many it reclaimed. The caller
     /// holds the allocation mutex. A sweep that finds nothing to reclaim holds off the
     /// next for [`SWEEP_BACKOFF`].
-    fn sweep(&self) -> Result<u64> {
+    ///
+    /// Asked for (`Space::reclaim_idle`), it forgets every idle name on purpose; by
+    /// itself, on a crowded table, it takes removed names first and only if there are
+    /// none idle names that still remember their kind, which they then forget.
+    fn sweep(&self, asked: bool) -> Result<u64> {
         let h = self.header();
         let now = now_millis();
         if now < h.sweep_after.load(Ordering::Relaxed) {
             return Ok(0);
         }
+        let mut reclaimed = self.reclaim(asked)?;
+        if reclaimed == 0 && !asked {
+            reclaimed = self.reclaim(true)?;
+            if reclaimed > 0 {
+                tracing::warn!(
+                    region = %self.url_name,
+                    reclaimed,
+                    "the shm: name table is crowded: idle names were reclaimed and their \
+                     kinds forgotten (open the region with a larger ?capacity=)"
+                );
+            }
+        }
+        self.sweep_tail(reclaimed, now)
+    }
+
+    /// Whether the record in block `word` is an idle name's kind and counter alone.
+    fn idle_with_kind(&self, word: u64) -> bool {
+        let (off, len) = split(word);
+        self.read_block(off, len)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok())
+            .is_some_and(|r| r.state.is_none() && r.tag.is_none())
+    }
+
+    /// One pass of [`Shared::sweep`]: reclaims the idle slots whose mutex is free right
+    /// now, with `with_kind` also those whose record keeps just a kind.
+    fn reclaim(&self, with_kind: bool) -> Result<u64> {
+        let h = self.header();
         let mut reclaimed = 0;
         for i in 0..self.capacity {
             let s = self.slot(i);
             let state = s.state.load(Ordering::Acquire);
-            if !is_named(state) || s.record.load(Ordering::Acquire) != 0 {
+            // Not a name somebody watches (a waiter on a clear event, whose wait must
+            // not mistake the re-created name's counter for a set).
+            if !is_named(state)
+                || (s.record.load(Ordering::Acquire) != 0 && !with_kind)
+                || s.watchers.load(Ordering::SeqCst) != 0
+            {
                 continue;
             }
             let m = self.slot_mutex(i)?;
@@ -880,7 +925,10 @@ impl Shared {
             let Some(guard) = m.try_lock()? else {
                 continue;
             };
-            if s.record.load(Ordering::Acquire) == 0 && s.state.load(Ordering::Acquire) == state {
+            let word = s.record.load(Ordering::Acquire);
+            if (word == 0 || (with_kind && self.idle_with_kind(word)))
+                && s.state.load(Ordering::Acquire) == state
+            {
                 // The floor first: a crash before the state store leaves the name
                 // where it was, with a floor that is merely higher.
                 let counter = s.next_token.load(Ordering::Acquire);
@@ -894,12 +942,23 @@ impl Shared {
                 if long {
                     self.free_locked(name_block)?;
                 }
+                if word != 0 {
+                    s.record.store(0, Ordering::Release);
+                    self.free_locked(word)?;
+                }
                 reclaimed += 1;
             }
             drop(guard);
             // Whoever still watches the old name looks it up again.
             self.notify(s, u32::MAX);
         }
+        Ok(reclaimed)
+    }
+
+    /// The end of [`Shared::sweep`]: `max_probe` recomputed, and the next sweep held
+    /// off if this one found nothing.
+    fn sweep_tail(&self, reclaimed: u64, now: Millis) -> Result<u64> {
+        let h = self.header();
         // The farthest a remaining name lies from its home slot.
         let mut longest = 0u64;
         for i in 0..self.capacity {
@@ -951,7 +1010,7 @@ impl Shared {
         if s.next_token.load(Ordering::Relaxed) != record.next_token {
             s.next_token.store(record.next_token, Ordering::Release);
         }
-        let new = if record.state.is_none() && record.tag.is_none() {
+        let new = if record.state.is_none() && record.tag.is_none() && record.kind.is_none() {
             0
         } else {
             let bytes = serde_json::to_vec(record)
@@ -1207,6 +1266,23 @@ impl Backend for ShmBackend {
         }
         names.sort();
         Ok(names)
+    }
+
+    fn reclaim_idle(&self) -> Result<usize> {
+        let m = self.shared.alloc_mutex()?;
+        let _guard = m.lock()?;
+        // Asked for: no back-off from an earlier sweep that found nothing.
+        self.shared.header().sweep_after.store(0, Ordering::Relaxed);
+        Ok(self.shared.sweep(true)? as usize)
+    }
+
+    fn usage(&self) -> Option<crate::Usage> {
+        let h = self.shared.header();
+        Some(crate::Usage {
+            names: h.named.load(Ordering::Relaxed),
+            limit: usable(self.shared.capacity),
+            reclaimed: h.reclaimed.load(Ordering::Relaxed),
+        })
     }
 
     fn evict_tag(&self, tag: &str) -> Result<usize> {

@@ -149,6 +149,18 @@ impl Handle {
         self.space.backend.step_async(&self.key, op).await
     }
 
+    /// A step of a waiter that waits until `deadline` (see [`crate::backend::Backend::wait_step`]).
+    pub(crate) fn wait_step(&self, op: Op, deadline: Option<Instant>) -> Result<Reply> {
+        self.space.backend.wait_step(&self.key, op, deadline)
+    }
+
+    pub(crate) async fn wait_step_async(&self, op: Op, deadline: Option<Instant>) -> Result<Reply> {
+        self.space
+            .backend
+            .wait_step_async(&self.key, op, deadline)
+            .await
+    }
+
     /// Retries `attempt` until it is done or `deadline` passes (`Ok(None)`), sleeping
     /// on the store's change notifications in between. The watch is taken before each
     /// attempt, so a change between an attempt and the sleep is never missed.
@@ -161,7 +173,7 @@ impl Handle {
     ) -> Result<Option<T>> {
         loop {
             let watch = self.space.backend.watch(&self.key, ticket)?;
-            match judge(self.step(op())?)? {
+            match judge(self.wait_step(op(), deadline)?)? {
                 Step::Done(t) => return Ok(Some(t)),
                 Step::Wait(retry_at) => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -183,7 +195,7 @@ impl Handle {
     ) -> Result<Option<T>> {
         loop {
             let watch = self.space.backend.watch(&self.key, ticket)?;
-            match judge(self.step_async(op()).await?)? {
+            match judge(self.wait_step_async(op(), deadline).await?)? {
                 Step::Done(t) => return Ok(Some(t)),
                 Step::Wait(retry_at) => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {

@@ -10,9 +10,13 @@ mod asyncs;
 mod barriers;
 mod conditions;
 mod events;
+mod forms;
 mod inputs;
+mod kinds;
+mod lease_loss;
 mod locks;
 mod processes;
+mod reclaim;
 #[cfg(feature = "redis")]
 mod redis;
 mod seeds;
@@ -180,7 +184,11 @@ fn main() {
             tests.extend(conditions::tests());
             tests.extend(barriers::tests());
             tests.extend(inputs::tests());
+            tests.extend(kinds::tests());
+            tests.extend(forms::tests());
             tests.extend(seeds::tests());
+            tests.extend(reclaim::tests());
+            tests.extend(lease_loss::tests());
         }
         tests.extend(asyncs::tests());
         if store.cross_process {

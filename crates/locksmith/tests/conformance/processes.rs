@@ -39,7 +39,7 @@ pub fn tests() -> Vec<Test> {
     ]
 }
 
-const SEP: char = '\u{1f}';
+pub const SEP: char = '\u{1f}';
 
 /// Starts this test binary in a child role.
 fn spawn(role: &[&str], stdout: Stdio) -> Child {
@@ -120,6 +120,14 @@ pub fn child_main(role: &str) -> i32 {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number and changes only this process's
     // own death signal: if the test process dies, so does this child.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // A child posing as another host (in a UTS namespace of its own).
+    if let Ok(name) = std::env::var("LOCKSMITH_CHILD_HOSTNAME") {
+        // SAFETY: sethostname reads `len` bytes from a live buffer.
+        if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+            eprintln!("child: sethostname: {}", std::io::Error::last_os_error());
+            return 2;
+        }
+    }
     let args: Vec<&str> = role.split(SEP).collect();
     let space = match Space::open(args.get(1).copied().unwrap_or("")) {
         Ok(space) => space,
@@ -215,6 +223,12 @@ pub fn child_main(role: &str) -> i32 {
                 }
             }
             0
+        }
+        ["queue", _, name] => {
+            // Waits in the queue until killed.
+            let got = space.lock(name).acquire_timeout(Duration::from_secs(600));
+            eprintln!("child: a queued waiter was not killed: {got:?}");
+            5
         }
         ["hold", _, name] => {
             let guard = space

@@ -34,6 +34,30 @@ pub fn tests() -> Vec<Test> {
             "redis::same_hostname_other_boot_is_not_reaped",
             same_hostname_other_boot_is_not_reaped,
         ),
+        (
+            "redis::item9_sigkilled_waiter_on_this_host_is_skipped",
+            killed_waiter_here,
+        ),
+        (
+            "redis::item9_sigkilled_waiter_on_another_host_costs_at_most_the_claim_bound",
+            killed_waiter_elsewhere,
+        ),
+        (
+            "redis::item10_aof_restart_keeps_the_hold_and_the_waiters",
+            aof_restart,
+        ),
+        (
+            "redis::item10_a_step_whose_answer_was_lost_is_sent_again_and_applied_once",
+            lost_answer,
+        ),
+        (
+            "redis::item11_a_silent_server_times_out_within_the_deadline",
+            silent_server,
+        ),
+        (
+            "redis::item13_a_foreign_server_error_is_one_line",
+            foreign_server,
+        ),
     ]
 }
 
@@ -76,7 +100,14 @@ fn free_port() -> u16 {
 /// that the server, told to die with its parent thread, dies with the process; returns
 /// once it accepts connections. Returns the server's pid.
 fn start_server(port: u16) -> Result<u32, String> {
-    let pid = spawn_via_keeper(vec!["--port".into(), port.to_string()])?;
+    start_server_with(port, &[])
+}
+
+/// [`start_server`] with more arguments, which override the suite's defaults.
+fn start_server_with(port: u16, extra: &[&str]) -> Result<u32, String> {
+    let mut args = vec!["--port".to_owned(), port.to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let pid = spawn_via_keeper(args)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if redis::Client::open(format!("redis://127.0.0.1:{port}/0"))
@@ -130,11 +161,12 @@ type SpawnRequest = (Vec<String>, mpsc::Sender<Result<u32, String>>);
 
 fn spawn_server(args: &[String]) -> Result<Child, String> {
     let mut cmd = Command::new("redis-server");
-    cmd.args(args)
-        .args(["--bind", "127.0.0.1"])
+    // The test's own arguments come last: they override these defaults.
+    cmd.args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])
         .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -185,10 +217,11 @@ fn restart(_: &Store) {
     let lock = space.lock("x");
     let held = lock.acquire().unwrap();
     assert!(held.token() >= 1);
-    // A waiter blocked behind the holder when the server goes away.
+    // A waiter blocked behind the holder when the server goes away: it keeps trying
+    // until its deadline, which passes before the server is back.
     let waiter = std::thread::spawn({
         let lock = space.lock("x");
-        move || lock.acquire_timeout(Duration::from_secs(120))
+        move || lock.acquire_timeout(Duration::from_secs(3))
     });
     eventually_waiting(&space, "x");
     kill(pid);
@@ -319,16 +352,21 @@ fn no_key_leak(_: &Store) {
         drop(g);
     }
     let left = keys(&url, &prefix);
-    let expected: Vec<String> = ["barrier", "cond", "event", "lock", "rlock", "rw", "sem"]
-        .iter()
-        .map(|n| format!("{prefix}{{{n}}}"))
-        .collect();
-    assert_eq!(left, expected, "only the fencing counters stay");
+    let all = [
+        "avg", "barrier", "cond", "event", "lock", "rlock", "rw", "sem",
+    ];
+    let expected: Vec<String> = all.iter().map(|n| format!("{prefix}{{{n}}}")).collect();
+    // The averager too: it has no counter, but its name keeps its kind until removed.
+    assert_eq!(left, expected, "only the fencing counters and kinds stay");
     let mut names = space.names().unwrap();
     names.sort();
+    assert_eq!(names, all);
+    assert!(space.remove("avg").unwrap());
+    let left = keys(&url, &prefix);
     assert_eq!(
-        names,
-        ["barrier", "cond", "event", "lock", "rlock", "rw", "sem"]
+        left,
+        expected[1..],
+        "a removed name without a counter leaves nothing"
     );
 }
 
@@ -599,4 +637,408 @@ fn same_hostname_other_boot_is_not_reaped(_: &Store) {
         .unwrap()
         .expect("free once released");
     assert!(!guard.previous_owner_died());
+}
+
+// Issue 12: stalls -----------------------------------------------------------------------
+
+/// Starts this test binary as a waiter queued for `name` until it is killed; with
+/// `other_host`, in UTS, PID and mount namespaces of its own under another hostname, so
+/// that nobody can prove it dead (its owner is on "another host"). Killing the returned
+/// child SIGKILLs the waiter (`unshare --kill-child`).
+fn queued_waiter(url: &str, name: &str, other_host: bool) -> Child {
+    let role = ["queue", url, name].join(&crate::processes::SEP.to_string());
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = if other_host {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--uts", "--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(&exe)
+            .env(
+                "LOCKSMITH_CHILD_HOSTNAME",
+                format!("elsewhere-{}", unique()),
+            );
+        cmd
+    } else {
+        Command::new(&exe)
+    };
+    cmd.env("LOCKSMITH_CHILD", role)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("cannot start a waiter process")
+}
+
+/// A waiter process queued behind a holder is SIGKILLed, a second waiter queues behind
+/// it, and the holder releases: the second waiter gets the lock, with the very next
+/// token (nobody held it in between), well within its generous deadline (on 1eb87fd it
+/// waited about 30 s, past the deadline).
+fn killed_waiter(other_host: bool) {
+    let url = fresh_url();
+    let space = Space::open(&url).unwrap();
+    let lock = space.lock("line");
+    let held = lock.acquire().unwrap();
+    let mut first = queued_waiter(&url, "line", other_host);
+    crate::eventually("the first waiter queued", || {
+        space.waiting("line").unwrap_or(0) == 1
+    });
+    let second = std::thread::spawn({
+        let lock = space.lock("line");
+        move || {
+            let got = lock.acquire_timeout(Duration::from_secs(20));
+            (got.map(|g| g.map(|g| g.token())), Instant::now())
+        }
+    });
+    crate::eventually("the second waiter queued", || {
+        space.waiting("line").unwrap_or(0) == 2
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let token = held.token();
+    let released = Instant::now();
+    held.release().unwrap();
+    let (got, at) = second.join().unwrap();
+    eprintln!(
+        "killed waiter ({}): the next waiter got the lock {:?} after the release",
+        if other_host {
+            "another host"
+        } else {
+            "this host"
+        },
+        at.saturating_duration_since(released)
+    );
+    assert_eq!(
+        got.unwrap(),
+        Some(token + 1),
+        "the waiter behind a killed one gets the lock next"
+    );
+    assert_eq!(
+        space.waiting("line").unwrap(),
+        0,
+        "the killed waiter's place is gone"
+    );
+}
+
+fn killed_waiter_here(_: &Store) {
+    killed_waiter(false);
+}
+
+fn killed_waiter_elsewhere(_: &Store) {
+    killed_waiter(true);
+}
+
+/// A directory of its own under the system's temporary directory, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "locksmith-{what}-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A server with an append-only file synced on every write is SIGKILLed and started
+/// again (same port, same directory) while a lock is held and two waiters wait (and a
+/// third, between them, dies meanwhile): the holder's release succeeds, the live
+/// waiters keep waiting through the outage and get the lock afterwards, in turn (the
+/// dead one's restored place skipped within the 60 s hang guard, at most 4 s by
+/// design), and nobody is granted it while the holder holds it.
+fn aof_restart(_: &Store) {
+    let dir = TempDir::new("aof");
+    let port = free_port();
+    let args = [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        dir.0.to_str().unwrap(),
+    ];
+    let pid = start_server_with(port, &args).unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("redis://127.0.0.1:{port}/0?prefix=aof:");
+    let space = Space::open(&url).unwrap();
+    let lock = space.lock("x");
+    let held = lock.acquire().unwrap();
+    let holding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let waiter = |queued: usize| {
+        let (lock, holding) = (space.lock("x"), holding.clone());
+        let w = std::thread::spawn(move || {
+            let g = lock.acquire_timeout(Duration::from_secs(60));
+            let early = holding.load(Ordering::SeqCst);
+            (g.map(|g| g.map(|g| g.token())), early)
+        });
+        crate::eventually("the waiter queued", || {
+            space.waiting("x").unwrap_or(0) == queued
+        });
+        w
+    };
+    // Between the two, a waiter on "another host" that dies while the server is down:
+    // its place comes back with the file and must not hold the second one up for long.
+    let first = waiter(1);
+    let mut doomed = queued_waiter(&url, "x", true);
+    crate::eventually("the doomed waiter queued", || {
+        space.waiting("x").unwrap_or(0) == 2
+    });
+    let waiters = [first, waiter(3)];
+    kill(pid);
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let pid = start_server_with(port, &args).unwrap_or_else(|e| panic!("{e}"));
+    let token = held.token();
+    holding.store(false, Ordering::SeqCst);
+    held.release()
+        .expect("the holder's release after the server came back");
+    let mut tokens = Vec::new();
+    for w in waiters {
+        let (got, early) = w.join().unwrap();
+        let got = got.expect("a waiter through the restart");
+        assert!(
+            !early,
+            "a waiter was granted the lock while the holder held it"
+        );
+        tokens.push(got.expect("a waiter got the lock"));
+    }
+    tokens.sort();
+    assert_eq!(
+        tokens,
+        [token + 1, token + 2],
+        "each waiter in turn, after the holder"
+    );
+    assert_eq!(
+        space.waiting("x").unwrap(),
+        0,
+        "the dead waiter's place is gone"
+    );
+    kill(pid);
+}
+
+/// A TCP listener that accepts connections and never answers; it keeps them open.
+fn silent_listener() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for conn in listener.incoming().flatten() {
+            open.push(conn);
+        }
+    });
+    port
+}
+
+/// A loopback relay to a real server.
+struct Relay {
+    port: u16,
+    /// Set: from then on it passes nothing on, either way, on old connections and new
+    /// ones (a server that accepts and never answers).
+    silent: Arc<std::sync::atomic::AtomicBool>,
+    /// Set: the next answer from the server is dropped and its connection cut (the
+    /// step happened, its answer was lost); then it clears itself.
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn relay_to(upstream: &str) -> Relay {
+    use std::io::{Read, Write};
+    let upstream = upstream.to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pump = |mut from: std::net::TcpStream,
+                mut to: std::net::TcpStream,
+                silent: Arc<std::sync::atomic::AtomicBool>,
+                cut: Option<Arc<std::sync::atomic::AtomicBool>>| {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16384];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if cut
+                    .as_ref()
+                    .is_some_and(|c| c.swap(false, Ordering::SeqCst))
+                {
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                if !silent.load(Ordering::SeqCst) && to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            // Keep the other side open: a silent server does not hang up either.
+            let _ = to.shutdown(std::net::Shutdown::Write);
+            std::mem::forget(to);
+        });
+    };
+    std::thread::spawn({
+        let (silent, cut) = (silent.clone(), cut.clone());
+        move || {
+            let mut held = Vec::new();
+            for client in listener.incoming().flatten() {
+                if silent.load(Ordering::SeqCst) {
+                    held.push(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (to_server, to_client) =
+                    (server.try_clone().unwrap(), client.try_clone().unwrap());
+                pump(client, to_server, silent.clone(), None);
+                pump(server, to_client, silent.clone(), Some(cut.clone()));
+            }
+        }
+    });
+    Relay { port, silent, cut }
+}
+
+/// Runs `f` on a thread; its result, or a panic if it takes longer than the generous
+/// `guard` (it hung).
+fn within<T: Send + 'static>(guard: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(guard)
+        .unwrap_or_else(|_| panic!("no answer within {guard:?}: hung"))
+}
+
+fn assert_timed_out(what: &str, e: &Error) {
+    let msg = e.to_string();
+    assert!(
+        matches!(e, Error::Backend(_)) && msg.contains("timed out waiting for the Redis server"),
+        "{what}: {msg}"
+    );
+    assert!(!msg.contains('\n'), "{what}: not one line: {msg:?}");
+}
+
+/// The upstream address (`host:port`) of the suite's server.
+fn upstream() -> String {
+    let rest = server_url().trim_start_matches("redis://");
+    let rest = rest.rsplit('@').next().unwrap();
+    rest.split('/').next().unwrap().to_owned()
+}
+
+/// Steps whose answer is lost on a cut connection (they reached the server) are sent
+/// again on a fresh connection, and count once: a semaphore's permit is taken once,
+/// given back once, a re-entered RLock's count goes down by one (on 1eb87fd the first
+/// acquisition failed with "unexpected end of file").
+fn lost_answer(_: &Store) {
+    let prefix = format!("lost{}:", unique());
+    let relay = relay_to(&upstream());
+    let space = Space::open(&format!(
+        "redis://127.0.0.1:{}/0?prefix={prefix}",
+        relay.port
+    ))
+    .unwrap();
+    let direct = Space::open(&with_prefix(server_url(), &prefix)).unwrap();
+    let cut = |what: &str, f: &mut dyn FnMut()| {
+        relay.cut.store(true, Ordering::SeqCst);
+        f();
+        assert!(
+            !relay.cut.load(Ordering::SeqCst),
+            "{what}: no answer was cut"
+        );
+    };
+    let sem = space.semaphore("s", 3);
+    let mut permit = None;
+    cut("acquire", &mut || {
+        permit = Some(sem.acquire().expect("an acquisition whose answer was lost"))
+    });
+    assert_eq!(
+        direct.holders("s").unwrap().len(),
+        1,
+        "one permit taken, not two"
+    );
+    let mut permit = permit;
+    cut("release", &mut || {
+        permit
+            .take()
+            .unwrap()
+            .release()
+            .expect("a release whose answer was lost")
+    });
+    assert!(
+        direct.holders("s").unwrap().is_empty(),
+        "the permit is back"
+    );
+    // Re-entry: one release of two takes the count down by one.
+    let rlock = space.rlock("r");
+    let outer = rlock.acquire().unwrap();
+    let mut inner = Some(rlock.acquire().unwrap());
+    cut("inner release", &mut || {
+        inner.take().unwrap().release().expect("an inner release")
+    });
+    let holders = direct.holders("r").unwrap();
+    assert_eq!(holders.len(), 1, "the outer hold stays");
+    assert_eq!(holders[0].count, 1, "the count went down by one");
+    outer.release().unwrap();
+    assert!(direct.holders("r").unwrap().is_empty());
+}
+
+/// A server that accepts connections but never answers: a waiter with a 200 ms
+/// deadline, and an open, each give up with "timed out waiting for the server" (on
+/// 1eb87fd each waited 20 s, then said "Resource temporarily unavailable").
+fn silent_server(_: &Store) {
+    let Relay { port, silent, .. } = relay_to(&upstream());
+    let url = format!("redis://127.0.0.1:{port}/0?prefix=silent{}:", unique());
+    let space = Space::open(&url).unwrap();
+    let lock = space.lock("x");
+    drop(lock.acquire().unwrap());
+    silent.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let got = within(Duration::from_secs(30), move || {
+        lock.acquire_timeout(Duration::from_millis(200))
+            .map(|g| g.is_some())
+    });
+    eprintln!(
+        "acquire_timeout(200ms), silent server: {:?}",
+        started.elapsed()
+    );
+    assert_timed_out("acquire_timeout(200ms)", &got.unwrap_err());
+    // Opening one: the step timeout of the URL.
+    let port = silent_listener();
+    let url = format!("redis://127.0.0.1:{port}/0?timeout=500ms");
+    let started = Instant::now();
+    let opened = within(Duration::from_secs(30), move || Space::open(&url).map(drop));
+    eprintln!(
+        "open with timeout=500ms, silent server: {:?}",
+        started.elapsed()
+    );
+    assert_timed_out("open", &opened.unwrap_err());
+}
+
+/// Something else than Redis on the port (here a web server's answer): the error is
+/// one line.
+fn foreign_server(_: &Store) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
+                  Connection: close\r\n\r\nnot a web request\r\n",
+            );
+        }
+    });
+    let url = format!("redis://127.0.0.1:{port}/0?timeout=5s");
+    let e = within(Duration::from_secs(30), move || Space::open(&url).map(drop))
+        .expect_err("a web server is no Redis server");
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Backend(_)), "{msg}");
+    assert!(
+        !msg.contains('\n') && !msg.contains('\r'),
+        "not one line: {msg:?}"
+    );
 }

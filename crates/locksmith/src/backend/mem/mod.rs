@@ -24,8 +24,22 @@ use crate::{Error, Result};
 
 #[derive(Debug, Default)]
 pub(crate) struct MemBackend {
-    slots: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
+    slots: Mutex<Slots>,
 }
+
+/// The names and what reclaiming them left behind.
+#[derive(Debug, Default)]
+struct Slots {
+    map: HashMap<Arc<str>, Arc<Slot>>,
+    /// The highest fencing counter of any reclaimed name: a name created (again)
+    /// starts from it, so its tokens exceed every token it had before.
+    token_floor: u64,
+    /// Creating a name when the map holds this many sweeps idle names first.
+    sweep_at: usize,
+}
+
+/// The fewest names at which creating one sweeps idle names away.
+const SWEEP_FLOOR: usize = 1024;
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -42,6 +56,9 @@ struct SlotInner {
     /// One event per queued ticket (permit waiters, condition sleepers).
     tickets: HashMap<u64, Arc<Event>>,
 }
+
+/// The kind the fast path's word stands for.
+const LOCK: model::Kind = model::Kind::Permits(model::PermitKind::Lock);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state machine never panics midway through a change, so a poisoned slot
@@ -85,12 +102,67 @@ impl MemBackend {
 
     fn slot(&self, key: &Key) -> Arc<Slot> {
         key.cached(|| {
-            lock(&self.slots)
-                .entry(key.name().into())
-                .or_default()
-                .clone()
+            let mut slots = lock(&self.slots);
+            if let Some(slot) = slots.map.get(key.name()) {
+                return slot.clone();
+            }
+            if slots.map.len() >= slots.sweep_at.max(SWEEP_FLOOR) {
+                sweep(&mut slots);
+                slots.sweep_at = slots.map.len().saturating_mul(2);
+            }
+            let slot = Arc::new(Slot::default());
+            // A new name's counter starts at the floor, in the record and in the
+            // fast path's word alike.
+            lock(&slot.inner).record.next_token = slots.token_floor;
+            slot.fast.fold();
+            slot.fast.unfold(slots.token_floor);
+            slots.map.insert(key.name().into(), slot.clone());
+            slot
         })
     }
+}
+
+/// Drops every idle name nobody refers to (no handle has it cached, nobody waits on
+/// it): only the map holds it, so nobody can step on it while it goes, and whoever
+/// names it next gets a fresh slot counting on from the floor. Answers how many went.
+///
+/// Removed names (nothing but a counter) go first; only if there are none do idle
+/// names that keep their kind go, forgetting it (as a crowded `shm:` table does).
+fn sweep(slots: &mut Slots) -> usize {
+    let removed = sweep_pass(slots, false);
+    if removed > 0 {
+        return removed;
+    }
+    let forgotten = sweep_pass(slots, true);
+    if forgotten > 0 {
+        tracing::debug!(
+            forgotten,
+            "mem: idle names reclaimed, their kinds forgotten"
+        );
+    }
+    forgotten
+}
+
+fn sweep_pass(slots: &mut Slots, with_kind: bool) -> usize {
+    let mut floor = slots.token_floor;
+    let before = slots.map.len();
+    let now = now_millis();
+    slots.map.retain(|_, slot| {
+        if Arc::strong_count(slot) > 1 {
+            return true;
+        }
+        let mut inner = lock(&slot.inner);
+        fold(slot, &mut inner, now);
+        let record = &inner.record;
+        let idle =
+            record.state.is_none() && record.tag.is_none() && (with_kind || record.kind.is_none());
+        if idle {
+            floor = floor.max(inner.record.next_token);
+        }
+        !idle
+    });
+    slots.token_floor = floor;
+    before - slots.map.len()
 }
 
 impl Backend for MemBackend {
@@ -120,13 +192,22 @@ impl Backend for MemBackend {
     }
 
     fn names(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> = lock(&self.slots).keys().map(|k| k.to_string()).collect();
+        let mut names: Vec<String> = lock(&self.slots)
+            .map
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
         names.sort();
         Ok(names)
     }
 
+    fn reclaim_idle(&self) -> Result<usize> {
+        // Asked for: every idle name goes, kind and all.
+        Ok(sweep_pass(&mut lock(&self.slots), true))
+    }
+
     fn evict_tag(&self, tag: &str) -> Result<usize> {
-        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).map.values().cloned().collect();
         let mut evicted = 0;
         for slot in slots {
             let mut inner = lock(&slot.inner);
@@ -142,16 +223,22 @@ impl Backend for MemBackend {
     }
 }
 
-/// One step on `slot`: the fast word folded into the record, the state machine
-/// applied, the waiters it concerns woken, and the fast path opened again if the
-/// record is left idle.
-fn step(slot: &Slot, key: &Key, op: Op) -> Result<Reply> {
-    let mut inner = lock(&slot.inner);
-    let now = now_millis();
+/// Moves the fast path's word into the record (the slow path's turn).
+fn fold(slot: &Slot, inner: &mut SlotInner, now: Millis) {
+    let lock = Some(LOCK);
     match slot.fast.fold() {
         Folded::Slow => {}
-        Folded::Free { last_token } => inner.record.next_token = last_token,
+        Folded::Free { last_token } => {
+            // A token handed out through the word: a Lock used the name first.
+            if last_token != inner.record.next_token && inner.record.kind.is_none() {
+                inner.record.kind = lock;
+            }
+            inner.record.next_token = last_token
+        }
         Folded::Held { token, holder } => {
+            if inner.record.kind.is_none() {
+                inner.record.kind = lock;
+            }
             let owner = match holder {
                 0 => Owner::some_task(),
                 thread => Owner::with_thread(thread),
@@ -161,6 +248,15 @@ fn step(slot: &Slot, key: &Key, op: Op) -> Result<Reply> {
             inner.record.state = Some(model::lock_held(token, owner, now));
         }
     }
+}
+
+/// One step on `slot`: the fast word folded into the record, the state machine
+/// applied, the waiters it concerns woken, and the fast path opened again if the
+/// record is left idle.
+fn step(slot: &Slot, key: &Key, op: Op) -> Result<Reply> {
+    let mut inner = lock(&slot.inner);
+    let now = now_millis();
+    fold(slot, &mut inner, now);
     let ctx = Ctx {
         now,
         is_dead: None,
@@ -194,7 +290,11 @@ fn step(slot: &Slot, key: &Key, op: Op) -> Result<Reply> {
         }
     }
     // Also after a failed op: the record may be idle, and the path must not stay shut.
-    if inner.record.state.is_none() && inner.record.tag.is_none() {
+    // Only for a name that is a Lock or no kind yet: the word knows no other kind.
+    if inner.record.state.is_none()
+        && inner.record.tag.is_none()
+        && (inner.record.kind.is_none() || inner.record.kind == Some(LOCK))
+    {
         slot.fast.unfold(inner.record.next_token);
     }
     result.map(|(reply, _)| reply)
