@@ -35,8 +35,12 @@
 //!   waiter retries: that retry is what notices a holder whose process died, and
 //!   keeps a live queued waiter from being expired (after 5 s without a retry).
 //!
-//! The file is sparse: pages of the table and the arena cost memory only once touched,
-//! so opening a region does no per-slot work whatever its capacity.
+//! Creating a region reserves the header, the bells and the slot table in `/dev/shm`
+//! (`posix_fallocate`), since lookups may read any slot; the arena stays sparse and
+//! is reserved a block at a time when the bump allocator first hands it out. A page
+//! is thus never touched before it is allocated: a full `/dev/shm` is an error of the
+//! step that needed room, never a `SIGBUS`. Opening an existing region does no
+//! per-slot work whatever its capacity.
 //!
 //! # Crash safety
 //!

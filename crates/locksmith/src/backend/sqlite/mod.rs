@@ -12,7 +12,10 @@
 //! | `tag` | the tag, for [`Backend::evict_tag`]; NULL when untagged or free |
 //! | `state` | the live state as JSON; NULL when the primitive is free |
 //!
-//! A free primitive leaves just `(name, token, NULL, NULL)`. The file carries
+//! A free primitive leaves just `(name, token, NULL, NULL)`, until
+//! [`Backend::reclaim_idle`] deletes such rows; it first raises `token_floor` in the
+//! `meta` table to the highest `token` it deletes, and a name without a row starts from
+//! that floor, so a name used again never repeats a token. The file carries
 //! `PRAGMA application_id` = `LKSM` and `PRAGMA user_version` = the schema version, so
 //! a foreign or newer file is refused rather than misread.
 //!
