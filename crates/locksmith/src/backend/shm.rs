@@ -1486,6 +1486,27 @@ mod tests {
     }
 
     #[test]
+    fn item13_a_miss_on_a_full_table_reads_a_few_slots_not_the_table() {
+        let name = unique("miss");
+        let _c = Cleanup(name.clone());
+        let b = ShmBackend::open(&format!("{name}?capacity=4096")).unwrap();
+        let sh = &b.shared;
+        let usable = usable(4096) as u32;
+        for i in 0..usable {
+            sh.find_or_create(&format!("job-{i}")).unwrap();
+        }
+        assert_eq!(sh.header().named.load(Ordering::Relaxed), u64::from(usable));
+        // Every lookup, hit or miss, stops after `max_probe + 1` slots (before: a miss
+        // on a full table read all 4096).
+        let longest = sh.header().max_probe.load(Ordering::Relaxed);
+        assert!(longest < 4096 / 8, "the longest probe is {longest} slots");
+        for i in 0..100 {
+            let missing = format!("missing-{i}");
+            assert_eq!(sh.probe(&missing, fnv1a(missing.as_bytes())).unwrap(), None);
+        }
+    }
+
+    #[test]
     fn racing_creators_get_one_slot() {
         let name = unique("race");
         let _c = Cleanup(name.clone());
