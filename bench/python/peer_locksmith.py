@@ -6,7 +6,7 @@ and redis-py's Lock. compare.sh builds the package (release) into the bench venv
 import os
 import tempfile
 
-from common import main, per_op
+from common import main, per_op, ping_pong
 
 
 def run(out, budget, scratch):
@@ -35,6 +35,16 @@ def run(out, budget, scratch):
                 lambda: per_op(budget, mutex_cycle))
     out.measure("uncontended", "locksmith.sync Mutex with (Python)", "Lock", note,
                 lambda: per_op(budget, mutex_with))
+
+    from locksmith.sync import Semaphore as PlacedSemaphore
+
+    sems = (PlacedSemaphore(None, 0), PlacedSemaphore(None, 0))  # own shared mappings
+    for sem in sems:
+        sem.initialize()
+    out.measure("pingpong", "locksmith.sync Semaphore (Python)", "Semaphore",
+                "placed in an anonymous shared mapping; fork",
+                lambda: ping_pong(budget, lambda: sems, lambda s: s.release(),
+                                  lambda s: s.acquire(timeout=None)))
 
     mp_lock = multiprocessing.get_context("fork").Lock()
 

@@ -117,6 +117,24 @@ impl Owner {
         Owner::with_thread(fresh_id() | TASK_BIT)
     }
 
+    /// Whether this owner is a task (an async or acquisition-owned hold), not a
+    /// thread.
+    pub(crate) fn is_task(&self) -> bool {
+        self.thread & TASK_BIT != 0
+    }
+
+    /// Whether both owners belong to one process.
+    pub(crate) fn same_process(&self, other: &Owner) -> bool {
+        (self.boot, self.machine, self.pidns, self.pid, self.start)
+            == (
+                other.boot,
+                other.machine,
+                other.pidns,
+                other.pid,
+                other.start,
+            )
+    }
+
     /// The owner the mem store records for an async hold it granted without asking
     /// who took it (its lock fast path): any one task of this process.
     pub(crate) fn some_task() -> Owner {

@@ -267,8 +267,10 @@ impl Space {
     /// they carry no tag), so that a store does not keep a counter for every name it
     /// ever saw; answers how many it forgot. Fencing tokens never go back: the store
     /// keeps the highest counter of the names it forgot, and a name used again counts
-    /// on from there. `shm:` also does this by itself when its table fills up, `mem:`
-    /// as its map grows; `sqlite:` and Redis only when asked.
+    /// on from there. A forgotten name forgets its kind too (see [`Space::remove`]).
+    /// `shm:` also does this by itself when its table fills up, `mem:` as its map
+    /// grows, taking removed names first and idle names that keep a kind only if there
+    /// are none; `sqlite:` and Redis only when asked.
     pub fn reclaim_idle(&self) -> Result<usize> {
         self.inner.backend.reclaim_idle()
     }
@@ -389,6 +391,25 @@ impl Space {
     /// primitives were dropped.
     pub fn evict_tag(&self, tag: &str) -> Result<usize> {
         self.inner.backend.evict_tag(tag)
+    }
+
+    /// Removes the name `name` on purpose: forgets the kind and parameters it was
+    /// first used with, so that it may be used as any primitive afterwards. Its
+    /// fencing counter stays (tokens keep counting up). Refused with [`Error::Busy`]
+    /// while the name is in use (held, waited for, a set event, a filling or broken
+    /// barrier, an averager with values); answers whether the name had a kind.
+    ///
+    /// Until removed (or evicted, [`Space::evict_tag`], or forgotten with every idle
+    /// name, [`Space::reclaim_idle`]), every use of a name with
+    /// another kind or other parameters is [`Error::Mismatch`], whether or not the
+    /// name is in use at the time.
+    pub fn remove(&self, name: &str) -> Result<bool> {
+        let handle = self.handle(name);
+        handle.check()?;
+        match handle.step(Op::Remove)? {
+            Reply::Flag(had) => Ok(had),
+            other => Err(crate::primitives::guard_unexpected(other)),
+        }
     }
 
     /// The names this space has state or fencing counters for, sorted.

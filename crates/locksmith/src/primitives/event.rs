@@ -101,6 +101,13 @@ impl Event {
         Ok(seen.is_some())
     }
 
+    /// The `try_` form of [`Event::wait`]: whether the flag is set now, never waiting
+    /// (the same as [`Event::is_set`]).
+    pub fn try_wait(&self) -> Result<bool> {
+        self.handle.check()?;
+        Ok(self.read()?.0)
+    }
+
     /// Waits until the flag is set; returns `true`.
     pub fn wait(&self) -> Result<bool> {
         self.wait_until(None)

@@ -84,6 +84,10 @@ impl Lock {
         Lock { handle }
     }
 
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     fn kind(&self) -> Result<PermitKind> {
         Ok(KIND)
     }

@@ -17,7 +17,7 @@ mod semaphore;
 pub use averager::Averager;
 pub use barrier::Barrier;
 pub use bounded_semaphore::BoundedSemaphore;
-pub use condition::{Condition, Sleeper};
+pub use condition::{Condition, ConditionLock, Sleeper};
 pub use event::{Event, EventMark};
 pub(crate) use guard::unexpected as guard_unexpected;
 pub use guard::Guard;

@@ -351,7 +351,11 @@ fn other_waits(store: &Store) {
         // Notify until the sleeper was there to be woken: a notify with no sleeper
         // wakes nobody and changes nothing.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while cond.notify(1).unwrap() == 0 {
+        let notify = || async {
+            let _g = cond.acquire_async().await.unwrap();
+            cond.notify(1).unwrap()
+        };
+        while notify().await == 0 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the sleeper never slept"

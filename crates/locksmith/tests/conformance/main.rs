@@ -10,7 +10,9 @@ mod asyncs;
 mod barriers;
 mod conditions;
 mod events;
+mod forms;
 mod inputs;
+mod kinds;
 mod lease_loss;
 mod locks;
 mod processes;
@@ -182,6 +184,8 @@ fn main() {
             tests.extend(conditions::tests());
             tests.extend(barriers::tests());
             tests.extend(inputs::tests());
+            tests.extend(kinds::tests());
+            tests.extend(forms::tests());
             tests.extend(seeds::tests());
             tests.extend(reclaim::tests());
             tests.extend(lease_loss::tests());
