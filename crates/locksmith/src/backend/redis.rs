@@ -38,7 +38,9 @@
 //!
 //! A primitive nobody holds, waits for or has set keeps one key, `{prefix}{name}`, with
 //! its fencing counter (`{"t":N}`), so tokens never go back; everything else is deleted
-//! the moment the primitive is idle.
+//! the moment the primitive is idle. [`Backend::reclaim_idle`] deletes those keys too,
+//! after raising the prefix's floor, `{prefix}token-floor`, to their counters: a name
+//! without a key counts on from the floor.
 
 use std::collections::HashMap;
 use std::fmt;
