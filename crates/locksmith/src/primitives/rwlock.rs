@@ -85,6 +85,16 @@ impl RwLock {
         RwLock { handle }
     }
 
+    /// The read side, as an [`crate::Acquirable`].
+    pub fn reader(&self) -> crate::RwLockReader {
+        crate::RwLockReader(self.clone())
+    }
+
+    /// The write side, as an [`crate::Acquirable`].
+    pub fn writer(&self) -> crate::RwLockWriter {
+        crate::RwLockWriter(self.clone())
+    }
+
     lease_options!();
     side!(
         Mode::Shared,
