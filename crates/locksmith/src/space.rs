@@ -73,6 +73,21 @@ pub(crate) struct SpaceInner {
     pub keeper: Keeper,
     /// Holds detached from their guards here, for the handles' `release()`.
     pub detached: crate::primitives::detached::Detached,
+    /// Told of every release on drop that failed ([`Space::on_drop_error`]).
+    pub drop_hooks: std::sync::RwLock<Vec<DropHook>>,
+}
+
+/// A hook of [`Space::on_drop_error`].
+pub(crate) type DropHook = Arc<dyn Fn(&str, &Error) + Send + Sync>;
+
+impl SpaceInner {
+    /// Tells the hooks that dropping the guard of `name` failed with `error`.
+    pub(crate) fn dropped_with(&self, name: &str, error: &Error) {
+        let hooks = self.drop_hooks.read().unwrap_or_else(|e| e.into_inner());
+        for hook in hooks.iter() {
+            hook(name, error);
+        }
+    }
 }
 
 impl fmt::Debug for Space {
@@ -227,6 +242,7 @@ impl Space {
                 backend,
                 keeper: Keeper::new(),
                 detached: Default::default(),
+                drop_hooks: Default::default(),
             }),
         })
     }
@@ -391,6 +407,38 @@ impl Space {
     /// primitives were dropped.
     pub fn evict_tag(&self, tag: &str) -> Result<usize> {
         self.inner.backend.evict_tag(tag)
+    }
+
+    /// Calls `hook(name, error)` whenever dropping a guard of this space fails to
+    /// release its hold: most often [`Error::LeaseLost`] (the lease lapsed, or the hold
+    /// was force-released or evicted, so the section may not have been exclusive), or a
+    /// store error. A drop cannot return an error, so without a hook such failures
+    /// reach only a `tracing` warning (target `locksmith`); [`crate::Guard::release`]
+    /// returns them instead. Hooks run on the dropping thread, in the order they were
+    /// added, and are kept for the life of the space (every clone shares them); a hook
+    /// must not panic, and should be quick.
+    ///
+    /// ```
+    /// # fn main() -> locksmith::Result<()> {
+    /// use std::sync::{Arc, Mutex};
+    /// let space = locksmith::Space::open("mem:")?;
+    /// let lost = Arc::new(Mutex::new(Vec::new()));
+    /// space.on_drop_error({
+    ///     let lost = lost.clone();
+    ///     move |name, error| lost.lock().unwrap().push(format!("{name}: {error}"))
+    /// });
+    /// let guard = space.lock("job").acquire()?;
+    /// space.force_release("job")?;     // an operator breaks the hold
+    /// drop(guard);                     // the release fails: the hook hears of it
+    /// assert_eq!(lost.lock().unwrap().len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn on_drop_error(&self, hook: impl Fn(&str, &Error) + Send + Sync + 'static) {
+        self.inner
+            .drop_hooks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(hook));
     }
 
     /// Removes the name `name` on purpose: forgets the kind and parameters it was

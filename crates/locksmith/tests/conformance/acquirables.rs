@@ -17,7 +17,40 @@ pub fn tests() -> Vec<Test> {
             "acquirable::a_moved_guard_releases_but_the_acquirer_stays_owner",
             moved_guard,
         ),
+        (
+            "guard::a_release_on_drop_that_fails_reaches_the_spaces_hooks",
+            drop_hook,
+        ),
     ]
+}
+
+fn drop_hook(store: &Store) {
+    let space = store.open();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Hooks are the space's: a clone adds to the same list.
+    space.clone().on_drop_error({
+        let heard = heard.clone();
+        move |name, error| heard.lock().unwrap().push((name.to_owned(), error.errno()))
+    });
+    // A clean drop is not reported.
+    drop(space.lock("fine").acquire().unwrap());
+    drop(space.semaphore("sem", 2).acquire().unwrap());
+    assert!(heard.lock().unwrap().is_empty());
+    // An operator breaks the hold; the guard's drop then fails.
+    let guard = space.lock("job").acquire().unwrap();
+    assert_eq!(space.force_release("job").unwrap(), 1);
+    drop(guard);
+    let permit = space.semaphore("sem", 2).tag("t").acquire().unwrap();
+    assert_eq!(space.evict_tag("t").unwrap(), 1);
+    drop(permit);
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [
+            ("job".to_owned(), libc::ENOLCK),
+            ("sem".to_owned(), libc::ENOLCK)
+        ],
+        "each failed drop is told once, as LeaseLost"
+    );
 }
 
 /// Exclusive use through the trait alone, in every form.
