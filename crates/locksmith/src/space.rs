@@ -362,10 +362,52 @@ impl Space {
         Ok(self.inspect(name)?.1)
     }
 
+    /// Async [`Space::holders`]: never blocks the executor thread on a network store.
+    pub async fn holders_async(&self, name: &str) -> Result<Vec<Holder>> {
+        Ok(self.inspect_async(name).await?.0)
+    }
+
+    /// Async [`Space::waiting`].
+    pub async fn waiting_async(&self, name: &str) -> Result<usize> {
+        Ok(self.inspect_async(name).await?.1)
+    }
+
+    /// Async [`Space::force_release`].
+    pub async fn force_release_async(&self, name: &str) -> Result<usize> {
+        let handle = self.handle(name);
+        handle.check()?;
+        tracing::warn!(name, "force-releasing every hold");
+        match handle.step_async(Op::ForceRelease).await? {
+            Reply::Count(n) => Ok(n as usize),
+            other => Err(crate::primitives::guard_unexpected(other)),
+        }
+    }
+
+    /// Async [`Space::remove`].
+    pub async fn remove_async(&self, name: &str) -> Result<bool> {
+        let handle = self.handle(name);
+        handle.check()?;
+        match handle.step_async(Op::Remove).await? {
+            Reply::Flag(had) => Ok(had),
+            other => Err(crate::primitives::guard_unexpected(other)),
+        }
+    }
+
+    async fn inspect_async(&self, name: &str) -> Result<(Vec<Holder>, usize)> {
+        let handle = self.handle(name);
+        handle.check()?;
+        let reply = handle.step_async(Op::Holders).await?;
+        Self::holders_of(reply)
+    }
+
     fn inspect(&self, name: &str) -> Result<(Vec<Holder>, usize)> {
         let handle = self.handle(name);
         handle.check()?;
-        match handle.step(Op::Holders)? {
+        Self::holders_of(handle.step(Op::Holders)?)
+    }
+
+    fn holders_of(reply: Reply) -> Result<(Vec<Holder>, usize)> {
+        match reply {
             Reply::Holders { holders, waiting } => Ok((
                 holders
                     .into_iter()
@@ -445,7 +487,8 @@ impl Space {
     /// first used with, so that it may be used as any primitive afterwards. Its
     /// fencing counter stays (tokens keep counting up). Refused with [`Error::Busy`]
     /// while the name is in use (held, waited for, a set event, a filling or broken
-    /// barrier, an averager with values); answers whether the name had a kind.
+    /// barrier, an averager with values, or a lock whose hold was cut short and whose
+    /// next holder has not been told yet); answers whether the name had a kind.
     ///
     /// Until removed (or evicted, [`Space::evict_tag`], or forgotten with every idle
     /// name, [`Space::reclaim_idle`]), every use of a name with

@@ -264,5 +264,8 @@ fn mutex_errors_name_the_mutex_they_are_about() {
     assert_ne!(ma, mb, "two mutexes, two messages");
     let _g = a.lock().unwrap();
     let again = a.try_lock().unwrap_err().to_string();
-    assert!(again.contains("placed at") && again.contains("deadlock"), "{again}");
+    assert!(
+        again.contains("placed at") && again.contains("deadlock"),
+        "{again}"
+    );
 }

@@ -134,6 +134,23 @@ impl Guard {
         }
     }
 
+    /// Async [`Guard::is_held`]: never blocks the executor thread on a network store.
+    pub async fn is_held_async(&self) -> Result<bool> {
+        if !self.held || self.lease.as_ref().is_some_and(|l| l.is_lost()) {
+            return Ok(false);
+        }
+        match self
+            .handle
+            .step_async(Op::Check {
+                token: self.grant.token,
+            })
+            .await?
+        {
+            Reply::Flag(held) => Ok(held),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Resolves when the lease renewal finds the hold gone (it lapsed, the store lost
     /// it, or an operator broke it). Never resolves for a hold without a kept-alive
     /// lease.
