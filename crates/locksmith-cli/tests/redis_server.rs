@@ -39,7 +39,7 @@ fn one_line(stderr: &[u8]) -> String {
 #[test]
 fn item11_a_silent_redis_server_times_out_with_one_line() {
     let port = silent_port();
-    // The URL's step timeout, and the default one (5 s).
+    // The URL's step timeout, and the default one (10 s).
     for store in [
         format!("redis://127.0.0.1:{port}/0?timeout=300ms"),
         format!("redis://127.0.0.1:{port}/0"),

@@ -165,7 +165,7 @@ pub enum BrokenCause {
     /// [`Barrier::abort`](crate::Barrier::abort), or an async wait dropped before
     /// its generation passed.
     Aborted,
-    /// [`Barrier::reset`] while parties waited.
+    /// [`Barrier::reset`](crate::Barrier::reset) while parties waited.
     Reset,
     /// A party's wait ran out of time.
     TimedOut,

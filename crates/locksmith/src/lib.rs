@@ -32,8 +32,8 @@ mod space;
 pub use error::{BackendError, BrokenCause, Error, Result};
 pub use primitives::handle::MAX_NAME_LEN;
 pub use primitives::{
-    Averager, Barrier, BoundedSemaphore, Condition, ConditionLock, Event, EventMark, Guard, Lock,
-    Ownership, RLock, RwLock, Semaphore, Sleeper,
+    Acquirable, Averager, Barrier, BoundedSemaphore, Condition, ConditionLock, Event, EventMark,
+    Guard, Lock, Ownership, RLock, RwLock, RwLockReader, RwLockWriter, Semaphore, Sleeper,
 };
 pub use space::{Holder, Liveness, Space, Usage};
 

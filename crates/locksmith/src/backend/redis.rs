@@ -38,7 +38,9 @@
 //!
 //! A primitive nobody holds, waits for or has set keeps one key, `{prefix}{name}`, with
 //! its fencing counter (`{"t":N}`), so tokens never go back; everything else is deleted
-//! the moment the primitive is idle.
+//! the moment the primitive is idle. [`Backend::reclaim_idle`] deletes those keys too,
+//! after raising the prefix's floor, `{prefix}token-floor`, to their counters: a name
+//! without a key counts on from the floor.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -83,8 +85,16 @@ const FRONT: i64 = 16;
 const REFRESH: Duration = Duration::from_millis(WAITER_TTL / 3);
 
 /// How long one step may wait for the server's answer, unless the URL says otherwise
-/// (`?timeout=`): past it, the step fails with "timed out waiting for the server".
-pub(crate) const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// (`?timeout=`): past it, the step fails with "timed out waiting for the server". It
+/// counts from when the step starts, so it must leave room for a busy process: with
+/// ten thousand async waiters in one process on a loaded machine, steps took over 5 s.
+pub(crate) const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long opening a space may wait, in all, for the server to confirm the wake-up
+/// subscription, once it answered a first step: the confirmation comes on the
+/// process's one subscriber connection, behind the wake-ups of every waiter of the
+/// process (ten thousand async waiters make a queue).
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
 
 /// The shortest time an attempt is given, even when the caller's deadline is closer
 /// (or passed): a waiter's last look at its deadline, and the step that records a
@@ -616,8 +626,11 @@ impl RedisBackend {
         let client = parsed.client(url)?;
         let prefix = parsed.prefix.clone();
         let timeout = parsed.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT);
-        // Opening is one step: it waits for the server as long as one step may.
-        let deadline = Instant::now() + timeout;
+        // Opening is one step: it waits for the server's first answer as long as one
+        // step may. Once the server answered, the subscription's confirmation may wait
+        // longer, behind the wake-ups of a busy process (see SUBSCRIBE_WAIT).
+        let opened = Instant::now();
+        let deadline = opened + timeout;
         let hub = Hub::for_server(&parsed.identity(), &client, timeout)?;
         let pattern = format!("{}*", glob_escape(&prefix));
         let mut inner = Inner {
@@ -658,6 +671,7 @@ impl RedisBackend {
         lock(&inner.pool).1.push((conn, budget));
         let subscribed = block_on({
             let hub = hub.clone();
+            let deadline = opened + timeout.max(SUBSCRIBE_WAIT);
             async move { hub.subscribe(pattern, deadline).await }
         });
         let backend = RedisBackend {
@@ -668,7 +682,7 @@ impl RedisBackend {
                 "timed out waiting for the Redis server {} to confirm a subscription \
                  (no answer within {})",
                 backend.inner.url,
-                millis(timeout)
+                millis(timeout.max(SUBSCRIBE_WAIT))
             )))
         })?;
         Ok(backend)

@@ -35,8 +35,12 @@
 //!   waiter retries: that retry is what notices a holder whose process died, and
 //!   keeps a live queued waiter from being expired (after 5 s without a retry).
 //!
-//! The file is sparse: pages of the table and the arena cost memory only once touched,
-//! so opening a region does no per-slot work whatever its capacity.
+//! Creating a region reserves the header, the bells and the slot table in `/dev/shm`
+//! (`posix_fallocate`), since lookups may read any slot; the arena stays sparse and
+//! is reserved a block at a time when the bump allocator first hands it out. A page
+//! is thus never touched before it is allocated: a full `/dev/shm` is an error of the
+//! step that needed room, never a `SIGBUS`. Opening an existing region does no
+//! per-slot work whatever its capacity.
 //!
 //! # Crash safety
 //!
@@ -1527,6 +1531,27 @@ mod tests {
         assert_eq!(b.names().unwrap(), vec!["fourth", "third"]);
         // Another capacity than the region's is refused, not silently ignored.
         assert!(ShmBackend::open(&format!("{name}?capacity=4")).is_err());
+    }
+
+    #[test]
+    fn item13_a_miss_on_a_full_table_reads_a_few_slots_not_the_table() {
+        let name = unique("miss");
+        let _c = Cleanup(name.clone());
+        let b = ShmBackend::open(&format!("{name}?capacity=4096")).unwrap();
+        let sh = &b.shared;
+        let usable = usable(4096) as u32;
+        for i in 0..usable {
+            sh.find_or_create(&format!("job-{i}")).unwrap();
+        }
+        assert_eq!(sh.header().named.load(Ordering::Relaxed), u64::from(usable));
+        // Every lookup, hit or miss, stops after `max_probe + 1` slots (before: a miss
+        // on a full table read all 4096).
+        let longest = sh.header().max_probe.load(Ordering::Relaxed);
+        assert!(longest < 4096 / 8, "the longest probe is {longest} slots");
+        for i in 0..100 {
+            let missing = format!("missing-{i}");
+            assert_eq!(sh.probe(&missing, fnv1a(missing.as_bytes())).unwrap(), None);
+        }
     }
 
     #[test]

@@ -133,6 +133,56 @@ impl Barrier {
         }
     }
 
+    async fn read_async(&self) -> Result<BarrierView> {
+        self.check()?;
+        match self
+            .handle
+            .step_async(Op::BarrierRead {
+                parties: self.parties,
+            })
+            .await?
+        {
+            Reply::Barrier(view) => Ok(view),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Async [`Barrier::n_waiting`]: never blocks the executor thread on a network
+    /// store.
+    pub async fn n_waiting_async(&self) -> Result<u32> {
+        let view = self.read_async().await?;
+        Ok(if view.broken { 0 } else { view.n_waiting })
+    }
+
+    /// Async [`Barrier::is_broken`].
+    pub async fn is_broken_async(&self) -> Result<bool> {
+        Ok(self.read_async().await?.broken)
+    }
+
+    /// Async [`Barrier::abort`].
+    pub async fn abort_async(&self) -> Result<()> {
+        self.check()?;
+        self.handle
+            .step_async(Op::BarrierAbort {
+                parties: self.parties,
+                generation: None,
+                cause: BrokenCause::Aborted,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Async [`Barrier::reset`].
+    pub async fn reset_async(&self) -> Result<()> {
+        self.check()?;
+        self.handle
+            .step_async(Op::BarrierReset {
+                parties: self.parties,
+            })
+            .await?;
+        Ok(())
+    }
+
     /// How many parties are waiting in the current generation.
     pub fn n_waiting(&self) -> Result<u32> {
         let view = self.read()?;

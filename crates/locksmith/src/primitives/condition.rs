@@ -298,6 +298,32 @@ impl Condition {
         }
     }
 
+    /// Async [`Condition::notify`]: never blocks the executor thread on a network
+    /// store.
+    pub async fn notify_async(&self, n: usize) -> Result<usize> {
+        self.sleepers.check()?;
+        self.handle.check()?;
+        if !permit::held_here_async(&self.handle).await? {
+            return Err(Error::NotHeld {
+                name: self.handle.name().to_owned(),
+            });
+        }
+        match self.sleepers.step_async(Op::CondNotify { n }).await? {
+            Reply::Count(k) => Ok(k as usize),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Async [`Condition::notify_all`].
+    pub async fn notify_all_async(&self) -> Result<usize> {
+        self.notify_async(usize::MAX).await
+    }
+
+    /// Async [`Condition::is_locked`].
+    pub async fn is_locked_async(&self) -> Result<bool> {
+        permit::is_held_async(&self.handle).await
+    }
+
     /// Whether anyone holds the condition's lock now.
     pub fn is_locked(&self) -> Result<bool> {
         crate::primitives::permit::is_held(&self.handle)

@@ -13,7 +13,11 @@ use crate::{Error, Result};
 /// Proof of a hold on a lock, a semaphore permit, or a read or write side of an RwLock.
 ///
 /// Dropping the guard releases the hold; [`Guard::release`] does the same and reports
-/// what went wrong, if anything. A guard is `Send` and `'static`, so it can be kept
+/// what went wrong, if anything. A drop cannot report: a release on drop that fails
+/// (above all [`Error::LeaseLost`], the sign that the section may not have been
+/// exclusive) is logged as a `tracing` warning and passed to the hooks of
+/// [`crate::Space::on_drop_error`]. To see every lost hold, call `release()`, add a
+/// hook, or watch [`Guard::lease_lost`] while holding. A guard is `Send` and `'static`, so it can be kept
 /// across `.await` points and moved between threads and tasks.
 ///
 /// ```
@@ -125,6 +129,23 @@ impl Guard {
         match self.handle.step(Op::Check {
             token: self.grant.token,
         })? {
+            Reply::Flag(held) => Ok(held),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Async [`Guard::is_held`]: never blocks the executor thread on a network store.
+    pub async fn is_held_async(&self) -> Result<bool> {
+        if !self.held || self.lease.as_ref().is_some_and(|l| l.is_lost()) {
+            return Ok(false);
+        }
+        match self
+            .handle
+            .step_async(Op::Check {
+                token: self.grant.token,
+            })
+            .await?
+        {
             Reply::Flag(held) => Ok(held),
             other => Err(unexpected(other)),
         }
@@ -344,6 +365,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         if let Err(e) = self.release_now() {
             tracing::warn!(name = self.handle.name(), error = %e, "release on drop failed");
+            self.handle.space.dropped_with(self.handle.name(), &e);
         }
     }
 }

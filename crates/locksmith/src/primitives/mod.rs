@@ -1,5 +1,6 @@
 //! The primitives, each written once over the backend trait.
 
+mod acquirable;
 mod averager;
 mod barrier;
 mod bounded_semaphore;
@@ -14,6 +15,7 @@ mod rlock;
 mod rwlock;
 mod semaphore;
 
+pub use acquirable::{Acquirable, RwLockReader, RwLockWriter};
 pub use averager::Averager;
 pub use barrier::Barrier;
 pub use bounded_semaphore::BoundedSemaphore;

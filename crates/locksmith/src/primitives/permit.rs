@@ -263,6 +263,38 @@ pub(crate) fn held_here(handle: &Handle) -> Result<bool> {
     }
 }
 
+/// Async [`is_held`].
+pub(crate) async fn is_held_async(handle: &Handle) -> Result<bool> {
+    handle.check()?;
+    match handle.step_async(Op::Holders).await? {
+        Reply::Holders { holders, .. } => Ok(!holders.is_empty()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Async [`held_here`].
+pub(crate) async fn held_here_async(handle: &Handle) -> Result<bool> {
+    handle.check()?;
+    match handle.step_async(Op::Holders).await? {
+        Reply::Holders { holders, .. } => {
+            let me = Owner::current_thread();
+            Ok(holders
+                .iter()
+                .any(|h| h.owner == me || (h.owner.is_task() && h.owner.same_process(&me))))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Async [`value`].
+pub(crate) async fn value_async(handle: &Handle, kind: PermitKind) -> Result<u32> {
+    handle.check()?;
+    match handle.step_async(Op::Value { kind }).await? {
+        Reply::Count(n) => Ok(n.min(u64::from(u32::MAX)) as u32),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// A semaphore's free permits.
 pub(crate) fn value(handle: &Handle, kind: PermitKind) -> Result<u32> {
     handle.check()?;

@@ -73,4 +73,9 @@ impl RLock {
     pub fn is_locked(&self) -> Result<bool> {
         permit::is_held(&self.handle)
     }
+
+    /// Async [`Self::is_locked`]: never blocks the executor thread on a network store.
+    pub async fn is_locked_async(&self) -> Result<bool> {
+        permit::is_held_async(&self.handle).await
+    }
 }

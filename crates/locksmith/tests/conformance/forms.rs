@@ -18,7 +18,74 @@ pub fn tests() -> Vec<Test> {
         ),
         ("forms::run_timeout_gives_up_without_running", run_timeout),
         ("forms::event_and_barrier_try_forms", try_forms),
+        ("forms::store_steps_have_async_forms", store_steps_async),
     ]
+}
+
+fn store_steps_async(store: &Store) {
+    let space = store.open();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let lock = space.lock("l");
+        assert!(!lock.is_locked_async().await.unwrap());
+        let g = lock.acquire_async().await.unwrap();
+        assert!(lock.is_locked_async().await.unwrap());
+        assert!(g.is_held_async().await.unwrap());
+        assert_eq!(space.holders_async("l").await.unwrap().len(), 1);
+        assert_eq!(space.waiting_async("l").await.unwrap(), 0);
+        assert_eq!(space.force_release_async("l").await.unwrap(), 1);
+        assert!(!g.is_held_async().await.unwrap());
+        drop(g);
+        // Busy until the next holder was told the last one was cut short.
+        assert!(matches!(
+            space.remove_async("l").await,
+            Err(Error::Busy { .. })
+        ));
+        assert!(lock.acquire_async().await.unwrap().previous_owner_died());
+        assert!(space.remove_async("l").await.unwrap());
+
+        assert!(!space.rlock("r").is_locked_async().await.unwrap());
+        assert!(!space.rwlock("w").is_locked_async().await.unwrap());
+        assert!(!space.semaphore("s", 1).is_locked_async().await.unwrap());
+        let b = space.bounded_semaphore("bs", 1);
+        let p = b.acquire_async().await.unwrap();
+        assert!(b.is_locked_async().await.unwrap());
+        drop(p);
+
+        let e = space.event("e");
+        assert!(!e.is_set_async().await.unwrap());
+        e.set_async().await.unwrap();
+        assert!(e.is_set_async().await.unwrap());
+        e.clear_async().await.unwrap();
+        assert!(!e.is_set_async().await.unwrap());
+
+        let c = space.condition("c");
+        assert!(matches!(
+            c.notify_async(1).await,
+            Err(Error::NotHeld { .. })
+        ));
+        let g = c.acquire_async().await.unwrap();
+        assert!(c.is_locked_async().await.unwrap());
+        assert_eq!(c.notify_all_async().await.unwrap(), 0);
+        drop(g);
+
+        let a = space.averager("a");
+        a.add_async(1.0).await.unwrap();
+        a.add_async(3.0).await.unwrap();
+        assert_eq!(a.get_async().await.unwrap(), Some(2.0));
+        assert_eq!(a.pop_async().await.unwrap(), Some(2.0));
+        assert_eq!(a.get_async().await.unwrap(), None);
+
+        let bar = space.barrier("b", 2);
+        assert_eq!(bar.n_waiting_async().await.unwrap(), 0);
+        bar.abort_async().await.unwrap();
+        assert!(bar.is_broken_async().await.unwrap());
+        bar.reset_async().await.unwrap();
+        assert!(!bar.is_broken_async().await.unwrap());
+    });
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -6,6 +6,7 @@
 //! processes can open; they re-execute this binary with `LOCKSMITH_CHILD` set, which
 //! [`main`] dispatches to [`processes::child_main`] before the harness starts.
 
+mod acquirables;
 mod asyncs;
 mod barriers;
 mod conditions;
@@ -186,6 +187,7 @@ fn main() {
             tests.extend(inputs::tests());
             tests.extend(kinds::tests());
             tests.extend(forms::tests());
+            tests.extend(acquirables::tests());
             tests.extend(seeds::tests());
             tests.extend(reclaim::tests());
             tests.extend(lease_loss::tests());

@@ -13,8 +13,11 @@
 //! | `state` | the live state as JSON; NULL when the primitive is free |
 //! | `kind` | the kind and parameters fixed by the name's first use, as JSON; NULL once removed |
 //!
-//! A free primitive leaves just `(name, token, NULL, NULL, kind)`. Version 1 files
-//! (without `kind`) gain the column when first opened by this build. The file carries
+//! A free primitive leaves just `(name, token, NULL, NULL, kind)`, until
+//! [`Backend::reclaim_idle`] deletes such rows; it first raises `token_floor` in the
+//! `meta` table to the highest `token` it deletes, and a name without a row starts from
+//! that floor, so a name used again never repeats a token. Version 1 files (without
+//! `kind`) gain the column when first opened by this build. The file carries
 //! `PRAGMA application_id` = `LKSM` and `PRAGMA user_version` = the schema version, so
 //! a foreign or newer file is refused rather than misread.
 //!
