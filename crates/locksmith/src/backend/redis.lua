@@ -282,8 +282,10 @@ local function acquire(kind, n, mode, owner, lease, tag, ticket, id)
     -- first waiters ahead of it, for the client's same-host liveness check.
     local r = { 'blocked', retry, rank }
     for _, h in ipairs(p.h) do r[#r + 1] = h.o end
-    local ahead = 16
-    if rank >= 0 and rank < ahead then ahead = rank end
+    -- Only a waiter near the front looks at those ahead of it (one further back, or
+    -- not yet queued, would only repeat the front's work).
+    local ahead = 0
+    if rank >= 0 and rank < 16 then ahead = rank end
     if ahead > 0 and qlen(p) > 0 then
       local front = redis.call('ZRANGE', QK, 0, ahead - 1)
       if #front > 0 then
