@@ -127,6 +127,12 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
   fi
 fi
 if [ "$VENV_OK" = 1 ]; then
+  # The locksmith package itself (peer_locksmith.py), built in release mode.
+  echo "building the locksmith Python package into $VENV (maturin, release)" >&2
+  if ! (VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" "$VENV/bin/maturin" develop --release --quiet); then
+    echo "warning: the locksmith Python package did not build; its rows are skipped" >&2
+    STATUS=1
+  fi
   SCRATCH="$OUT/scratch-py"
   mkdir -p "$SCRATCH"
   for script in "$ROOT"/bench/python/peer_*.py; do

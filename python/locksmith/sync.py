@@ -16,8 +16,16 @@ Differences from runtime.sync, all in the direction of safety: the buffer is che
 otherwise) and held exported while the Mutex lives, so it cannot be freed under it; a
 mutex whose owner died is taken over by the next acquirer, which finds
 ``mutex.previous_owner_died`` true.
+
+The placed :class:`Semaphore` (``Semaphore(buf=None, /, value=1, *, shared=True,
+bounded=False)``: ``acquire(*, timeout=1)``, ``release()``, ``value``; permits a dead
+process held come back) and :class:`Event` (``set``, ``clear``, ``is_set``,
+``wait(*, timeout=None)``) have the same shape: ``SIZE``, ``initialize()``,
+``destroy()``, ``SyncError`` with an errno.
 """
 
 from locksmith._locksmith import Mutex, SyncError
+from locksmith._locksmith import PlacedEvent as Event
+from locksmith._locksmith import PlacedSemaphore as Semaphore
 
-__all__ = ["Mutex", "SyncError"]
+__all__ = ["Event", "Mutex", "Semaphore", "SyncError"]

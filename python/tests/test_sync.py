@@ -172,3 +172,104 @@ def test_owner_killed_while_holding():
     finally:
         shm.close()
         shm.unlink()
+
+
+from locksmith.sync import Event as PlacedEvent  # noqa: E402
+from locksmith.sync import Semaphore as PlacedSemaphore  # noqa: E402
+
+
+def test_placed_semaphore():
+    sem = PlacedSemaphore(bytearray(PlacedSemaphore.SIZE), 2, bounded=True)
+    sem.initialize()
+    sem.acquire()
+    sem.acquire(timeout=None)
+    assert sem.value == 0
+    with pytest.raises(SyncError) as info:
+        sem.acquire(timeout=0)
+    assert info.value.context["errno"] == errno.EBUSY
+    with pytest.raises(SyncError) as info:
+        sem.acquire(timeout=0.02)
+    assert info.value.context["errno"] == errno.ETIMEDOUT
+    sem.release()
+    sem.release()
+    with pytest.raises(SyncError) as info:
+        sem.release()
+    assert info.value.context["errno"] == errno.EOVERFLOW
+    with sem:
+        assert sem.value == 1
+    sem.destroy()
+    with pytest.raises(SyncError) as info:
+        sem.acquire()
+    assert info.value.context["errno"] == errno.EINVAL
+
+
+def test_placed_event():
+    ev = PlacedEvent(bytearray(PlacedEvent.SIZE))
+    ev.initialize()
+    assert not ev.is_set()
+    assert ev.wait(timeout=0.01) is False
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(ev.wait(timeout=30)))
+    t.start()
+    ev.set()
+    t.join(30)
+    assert seen == [True] and ev.is_set()
+    ev.clear()
+    assert not ev.is_set()
+
+
+def _pong(name, rounds):
+    shm = SharedMemory(name=name)
+    ping = PlacedSemaphore(shm.buf[:PlacedSemaphore.SIZE])
+    pong = PlacedSemaphore(shm.buf[PlacedSemaphore.SIZE:2 * PlacedSemaphore.SIZE])
+    for _ in range(rounds):
+        ping.acquire(timeout=None)
+        pong.release()
+    del ping, pong
+    shm.close()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_placed_semaphore_ping_pong_between_processes(method):
+    size = PlacedSemaphore.SIZE
+    shm = SharedMemory(create=True, size=2 * size)
+    try:
+        ping = PlacedSemaphore(shm.buf[:size], 0)
+        pong = PlacedSemaphore(shm.buf[size:2 * size], 0)
+        ping.initialize()
+        pong.initialize()
+        p = mp.get_context(method).Process(target=_pong, args=(shm.name, 100))
+        p.start()
+        for _ in range(100):
+            ping.release()
+            pong.acquire(timeout=60)
+        p.join(60)
+        assert p.exitcode == 0
+        del ping, pong
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+def _take_permit_and_die(name):
+    shm = SharedMemory(name=name)
+    sem = PlacedSemaphore(shm.buf)
+    sem.acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_placed_semaphore_permit_of_a_killed_process_comes_back():
+    shm = SharedMemory(create=True, size=PlacedSemaphore.SIZE)
+    try:
+        sem = PlacedSemaphore(shm.buf, 1)
+        sem.initialize()
+        p = mp.get_context("fork").Process(target=_take_permit_and_die, args=(shm.name,))
+        p.start()
+        p.join(60)
+        assert p.exitcode == -signal.SIGKILL
+        sem.acquire(timeout=30)
+        sem.release()
+        del sem
+    finally:
+        shm.close()
+        shm.unlink()

@@ -106,6 +106,10 @@ pub struct RunArgs {
     /// Tag the hold, for `locksmith evict --tag`.
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
+    /// What to do to the command's processes the moment locksmith learns the hold was
+    /// lost (its lease lapsed, or it was broken or evicted); `run` then exits 3.
+    #[arg(long, value_name = "ACTION", value_enum, default_value_t = OnLost::Term)]
+    pub on_lost: OnLost,
     /// The exit code when the wait times out.
     #[arg(long, short = 'E', value_name = "N", default_value_t = error::CONFLICT)]
     pub conflict_exit_code: u8,
@@ -120,6 +124,17 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(OsString)
     )]
     pub command: Vec<OsString>,
+}
+
+/// `run --on-lost`: what happens to the command when its hold is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnLost {
+    /// Send SIGTERM to every process of the command's tree.
+    Term,
+    /// Send SIGKILL to every process of the command's tree.
+    Kill,
+    /// Let the command run on (it still learns of the loss through exit code 3).
+    Ignore,
 }
 
 /// `barrier`.
@@ -226,8 +241,17 @@ pub struct BreakArgs {
 #[derive(Debug, Args)]
 pub struct EvictArgs {
     /// Drop the primitives with this tag.
-    #[arg(long, value_name = "TAG")]
-    pub tag: String,
+    #[arg(
+        long,
+        value_name = "TAG",
+        required_unless_present = "idle",
+        conflicts_with = "idle"
+    )]
+    pub tag: Option<String>,
+    /// Forget the idle names instead (nobody holds, waits for or has set them; no tag):
+    /// their fencing tokens never go back.
+    #[arg(long)]
+    pub idle: bool,
 }
 
 /// `demo`.

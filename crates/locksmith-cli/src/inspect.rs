@@ -252,11 +252,16 @@ pub fn break_(space: &Space, a: BreakArgs) -> Outcome {
 
 /// `locksmith evict --tag TAG`.
 pub fn evict(space: &Space, a: EvictArgs) -> Outcome {
-    if a.tag.is_empty() {
+    let Some(tag) = a.tag.filter(|_| !a.idle) else {
+        let n = space.reclaim_idle()?;
+        println!("forgot {n} idle name(s)");
+        return Ok(ExitCode::SUCCESS);
+    };
+    if tag.is_empty() {
         return Err(Failure::usage("a tag must not be empty"));
     }
-    let n = space.evict_tag(&a.tag)?;
-    println!("evicted {n} primitive(s) tagged '{}'", a.tag);
+    let n = space.evict_tag(&tag)?;
+    println!("evicted {n} primitive(s) tagged '{}'", escape(&tag));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -47,9 +47,15 @@ fn dispatch(cli: Cli) -> Outcome {
     let store = cli.store.as_deref();
     // The demo explains a private store itself; everyone else is warned by `open`.
     let warn = !matches!(cli.command, Command::Demo(_) | Command::DemoWorker(_));
+    // `run` splits into two processes before anything else starts a thread, and
+    // opens the store itself (see run.rs).
+    let command = match cli.command {
+        Command::Run(a) => return run::run(store, a),
+        other => other,
+    };
     let space = args::open(store, warn)?;
-    match cli.command {
-        Command::Run(a) => run::run(&space, a),
+    match command {
+        Command::Run(_) => Err(Failure::usage("run was dispatched twice")),
         Command::Barrier(a) => prims::barrier(&space, a),
         Command::Event(a) => prims::event(&space, a),
         Command::Avg(a) => prims::avg(&space, a),

@@ -25,9 +25,9 @@ pub fn barrier(space: &Space, a: BarrierArgs) -> Outcome {
             println!("{i}");
             Ok(ExitCode::SUCCESS)
         }
-        Err(locksmith::Error::BrokenBarrier { name }) => Err(Failure::new(
+        Err(locksmith::Error::BrokenBarrier { name, cause }) => Err(Failure::new(
             error::CONFLICT,
-            format!("barrier '{name}' broke (a party timed out, died or reset it)"),
+            format!("barrier '{name}' broke: {cause}"),
         )),
         Err(e) => Err(e.into()),
     }

@@ -287,3 +287,32 @@ fn item14_status_says_how_full_a_region_is() {
     assert_eq!(doc["usage"]["names"], 3, "{doc}");
     assert_eq!(doc["usage"]["limit"], 56, "{doc}");
 }
+
+#[test]
+fn item14_evict_idle_forgets_idle_names_and_tokens_go_on() {
+    let dir = TempDir::new();
+    let store = dir.sqlite();
+    let token = |name: &str| -> u64 {
+        let out = common::locksmith()
+            .args(["--store", &store, "run", "--lock", name, "--", "sh", "-c"])
+            .arg("echo $LOCKSMITH_TOKEN")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let mut last = 0;
+    for _ in 0..3 {
+        last = token("job");
+    }
+    let out = common::locksmith()
+        .args(["--store", &store, "evict", "--idle"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("forgot 1 idle name"), "{text}");
+    let doc = common::status_json(&store);
+    assert_eq!(doc["primitives"].as_array().map(Vec::len), Some(0), "{doc}");
+    assert!(token("job") > last, "the token went on past {last}");
+}

@@ -150,3 +150,11 @@ impl<T> Raise<T> for locksmith::Result<T> {
         self.map_err(|e| to_py(py, e))
     }
 }
+
+/// Whether `err` is one of the classes above (not, say, a signal handler's exception).
+pub(crate) fn is_locksmith(py: Python<'_>, err: &PyErr) -> bool {
+    classes(py)
+        .and_then(|m| m.getattr("LocksmithError"))
+        .and_then(|cls| err.value(py).is_instance(&cls))
+        .unwrap_or(false)
+}

@@ -34,6 +34,8 @@ fn _locksmith(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<semaphore::BoundedSemaphore>()?;
     m.add_class::<condition::Condition>()?;
     m.add_class::<sync::PlacedMutex>()?;
+    m.add_class::<sync::PlacedSemaphore>()?;
+    m.add_class::<sync::PlacedEvent>()?;
     m.add_class::<averager::Averager>()?;
     m.add_class::<event::Event>()?;
     m.add_class::<barrier::Barrier>()?;

@@ -6,7 +6,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use locksmith::shm::{Mutex, MutexOptions, Place, Region, ALIGN};
+use locksmith::shm::{
+    BoundedSemaphore, Event, Mutex, MutexOptions, Place, Region, Semaphore, SemaphoreOptions, ALIGN,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyAny;
 
@@ -30,6 +32,7 @@ fn placed_memory(
     py: Python<'_>,
     buf: Option<&Bound<'_, PyAny>>,
     size: usize,
+    what: &str,
 ) -> PyResult<(usize, Memory)> {
     let Some(buf) = buf.filter(|b| !b.is_none()) else {
         let region =
@@ -44,9 +47,9 @@ fn placed_memory(
         .call1((buf,))
         .map_err(|e| einval(format!("not a buffer: {e}")))?;
     if view.getattr("readonly")?.is_truthy()? {
-        return Err(einval(
-            "the buffer is read-only: a Mutex needs a writable one".into(),
-        ));
+        return Err(einval(format!(
+            "the buffer is read-only: {what} needs a writable one"
+        )));
     }
     if !view.getattr("c_contiguous")?.is_truthy()? {
         return Err(einval("the buffer is not C-contiguous".into()));
@@ -54,7 +57,7 @@ fn placed_memory(
     let len: usize = view.getattr("nbytes")?.extract()?;
     if len < size {
         return Err(einval(format!(
-            "the buffer has {len} bytes; a Mutex needs at least Mutex.SIZE = {size}"
+            "the buffer has {len} bytes; {what} needs at least SIZE = {size}"
         )));
     }
     let bytes = view.call_method1("cast", ("B",))?;
@@ -66,7 +69,7 @@ fn placed_memory(
     let ptr: usize = ctypes.getattr("addressof")?.call1((&array,))?.extract()?;
     if !ptr.is_multiple_of(ALIGN) {
         return Err(einval(format!(
-            "the buffer's address is not a multiple of {ALIGN}: place the Mutex at an aligned offset"
+            "the buffer's address is not a multiple of {ALIGN}: place {what} at an aligned offset"
         )));
     }
     Ok((ptr, Memory::Buffer(array.unbind())))
@@ -173,7 +176,7 @@ impl PlacedMutex {
         shared: bool,
         recursive: bool,
     ) -> PyResult<Self> {
-        let (ptr, memory) = placed_memory(py, buf, Mutex::SIZE)?;
+        let (ptr, memory) = placed_memory(py, buf, Mutex::SIZE, "a Mutex")?;
         Ok(PlacedMutex {
             ptr,
             shared,
@@ -245,5 +248,248 @@ impl PlacedMutex {
     ) -> PyResult<bool> {
         self.release(py)?;
         Ok(false)
+    }
+}
+
+/// A place over `len` bytes at `ptr`, kept mapped by the object that owns `ptr`.
+fn place_at<'a>(ptr: usize, len: usize) -> Place<'a> {
+    // SAFETY: every caller passes the address of at least `len` writable bytes that its
+    // `Memory` (a held buffer export, or an own mapping) keeps mapped and in place for
+    // as long as the caller, which the place's lifetime is tied to by the caller's
+    // borrow. The bytes are touched only through the placed primitive's atomics.
+    let place = unsafe { Place::from_raw(ptr as *mut u8, len) };
+    place.unwrap_or_else(|_| Place::from(&mut [][..]))
+}
+
+/// A counting semaphore placed in a buffer (`bounded=True`: releases above the
+/// initial value are refused). Permits a dead process held come back.
+#[pyclass(frozen, name = "PlacedSemaphore", module = "locksmith.sync")]
+#[derive(Debug)]
+pub struct PlacedSemaphore {
+    ptr: usize,
+    value: u32,
+    shared: bool,
+    bounded: bool,
+    _memory: Memory,
+}
+
+impl PlacedSemaphore {
+    fn semaphore(&self, py: Python<'_>) -> PyResult<Semaphore<'_>> {
+        Semaphore::attach(place_at(self.ptr, Semaphore::SIZE)).map_err(|e| from_core(py, e, false))
+    }
+}
+
+#[pymethods]
+impl PlacedSemaphore {
+    /// Bytes a Semaphore occupies at the start of its buffer.
+    #[classattr]
+    const SIZE: usize = Semaphore::SIZE;
+
+    /// A semaphore of `value` permits over `buf` (as Mutex's), or memory of its own.
+    /// Call `initialize()` once, in one process, before use.
+    #[new]
+    #[pyo3(signature = (buf=None, /, value=1, *, shared=true, bounded=false))]
+    fn new(
+        py: Python<'_>,
+        buf: Option<&Bound<'_, PyAny>>,
+        value: u32,
+        shared: bool,
+        bounded: bool,
+    ) -> PyResult<Self> {
+        let (ptr, memory) = placed_memory(py, buf, Semaphore::SIZE, "a Semaphore")?;
+        Ok(PlacedSemaphore {
+            ptr,
+            value,
+            shared,
+            bounded,
+            _memory: memory,
+        })
+    }
+
+    /// Initialises the semaphore with its `value` permits. Once, across all users.
+    fn initialize(&self, py: Python<'_>) -> PyResult<()> {
+        let place = place_at(self.ptr, Semaphore::SIZE);
+        let options = SemaphoreOptions::new().shared(self.shared);
+        let made = if self.bounded {
+            BoundedSemaphore::init_with(place, self.value, &options).map(|_| ())
+        } else {
+            Semaphore::init_with(place, self.value, &options).map(|_| ())
+        };
+        made.map_err(|e| from_core(py, e, false))
+    }
+
+    /// Destroys it: unusable (EINVAL) until `initialize()` is called again.
+    fn destroy(&self, py: Python<'_>) -> PyResult<()> {
+        self.semaphore(py)?
+            .destroy()
+            .map_err(|e| from_core(py, e, false))
+    }
+
+    /// Takes a permit: `timeout=None` waits for ever, `0` only tries (EBUSY), a
+    /// positive number waits at most that many seconds (ETIMEDOUT).
+    #[pyo3(signature = (*, timeout=Some(1.0)), text_signature = "($self, *, timeout=1.0)")]
+    fn acquire(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
+        let timeout = match timeout {
+            None => None,
+            Some(t) => {
+                Some(locksmith::shm::timeout_from_secs(t).map_err(|e| from_core(py, e, false))?)
+            }
+        };
+        let sem = self.semaphore(py)?;
+        let got = crate::wait::sliced(
+            py,
+            timeout,
+            || Ok(sem.try_acquire()?.then_some(())),
+            |slice| Ok(sem.acquire(Some(slice))?.then_some(())),
+        )
+        .map_err(|e| {
+            // Re-type the core's errors as SyncError.
+            let errno = e
+                .value(py)
+                .getattr("errno")
+                .ok()
+                .and_then(|v| v.extract::<i32>().ok());
+            if crate::errors::is_locksmith(py, &e) {
+                sync_error(py, &e.to_string(), errno.unwrap_or(libc::EIO))
+            } else {
+                e // a signal handler's exception
+            }
+        })?;
+        match got {
+            Some(()) => Ok(()),
+            None if timeout == Some(Duration::ZERO) => {
+                Err(sync_error(py, "no permit is free", libc::EBUSY))
+            }
+            None => Err(sync_error(py, "timed out", libc::ETIMEDOUT)),
+        }
+    }
+
+    /// Returns a permit (EOVERFLOW past a bounded semaphore's initial value).
+    fn release(&self, py: Python<'_>) -> PyResult<()> {
+        self.semaphore(py)?
+            .release()
+            .map_err(|e| from_core(py, e, false))
+    }
+
+    /// The free permits now.
+    #[getter]
+    fn value(&self, py: Python<'_>) -> PyResult<u32> {
+        Ok(self.semaphore(py)?.value())
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        slf.get().acquire(slf.py(), Some(1.0))?;
+        Ok(slf)
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        self.release(py)?;
+        Ok(false)
+    }
+}
+
+/// An event placed in a buffer: a waiter sees every `set()` made during its wait.
+#[pyclass(frozen, name = "PlacedEvent", module = "locksmith.sync")]
+#[derive(Debug)]
+pub struct PlacedEvent {
+    ptr: usize,
+    shared: bool,
+    _memory: Memory,
+}
+
+impl PlacedEvent {
+    fn event(&self, py: Python<'_>) -> PyResult<Event<'_>> {
+        Event::attach(place_at(self.ptr, Event::SIZE)).map_err(|e| from_core(py, e, false))
+    }
+}
+
+#[pymethods]
+impl PlacedEvent {
+    /// Bytes an Event occupies at the start of its buffer.
+    #[classattr]
+    const SIZE: usize = Event::SIZE;
+
+    /// An event over `buf` (as Mutex's), or memory of its own. Call `initialize()`
+    /// once, in one process, before use.
+    #[new]
+    #[pyo3(signature = (buf=None, /, *, shared=true))]
+    fn new(py: Python<'_>, buf: Option<&Bound<'_, PyAny>>, shared: bool) -> PyResult<Self> {
+        let (ptr, memory) = placed_memory(py, buf, Event::SIZE, "an Event")?;
+        Ok(PlacedEvent {
+            ptr,
+            shared,
+            _memory: memory,
+        })
+    }
+
+    /// Initialises the event (clear). Once, across all users.
+    fn initialize(&self, py: Python<'_>) -> PyResult<()> {
+        Event::init(place_at(self.ptr, Event::SIZE), self.shared)
+            .map(|_| ())
+            .map_err(|e| from_core(py, e, false))
+    }
+
+    /// Destroys it: unusable (EINVAL) until `initialize()` is called again.
+    fn destroy(&self, py: Python<'_>) -> PyResult<()> {
+        self.event(py)?
+            .destroy()
+            .map_err(|e| from_core(py, e, false))
+    }
+
+    /// Sets the flag and wakes every waiter.
+    fn set(&self, py: Python<'_>) -> PyResult<()> {
+        self.event(py)?.set().map_err(|e| from_core(py, e, false))
+    }
+
+    /// Clears the flag.
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
+        self.event(py)?.clear().map_err(|e| from_core(py, e, false))
+    }
+
+    /// Whether the flag is set.
+    fn is_set(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.event(py)?.is_set())
+    }
+
+    /// Waits until the flag is set, at most `timeout` seconds (None: for ever);
+    /// returns whether it was set.
+    #[pyo3(signature = (*, timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = match timeout {
+            None => None,
+            Some(t) => {
+                Some(locksmith::shm::timeout_from_secs(t).map_err(|e| from_core(py, e, false))?)
+            }
+        };
+        let event = self.event(py)?;
+        if event.is_set() {
+            return Ok(true);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let slice = match deadline {
+                None => SLICE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    left.min(SLICE)
+                }
+            };
+            if py
+                .detach(|| event.wait(Some(slice)))
+                .map_err(|e| from_core(py, e, false))?
+            {
+                return Ok(true);
+            }
+            py.check_signals()?;
+        }
     }
 }

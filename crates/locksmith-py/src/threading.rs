@@ -129,8 +129,9 @@ fn hold_cell(url: &str, name: &Option<String>) -> HoldCell {
     let Some(name) = name else {
         return HoldCell::default();
     };
-    static CELLS: Mutex<Option<HashMap<(String, String), Weak<Mutex<Option<Held>>>>>> =
-        Mutex::new(None);
+    /// Each (store URL, name)'s hold cell, while an object of it lives.
+    type Cells = HashMap<(String, String), Weak<Mutex<Option<Held>>>>;
+    static CELLS: Mutex<Option<Cells>> = Mutex::new(None);
     let mut cells = lock(&CELLS);
     let map = cells.get_or_insert_with(HashMap::new);
     map.retain(|_, w| w.strong_count() > 0);

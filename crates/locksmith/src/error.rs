@@ -49,10 +49,12 @@ pub enum Error {
     },
 
     /// The barrier was reset, aborted, or a party timed out or died (`EPIPE`).
-    #[error("barrier '{name}' is broken")]
+    #[error("barrier '{name}' is broken: {cause}")]
     BrokenBarrier {
         /// The barrier's name.
         name: String,
+        /// Why it broke.
+        cause: BrokenCause,
     },
 
     /// The holder's lease lapsed (or an operator broke the hold) before it was released;
@@ -64,7 +66,9 @@ pub enum Error {
     },
 
     /// A name is already used by a primitive of another kind or with other parameters
-    /// (`EEXIST`).
+    /// (`EEXIST`). A name's kind and parameters are fixed by its first use, whether or
+    /// not it is in use now, until it is removed on purpose
+    /// ([`Space::remove`](crate::Space::remove), [`Space::evict_tag`](crate::Space::evict_tag)).
     #[error("'{name}' is {found}, not {wanted}")]
     Mismatch {
         /// The primitive's name.
@@ -73,6 +77,14 @@ pub enum Error {
         wanted: String,
         /// What the store holds under that name, e.g. "a Semaphore of 3".
         found: String,
+    },
+
+    /// [`Space::remove`](crate::Space::remove) of a name that is in use: held, waited
+    /// for, set (an event), filling or broken (a barrier) or averaging (`EBUSY`).
+    #[error("'{name}' is in use: it can be removed only while idle")]
+    Busy {
+        /// The primitive's name.
+        name: String,
     },
 
     /// An [`Averager`](crate::Averager) add whose sum would overflow to infinity
@@ -127,6 +139,7 @@ impl Error {
             Error::BrokenBarrier { .. } => libc::EPIPE,
             Error::LeaseLost { .. } => libc::ENOLCK,
             Error::Mismatch { .. } => libc::EEXIST,
+            Error::Busy { .. } => libc::EBUSY,
             Error::Overflow { .. } => libc::ERANGE,
             Error::Damaged { .. } => libc::EBADMSG,
             Error::InvalidArgument(_) => libc::EINVAL,
@@ -142,6 +155,78 @@ impl Error {
 
     pub(crate) fn invalid(msg: impl Into<String>) -> Error {
         Error::InvalidArgument(msg.into())
+    }
+}
+
+/// Why a barrier broke ([`Error::BrokenBarrier`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum BrokenCause {
+    /// [`Barrier::abort`](crate::Barrier::abort), or an async wait dropped before
+    /// its generation passed.
+    Aborted,
+    /// [`Barrier::reset`](crate::Barrier::reset) while parties waited.
+    Reset,
+    /// A party's wait ran out of time.
+    TimedOut,
+    /// A party arrived with another number of parties (its own call is
+    /// [`Error::Mismatch`]).
+    PartiesMismatch,
+    /// Some parties of the generation passed an action and others did not (the
+    /// action runs in whichever process arrives last, so all or none must have one).
+    ActionMismatch,
+    /// The action panicked.
+    ActionFailed,
+    /// A party's process died while it waited.
+    PartyDied,
+    /// Not recorded (a placed barrier, or a store written by an older build).
+    Unknown,
+}
+
+impl fmt::Display for BrokenCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BrokenCause::Aborted => "it was aborted",
+            BrokenCause::Reset => "it was reset",
+            BrokenCause::TimedOut => "a party's wait timed out",
+            BrokenCause::PartiesMismatch => "a party arrived with another number of parties",
+            BrokenCause::ActionMismatch => "some parties passed an action and others did not",
+            BrokenCause::ActionFailed => "the action panicked",
+            BrokenCause::PartyDied => "a party's process died",
+            BrokenCause::Unknown => "the cause was not recorded",
+        })
+    }
+}
+
+impl BrokenCause {
+    /// The short name the Redis script stores.
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            BrokenCause::Aborted => "abort",
+            BrokenCause::Reset => "reset",
+            BrokenCause::TimedOut => "timeout",
+            BrokenCause::PartiesMismatch => "parties",
+            BrokenCause::ActionMismatch => "action",
+            BrokenCause::ActionFailed => "panic",
+            BrokenCause::PartyDied => "died",
+            BrokenCause::Unknown => "unknown",
+        }
+    }
+
+    /// The cause [`BrokenCause::code`] names; `Unknown` for anything else.
+    pub(crate) fn from_code(code: &str) -> BrokenCause {
+        [
+            BrokenCause::Aborted,
+            BrokenCause::Reset,
+            BrokenCause::TimedOut,
+            BrokenCause::PartiesMismatch,
+            BrokenCause::ActionMismatch,
+            BrokenCause::ActionFailed,
+            BrokenCause::PartyDied,
+        ]
+        .into_iter()
+        .find(|c| c.code() == code)
+        .unwrap_or(BrokenCause::Unknown)
     }
 }
 

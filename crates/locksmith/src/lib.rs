@@ -5,7 +5,8 @@
 //! [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`],
 //! [`Barrier`], [`Averager`] and [`RwLock`]. Every acquisition returns a [`Guard`] that
 //! releases on drop and carries a fencing token; every waiting operation has a
-//! blocking, a `try_`, a `_timeout` and an `_async` form.
+//! blocking, a `try_`, a `_timeout` and an `_async` form (a condition's wait has no
+//! `try_` form: a wait that does not wait is a release and a re-acquisition).
 //!
 //! ```
 //! # fn main() -> locksmith::Result<()> {
@@ -28,11 +29,11 @@ mod owner;
 mod primitives;
 mod space;
 
-pub use error::{BackendError, Error, Result};
+pub use error::{BackendError, BrokenCause, Error, Result};
 pub use primitives::handle::MAX_NAME_LEN;
 pub use primitives::{
-    Averager, Barrier, BoundedSemaphore, Condition, Event, EventMark, Guard, Lock, Ownership,
-    RLock, RwLock, Semaphore, Sleeper,
+    Acquirable, Averager, Barrier, BoundedSemaphore, Condition, ConditionLock, Event, EventMark,
+    Guard, Lock, Ownership, RLock, RwLock, RwLockReader, RwLockWriter, Semaphore, Sleeper,
 };
 pub use space::{Holder, Liveness, Space, Usage};
 

@@ -4,8 +4,8 @@
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,13 +40,23 @@ pub(crate) struct Owner {
 /// random base and a counter, through a bijective mix (so ids of one process never
 /// collide).
 pub(crate) fn fresh_id() -> u64 {
-    static BASE: OnceLock<u64> = OnceLock::new();
+    // The base is per process, not per address space: a forked child inherits the
+    // parent's counter, and without a base of its own would hand out the very tickets
+    // its parent hands out next (two sleepers of one condition with one ticket).
+    static BASE: AtomicU64 = AtomicU64::new(0);
+    static BASE_PID: AtomicU32 = AtomicU32::new(0);
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let base = *BASE.get_or_init(|| {
+    let me = pid();
+    let base = if BASE_PID.load(Ordering::Acquire) == me {
+        BASE.load(Ordering::Relaxed)
+    } else {
         let mut h = RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.finish()
-    });
+        h.write_u32(me);
+        let base = h.finish();
+        BASE.store(base, Ordering::Relaxed);
+        BASE_PID.store(me, Ordering::Release);
+        base
+    };
     // splitmix64's finaliser: a bijection on u64.
     let mut z = base.wrapping_add(
         COUNTER
@@ -115,6 +125,24 @@ impl Owner {
     /// acquisition is its own owner.
     pub(crate) fn new_task() -> Owner {
         Owner::with_thread(fresh_id() | TASK_BIT)
+    }
+
+    /// Whether this owner is a task (an async or acquisition-owned hold), not a
+    /// thread.
+    pub(crate) fn is_task(&self) -> bool {
+        self.thread & TASK_BIT != 0
+    }
+
+    /// Whether both owners belong to one process.
+    pub(crate) fn same_process(&self, other: &Owner) -> bool {
+        (self.boot, self.machine, self.pidns, self.pid, self.start)
+            == (
+                other.boot,
+                other.machine,
+                other.pidns,
+                other.pid,
+                other.start,
+            )
     }
 
     /// The owner the mem store records for an async hold it granted without asking

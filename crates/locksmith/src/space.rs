@@ -73,6 +73,21 @@ pub(crate) struct SpaceInner {
     pub keeper: Keeper,
     /// Holds detached from their guards here, for the handles' `release()`.
     pub detached: crate::primitives::detached::Detached,
+    /// Told of every release on drop that failed ([`Space::on_drop_error`]).
+    pub drop_hooks: std::sync::RwLock<Vec<DropHook>>,
+}
+
+/// A hook of [`Space::on_drop_error`].
+pub(crate) type DropHook = Arc<dyn Fn(&str, &Error) + Send + Sync>;
+
+impl SpaceInner {
+    /// Tells the hooks that dropping the guard of `name` failed with `error`.
+    pub(crate) fn dropped_with(&self, name: &str, error: &Error) {
+        let hooks = self.drop_hooks.read().unwrap_or_else(|e| e.into_inner());
+        for hook in hooks.iter() {
+            hook(name, error);
+        }
+    }
 }
 
 impl fmt::Debug for Space {
@@ -227,6 +242,7 @@ impl Space {
                 backend,
                 keeper: Keeper::new(),
                 detached: Default::default(),
+                drop_hooks: Default::default(),
             }),
         })
     }
@@ -267,8 +283,10 @@ impl Space {
     /// they carry no tag), so that a store does not keep a counter for every name it
     /// ever saw; answers how many it forgot. Fencing tokens never go back: the store
     /// keeps the highest counter of the names it forgot, and a name used again counts
-    /// on from there. `shm:` also does this by itself when its table fills up, `mem:`
-    /// as its map grows; `sqlite:` and Redis only when asked.
+    /// on from there. A forgotten name forgets its kind too (see [`Space::remove`]).
+    /// `shm:` also does this by itself when its table fills up, `mem:` as its map
+    /// grows, taking removed names first and idle names that keep a kind only if there
+    /// are none; `sqlite:` and Redis only when asked.
     pub fn reclaim_idle(&self) -> Result<usize> {
         self.inner.backend.reclaim_idle()
     }
@@ -344,10 +362,52 @@ impl Space {
         Ok(self.inspect(name)?.1)
     }
 
+    /// Async [`Space::holders`]: never blocks the executor thread on a network store.
+    pub async fn holders_async(&self, name: &str) -> Result<Vec<Holder>> {
+        Ok(self.inspect_async(name).await?.0)
+    }
+
+    /// Async [`Space::waiting`].
+    pub async fn waiting_async(&self, name: &str) -> Result<usize> {
+        Ok(self.inspect_async(name).await?.1)
+    }
+
+    /// Async [`Space::force_release`].
+    pub async fn force_release_async(&self, name: &str) -> Result<usize> {
+        let handle = self.handle(name);
+        handle.check()?;
+        tracing::warn!(name, "force-releasing every hold");
+        match handle.step_async(Op::ForceRelease).await? {
+            Reply::Count(n) => Ok(n as usize),
+            other => Err(crate::primitives::guard_unexpected(other)),
+        }
+    }
+
+    /// Async [`Space::remove`].
+    pub async fn remove_async(&self, name: &str) -> Result<bool> {
+        let handle = self.handle(name);
+        handle.check()?;
+        match handle.step_async(Op::Remove).await? {
+            Reply::Flag(had) => Ok(had),
+            other => Err(crate::primitives::guard_unexpected(other)),
+        }
+    }
+
+    async fn inspect_async(&self, name: &str) -> Result<(Vec<Holder>, usize)> {
+        let handle = self.handle(name);
+        handle.check()?;
+        let reply = handle.step_async(Op::Holders).await?;
+        Self::holders_of(reply)
+    }
+
     fn inspect(&self, name: &str) -> Result<(Vec<Holder>, usize)> {
         let handle = self.handle(name);
         handle.check()?;
-        match handle.step(Op::Holders)? {
+        Self::holders_of(handle.step(Op::Holders)?)
+    }
+
+    fn holders_of(reply: Reply) -> Result<(Vec<Holder>, usize)> {
+        match reply {
             Reply::Holders { holders, waiting } => Ok((
                 holders
                     .into_iter()
@@ -389,6 +449,58 @@ impl Space {
     /// primitives were dropped.
     pub fn evict_tag(&self, tag: &str) -> Result<usize> {
         self.inner.backend.evict_tag(tag)
+    }
+
+    /// Calls `hook(name, error)` whenever dropping a guard of this space fails to
+    /// release its hold: most often [`Error::LeaseLost`] (the lease lapsed, or the hold
+    /// was force-released or evicted, so the section may not have been exclusive), or a
+    /// store error. A drop cannot return an error, so without a hook such failures
+    /// reach only a `tracing` warning (target `locksmith`); [`crate::Guard::release`]
+    /// returns them instead. Hooks run on the dropping thread, in the order they were
+    /// added, and are kept for the life of the space (every clone shares them); a hook
+    /// must not panic, and should be quick.
+    ///
+    /// ```
+    /// # fn main() -> locksmith::Result<()> {
+    /// use std::sync::{Arc, Mutex};
+    /// let space = locksmith::Space::open("mem:")?;
+    /// let lost = Arc::new(Mutex::new(Vec::new()));
+    /// space.on_drop_error({
+    ///     let lost = lost.clone();
+    ///     move |name, error| lost.lock().unwrap().push(format!("{name}: {error}"))
+    /// });
+    /// let guard = space.lock("job").acquire()?;
+    /// space.force_release("job")?;     // an operator breaks the hold
+    /// drop(guard);                     // the release fails: the hook hears of it
+    /// assert_eq!(lost.lock().unwrap().len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn on_drop_error(&self, hook: impl Fn(&str, &Error) + Send + Sync + 'static) {
+        self.inner
+            .drop_hooks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(hook));
+    }
+
+    /// Removes the name `name` on purpose: forgets the kind and parameters it was
+    /// first used with, so that it may be used as any primitive afterwards. Its
+    /// fencing counter stays (tokens keep counting up). Refused with [`Error::Busy`]
+    /// while the name is in use (held, waited for, a set event, a filling or broken
+    /// barrier, an averager with values, or a lock whose hold was cut short and whose
+    /// next holder has not been told yet); answers whether the name had a kind.
+    ///
+    /// Until removed (or evicted, [`Space::evict_tag`], or forgotten with every idle
+    /// name, [`Space::reclaim_idle`]), every use of a name with
+    /// another kind or other parameters is [`Error::Mismatch`], whether or not the
+    /// name is in use at the time.
+    pub fn remove(&self, name: &str) -> Result<bool> {
+        let handle = self.handle(name);
+        handle.check()?;
+        match handle.step(Op::Remove)? {
+            Reply::Flag(had) => Ok(had),
+            other => Err(crate::primitives::guard_unexpected(other)),
+        }
     }
 
     /// The names this space has state or fencing counters for, sorted.

@@ -247,3 +247,25 @@ fn barrier_action_runs_once_before_release_and_a_panic_breaks_it() {
     });
     assert!(b.is_broken());
 }
+
+#[test]
+fn mutex_errors_name_the_mutex_they_are_about() {
+    let mut layout = Layout::new();
+    let a = layout.add::<Mutex>();
+    let b = layout.add::<Mutex>();
+    let region = Region::anonymous(layout.size()).unwrap();
+    let opts = MutexOptions::new().recursive(false);
+    let a = Mutex::init(region.place(a).unwrap(), &opts).unwrap();
+    let b = Mutex::init(region.place(b).unwrap(), &opts).unwrap();
+    let (ea, eb) = (a.release().unwrap_err(), b.release().unwrap_err());
+    assert!(matches!(ea, locksmith::Error::NotHeld { .. }), "{ea}");
+    let (ma, mb) = (ea.to_string(), eb.to_string());
+    assert!(ma.contains("shm::Mutex placed at 0x"), "{ma}");
+    assert_ne!(ma, mb, "two mutexes, two messages");
+    let _g = a.lock().unwrap();
+    let again = a.try_lock().unwrap_err().to_string();
+    assert!(
+        again.contains("placed at") && again.contains("deadlock"),
+        "{again}"
+    );
+}

@@ -238,3 +238,49 @@ fn item14_shm_reclaims_idle_names_and_tokens_never_go_back() {
     }
     assert!(more.len() < 16, "the table filled up");
 }
+
+#[test]
+fn item14_shm_names_reclaimed_under_contention_stay_exclusive_and_tokens_increase() {
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    let region = Region::new("churn");
+    // 14 names fit at once; 40 are in play, so slots are reclaimed and re-created all
+    // the time, under handles (one space per thread, as separate processes would map
+    // the region) whose cached slots go stale.
+    let url = format!("shm:{}?capacity=16", region.0);
+    drop(Space::open(&url).unwrap());
+    let inside: Arc<Vec<AtomicBool>> = Arc::new((0..40).map(|_| AtomicBool::new(false)).collect());
+    let last: Arc<Mutex<HashMap<usize, u64>>> = Arc::default();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (url, inside, last) = (url.clone(), inside.clone(), last.clone());
+            std::thread::spawn(move || {
+                let space = Space::open(&url).unwrap();
+                let locks: Vec<_> = (0..40).map(|i| space.lock(&format!("n{i}"))).collect();
+                for k in 0..300usize {
+                    let i = (k * 7 + w * 13) % 40;
+                    let g = locks[i].acquire().unwrap();
+                    assert!(!inside[i].swap(true, Ordering::SeqCst), "n{i} held twice");
+                    let mut last = last.lock().unwrap();
+                    let before = last.insert(i, g.token()).unwrap_or(0);
+                    assert!(
+                        g.token() > before,
+                        "n{i}: token {} after {before}",
+                        g.token()
+                    );
+                    drop(last);
+                    std::thread::yield_now();
+                    inside[i].store(false, Ordering::SeqCst);
+                    drop(g);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let usage = Space::open(&url).unwrap().usage().unwrap();
+    assert!(usage.reclaimed > 0, "{usage:?}");
+    assert!(usage.names <= usage.limit, "{usage:?}");
+}

@@ -113,9 +113,10 @@ impl Holder {
         }
     }
 
-    /// The locksmith process's pid (the lock's holder).
+    /// The pid of the process that holds the lock, as `status` shows it: the child
+    /// of the `locksmith run` the test started (that one forwards signals and waits).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        holding_process(self.child.id())
     }
 
     /// Lets the command end and returns locksmith's status.
@@ -128,6 +129,26 @@ impl Holder {
         let _ = std::io::Read::read_to_string(&mut self.stdout, &mut rest);
         status
     }
+}
+
+/// The holding process of the `locksmith run` whose pid is `launcher`: its only child.
+pub fn holding_process(launcher: u32) -> u32 {
+    let children = std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+            after.split_whitespace().nth(1) == Some(&launcher.to_string())
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(
+        children.len(),
+        1,
+        "run {launcher} has one child: {children:?}"
+    );
+    children[0]
 }
 
 /// Runs `locksmith --store STORE status --json` and parses it.

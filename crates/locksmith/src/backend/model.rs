@@ -10,7 +10,10 @@
 //!
 //! A record lives as long as its name has been used: `next_token` is the fencing
 //! counter and must never go back, so a free primitive keeps a record with that counter
-//! alone (`state: None`). Everything else is dropped the moment the primitive is idle.
+//! and its [`Kind`] (`state: None`). The kind is fixed by the first op that names one
+//! and checked by every later op, busy or idle, until the name is removed on purpose
+//! ([`Op::Remove`] of an idle name, or [`evict`]). Everything else is dropped the
+//! moment the primitive is idle.
 //!
 //! # Waiter queue
 //!
@@ -25,7 +28,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::owner::Owner;
-use crate::{Error, Result};
+use crate::{BrokenCause, Error, Result};
 
 /// Milliseconds since the Unix epoch, the time unit of records.
 pub(crate) type Millis = u64;
@@ -39,6 +42,40 @@ pub(crate) struct Record {
     pub tag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<State>,
+    /// The kind and parameters the name was first used with; `None` for a name never
+    /// used or removed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
+}
+
+/// What a name is, fixed from its first use until it is removed on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Kind {
+    Permits(PermitKind),
+    Event,
+    Barrier { parties: u32 },
+    Averager,
+}
+
+impl Kind {
+    pub(crate) fn describe(self) -> String {
+        match self {
+            Kind::Permits(k) => k.describe(),
+            Kind::Event => "an Event".into(),
+            Kind::Barrier { parties } => format!("a Barrier of {parties} parties"),
+            Kind::Averager => "an Averager".into(),
+        }
+    }
+
+    /// The kind a live state belongs to (for records written before kinds were kept).
+    fn of(state: &State) -> Kind {
+        match state {
+            State::Permits(p) => Kind::Permits(p.kind),
+            State::Event(_) => Kind::Event,
+            State::Barrier(b) => Kind::Barrier { parties: b.parties },
+            State::Averager(_) => Kind::Averager,
+        }
+    }
 }
 
 /// The live state of a primitive.
@@ -155,6 +192,22 @@ pub(crate) struct BarrierState {
     /// The last generation that ended broken (reset, abort, timeout, death) rather
     /// than by all parties arriving.
     pub last_broken: Option<u64>,
+    /// Why the barrier (or `last_broken`) broke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<BrokenCause>,
+    /// Whether this generation's parties have an action (set by its first arrival).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<bool>,
+}
+
+impl BarrierState {
+    /// Breaks the barrier for `cause`, unless it is broken already.
+    fn break_for(&mut self, cause: BrokenCause) {
+        if !self.broken {
+            self.broken = true;
+            self.cause = Some(cause);
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -201,11 +254,22 @@ pub(crate) enum Op {
     },
     /// List the holders and count the waiters.
     Holders,
-    /// Condition: release the hold `token` and start sleeping as `ticket`, at once.
+    /// Condition: release the hold `token` (every level of it) and start sleeping as
+    /// `ticket`, at once; answers how many levels were released.
     CondWait {
         token: u64,
         ticket: u64,
         owner: Owner,
+    },
+    /// Condition with a caller's lock: start sleeping as `ticket` (the caller then
+    /// releases its lock, under another name, with [`Op::ReleaseAll`]).
+    CondSleep {
+        ticket: u64,
+        owner: Owner,
+    },
+    /// Give back every level of the hold `token`; answers how many there were.
+    ReleaseAll {
+        token: u64,
     },
     /// Condition: wake up to `n` sleepers.
     CondNotify {
@@ -228,6 +292,11 @@ pub(crate) enum Op {
         parties: u32,
         owner: Owner,
         tag: Option<String>,
+        /// Whether this party has an action to run if it arrives last.
+        action: bool,
+        /// Arrive only if this arrival completes the generation (`try_wait`);
+        /// otherwise answer [`Reply::NotLast`], changing nothing.
+        only_last: bool,
     },
     BarrierAdvance {
         parties: u32,
@@ -237,6 +306,7 @@ pub(crate) enum Op {
     BarrierAbort {
         parties: u32,
         generation: Option<u64>,
+        cause: BrokenCause,
     },
     BarrierReset {
         parties: u32,
@@ -251,6 +321,39 @@ pub(crate) enum Op {
     },
     AvgGet,
     AvgPop,
+    /// Forget the kind of an idle name (its fencing counter stays); `Busy` if the name
+    /// is held, waited for, set, filling or averaging. Answers whether it had a kind.
+    Remove,
+}
+
+impl Op {
+    /// The kind of primitive this op is for; `None` for ops that work on any kind.
+    fn kind(&self) -> Option<Kind> {
+        match self {
+            Op::Acquire(a) => Some(Kind::Permits(a.kind)),
+            Op::ReleaseOwned { kind, .. } | Op::Value { kind } => Some(Kind::Permits(*kind)),
+            Op::CondWait { .. }
+            | Op::CondSleep { .. }
+            | Op::CondNotify { .. }
+            | Op::CondCheck { .. }
+            | Op::CondCancel { .. } => Some(Kind::Permits(PermitKind::Condition)),
+            Op::EventSet { .. } | Op::EventClear | Op::EventRead => Some(Kind::Event),
+            Op::BarrierArrive { parties, .. }
+            | Op::BarrierAdvance { parties, .. }
+            | Op::BarrierAbort { parties, .. }
+            | Op::BarrierReset { parties }
+            | Op::BarrierRead { parties } => Some(Kind::Barrier { parties: *parties }),
+            Op::AvgAdd { .. } | Op::AvgGet | Op::AvgPop => Some(Kind::Averager),
+            Op::Release { .. }
+            | Op::ReleaseAll { .. }
+            | Op::ForceRelease
+            | Op::Dequeue { .. }
+            | Op::Renew { .. }
+            | Op::Check { .. }
+            | Op::Holders
+            | Op::Remove => None,
+        }
+    }
 }
 
 /// The arguments of [`Op::Acquire`].
@@ -286,6 +389,16 @@ pub(crate) enum Reply {
     },
     /// The barrier is releasing a full generation: arrive again once it has.
     Busy,
+    /// A barrier arrival with other parties than the filling generation's, which it
+    /// broke (its waiters learn why); the caller's answer is [`Error::Mismatch`].
+    PartiesMismatch {
+        parties: u32,
+    },
+    /// The arrival broke the barrier (it found a dead party, or disagreed about the
+    /// action); the caller's answer is [`Error::BrokenBarrier`].
+    Broke(BrokenCause),
+    /// A barrier arrival that would not have completed the generation, not made.
+    NotLast,
     Barrier(BarrierView),
     Average(Option<f64>),
     Holders {
@@ -307,6 +420,7 @@ pub(crate) struct BarrierView {
     pub n_waiting: u32,
     pub broken: bool,
     pub last_broken: Option<u64>,
+    pub cause: Option<BrokenCause>,
 }
 
 /// Whom a step's change concerns.
@@ -336,6 +450,32 @@ pub(crate) fn apply(
     op: Op,
     ctx: &Ctx<'_>,
 ) -> Result<(Reply, Wake)> {
+    if record.kind.is_none() {
+        record.kind = record.state.as_ref().map(Kind::of);
+    }
+    if let (Op::BarrierArrive { parties, .. }, Some(State::Barrier(b))) = (&op, &mut record.state) {
+        if b.parties != *parties && !b.broken && !b.arrived.is_empty() {
+            // A party that disagrees about the parties: the filling generation
+            // would never pass, so it breaks, and its waiters learn why.
+            b.break_for(BrokenCause::PartiesMismatch);
+            let parties = b.parties;
+            return Ok((Reply::PartiesMismatch { parties }, wake_all()));
+        }
+    }
+    if let Some(wanted) = op.kind() {
+        match record.kind {
+            Some(fixed) if fixed != wanted => {
+                return Err(Error::Mismatch {
+                    name: name.into(),
+                    wanted: wanted.describe(),
+                    found: fixed.describe(),
+                })
+            }
+            // Fixed by the op's success only: a failed op changes nothing.
+            _ => {}
+        }
+    }
+    let fixes = op.kind();
     let out = match op {
         Op::Acquire(a) => acquire(record, name, a, ctx),
         Op::Release { token } => {
@@ -374,7 +514,11 @@ pub(crate) fn apply(
                 }
                 // A broken holder was cut off mid-section: the next one is told.
                 p.owner_died |= n > 0;
-                Ok((Reply::Count(n as u64), p.wake(None)))
+                let mut wake = p.wake(None);
+                // Everyone watching the name hears of a break, the broken holder too
+                // (it may be listening for the loss of its hold).
+                wake.all |= n > 0;
+                Ok((Reply::Count(n as u64), wake))
             }
             Err(_) => Ok((Reply::Count(0), Wake::default())),
         },
@@ -426,13 +570,32 @@ pub(crate) fn apply(
                 permits_of(record, name, PermitKind::Condition)?.ok_or_else(|| not_held(name))?;
             p.prune(ctx);
             let i = p.hold(token, name)?;
+            let levels = single_level(p, i, name)?;
             p.release_at(i);
             p.sleepers.push(Sleeper {
                 ticket,
                 owner,
                 notified: false,
             });
-            Ok((Reply::Done, p.wake(None)))
+            Ok((Reply::Count(levels.into()), p.wake(None)))
+        }
+        Op::CondSleep { ticket, owner } => {
+            permits_of(record, name, PermitKind::Condition)?;
+            let p = permits_or_new(&mut record.state, PermitKind::Condition)?;
+            p.sleepers.push(Sleeper {
+                ticket,
+                owner,
+                notified: false,
+            });
+            Ok((Reply::Done, Wake::default()))
+        }
+        Op::ReleaseAll { token } => {
+            let p = permits_held(record, name)?;
+            p.prune(ctx);
+            let i = p.hold(token, name)?;
+            let levels = single_level(p, i, name)?;
+            p.release_at(i);
+            Ok((Reply::Count(levels.into()), p.wake(None)))
         }
         Op::CondNotify { n } => match permits_of(record, name, PermitKind::Condition)? {
             Some(p) => {
@@ -501,7 +664,9 @@ pub(crate) fn apply(
             parties,
             owner,
             tag,
-        } => barrier_arrive(record, name, parties, owner, tag, ctx),
+            action,
+            only_last,
+        } => barrier_arrive(record, name, parties, owner, tag, (action, only_last), ctx),
         Op::BarrierAdvance {
             parties,
             generation,
@@ -510,6 +675,7 @@ pub(crate) fn apply(
             let b = barrier_of(record, name, parties)?;
             if generation_now == generation && b.arrived.len() == parties as usize {
                 b.arrived.clear();
+                b.action = None;
                 record.next_token += 1;
                 return Ok((Reply::Done, wake_all()));
             }
@@ -518,11 +684,12 @@ pub(crate) fn apply(
         Op::BarrierAbort {
             parties,
             generation,
+            cause,
         } => {
             let current = record.next_token;
             let b = barrier_of(record, name, parties)?;
             if generation.is_none_or(|g| g == current) {
-                b.broken = true;
+                b.break_for(cause);
                 return Ok((Reply::Done, wake_all()));
             }
             Ok((Reply::Done, Wake::default()))
@@ -531,9 +698,13 @@ pub(crate) fn apply(
             let generation = record.next_token;
             let b = barrier_of(record, name, parties)?;
             if b.broken || !b.arrived.is_empty() {
+                if !b.broken {
+                    b.cause = Some(BrokenCause::Reset);
+                }
                 b.last_broken = Some(generation);
                 b.broken = false;
                 b.arrived.clear();
+                b.action = None;
                 record.next_token += 1;
                 return Ok((Reply::Done, wake_all()));
             }
@@ -545,7 +716,7 @@ pub(crate) fn apply(
             let mut wake = Wake::default();
             if let Some(is_dead) = ctx.is_dead {
                 if !b.broken && b.arrived.iter().any(is_dead) {
-                    b.broken = true;
+                    b.break_for(BrokenCause::PartyDied);
                     wake = wake_all();
                 }
             }
@@ -555,6 +726,7 @@ pub(crate) fn apply(
                     n_waiting: b.arrived.len() as u32,
                     broken: b.broken,
                     last_broken: b.last_broken,
+                    cause: b.cause,
                 }),
                 wake,
             ))
@@ -590,7 +762,18 @@ pub(crate) fn apply(
             record.state = None;
             Ok((Reply::Average(avg), Wake::default()))
         }
+        Op::Remove => {
+            record.tidy();
+            if record.state.is_some() {
+                return Err(Error::Busy { name: name.into() });
+            }
+            let had = record.kind.take().is_some();
+            return Ok((Reply::Flag(had), Wake::default()));
+        }
     };
+    if out.is_ok() && record.kind.is_none() {
+        record.kind = fixes;
+    }
     record.tidy();
     out
 }
@@ -599,6 +782,20 @@ fn wake_all() -> Wake {
     Wake {
         all: true,
         tickets: Vec::new(),
+    }
+}
+
+/// The levels of hold `i` for a condition wait, which must be 1: a wait releases the
+/// hold and takes a new one (with a new fencing token), so the guards of outer levels
+/// would be left holding a token that no longer exists.
+fn single_level(p: &Permits, i: usize, name: &str) -> Result<u32> {
+    match p.holders[i].count {
+        1 => Ok(1),
+        n => Err(Error::invalid(format!(
+            "'{name}' is held {n} levels deep by this owner: a condition wait takes the \
+             lock again under a new fencing token, which the outer levels' guards do not \
+             have; wait holding one level"
+        ))),
     }
 }
 
@@ -678,6 +875,9 @@ pub(crate) fn evict(record: &mut Record, tag: &str) -> bool {
         return false;
     }
     record.tag = None;
+    // Evicting is removing on purpose: the name may be used as any kind afterwards
+    // (once a cut-short lock's next holder has been told).
+    record.kind = None;
     record.state = match record.state.take() {
         Some(State::Permits(p)) if !p.holders.is_empty() || p.owner_died => {
             let mut cut = vacant(p.kind);
@@ -740,6 +940,8 @@ fn barrier_of<'r>(
             arrived: Vec::new(),
             broken: false,
             last_broken: None,
+            cause: None,
+            action: None,
         })
     });
     match state {
@@ -778,8 +980,10 @@ fn acquire(record: &mut Record, name: &str, a: Acquire, ctx: &Ctx<'_>) -> Result
         if let Some(i) = p.holders.iter().position(|h| h.owner == a.owner) {
             let held = p.holders[i].mode;
             match (a.kind, held, a.mode) {
-                // Re-entry never waits, not even behind the queue.
-                (PermitKind::RLock, _, _) | (PermitKind::RwLock, Mode::Shared, Mode::Shared) => {
+                // Re-entry never waits, not even behind the queue. A Condition's own
+                // lock is re-entrant, as in threading and multiprocessing.
+                (PermitKind::RLock | PermitKind::Condition, _, _)
+                | (PermitKind::RwLock, Mode::Shared, Mode::Shared) => {
                     let h = &mut p.holders[i];
                     h.count = h.count.saturating_add(1);
                     if let Some(lease) = a.lease {
@@ -791,7 +995,7 @@ fn acquire(record: &mut Record, name: &str, a: Acquire, ctx: &Ctx<'_>) -> Result
                     };
                     return Ok((Reply::Granted(grant), Wake::default()));
                 }
-                (PermitKind::Lock | PermitKind::Condition | PermitKind::RwLock, _, _) => {
+                (PermitKind::Lock | PermitKind::RwLock, _, _) => {
                     return Err(Error::WouldDeadlock { name: name.into() })
                 }
                 // A semaphore may hand several permits to one owner.
@@ -900,21 +1104,37 @@ fn barrier_arrive(
     parties: u32,
     owner: Owner,
     tag: Option<String>,
+    (action, only_last): (bool, bool),
     ctx: &Ctx<'_>,
 ) -> Result<(Reply, Wake)> {
     let generation = record.next_token;
     let b = barrier_of(record, name, parties)?;
     if let Some(is_dead) = ctx.is_dead {
-        if b.arrived.iter().any(is_dead) {
-            b.broken = true;
+        if !b.broken && b.arrived.iter().any(is_dead) {
+            b.break_for(BrokenCause::PartyDied);
+            return Ok((Reply::Broke(BrokenCause::PartyDied), wake_all()));
         }
     }
     if b.broken {
-        return Err(Error::BrokenBarrier { name: name.into() });
+        return Err(Error::BrokenBarrier {
+            name: name.into(),
+            cause: b.cause.unwrap_or(BrokenCause::Unknown),
+        });
     }
     if b.arrived.len() >= parties as usize {
         return Ok((Reply::Busy, Wake::default()));
     }
+    if only_last && b.arrived.len() + 1 < parties as usize {
+        record.tidy();
+        return Ok((Reply::NotLast, Wake::default()));
+    }
+    if b.action.is_some_and(|a| a != action) {
+        // The action runs in whichever party arrives last: parties that disagree
+        // about having one would run it in some generations only.
+        b.break_for(BrokenCause::ActionMismatch);
+        return Ok((Reply::Broke(BrokenCause::ActionMismatch), wake_all()));
+    }
+    b.action = Some(action);
     b.arrived.push(owner);
     let index = b.arrived.len() as u32 - 1;
     if tag.is_some() {

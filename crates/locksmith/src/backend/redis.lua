@@ -9,14 +9,18 @@
 -- arguments.
 --
 -- Record: { t = next_token, g = tag?, s = state?, rl = id of the last release that
---           ended a hold? }
+--           ended a hold?, f = kind? }
+--   f: the kind and parameters fixed by the name's first use, until it is removed on
+--      purpose (op remove, evict, reclaim): 'lock:0', 'sem:3', 'cond:0', 'event',
+--      'barrier:4', 'avg' (see OP_KIND)
 --   permits: { k='permits', kind='lock'|'rlock'|'sem'|'bsem'|'rw'|'cond', n, av,
 --              h = holders { tk, o, m='x'|'s', c, since, u?, w?, r? },
 --              sl = sleepers { tk (string), o, nt }, od = owner_died, qs = arrivals,
 --              ql = queued waiters }
 --            and its queue in KEYS[2..4] (see enqueue below)
 --   event:   { k='event', set }
---   barrier: { k='barrier', p, ar = owners, br, lb? }
+--   barrier: { k='barrier', p, ar = owners, br, lb?, bc = why it broke?,
+--              ac = whether this generation's parties have an action? }
 --   averager:{ k='avg', tot (a %.17g string: exact), c, u? }
 -- Owners and tickets are opaque strings (Lua numbers cannot hold a u64). Times are the
 -- server's clock (TIME), in ms. Replies are flat arrays whose first element names the
@@ -73,6 +77,52 @@ local function describe_state(s)
 end
 
 local function fmt(x) return string.format('%.17g', x) end
+
+-- Kinds ---------------------------------------------------------------------------
+
+local function describe_kind(f)
+  local k, n = string.match(f, '^(%a+):(%d+)$')
+  if k == 'barrier' then return 'a Barrier of ' .. n .. ' parties' end
+  if k then return describe(k, tonumber(n)) end
+  if f == 'event' then return 'an Event' end
+  return 'an Averager'
+end
+
+local function kind_of_state(s)
+  if s.k == 'permits' then return s.kind .. ':' .. s.n
+  elseif s.k == 'event' then return 'event'
+  elseif s.k == 'barrier' then return 'barrier:' .. s.p end
+  return 'avg'
+end
+
+local function permits_kind(a) return a[1] .. ':' .. a[2] end
+local function cond_kind() return 'cond:0' end
+local function event_kind() return 'event' end
+local function barrier_kind(a) return 'barrier:' .. a[1] end
+local function avg_kind() return 'avg' end
+
+-- The kind each op is for (model.rs's Op::kind); ops not listed work on any kind.
+local OP_KIND = {
+  acq = permits_kind, relown = permits_kind, value = permits_kind,
+  condwait = cond_kind, condsleep = cond_kind, notify = cond_kind, condcheck = cond_kind,
+  evset = event_kind, evclear = event_kind, evread = event_kind,
+  arrive = barrier_kind, advance = barrier_kind, abort = barrier_kind,
+  reset = barrier_kind, bread = barrier_kind,
+  avgadd = avg_kind, avgget = avg_kind, avgpop = avg_kind,
+}
+
+-- Whether a live state is idle (model.rs's Record::tidy).
+local function is_idle(s)
+  if s.k == 'permits' then
+    return #s.h == 0 and (s.ql or 0) == 0 and #s.sl == 0 and not s.od
+      and s.av == initial(s.kind, s.n)
+  elseif s.k == 'event' then
+    return not s.set
+  elseif s.k == 'barrier' then
+    return #s.ar == 0 and not s.br and s.lb == nil
+  end
+  return s.c == 0
+end
 
 -- Permits -----------------------------------------------------------------------
 
@@ -252,13 +302,13 @@ local function acquire(kind, n, mode, owner, lease, tag, ticket, id)
     end
     for _, h in ipairs(p.h) do
       if h.o == owner then
-        if kind == 'rlock' or (kind == 'rw' and h.m == 's' and mode == 's') then
+        if kind == 'rlock' or kind == 'cond' or (kind == 'rw' and h.m == 's' and mode == 's') then
           -- Re-entry never waits, not even behind the queue.
           h.c = h.c + 1
           h.w = id
           if lease then h.u = now + lease end
           return { 'granted', h.tk, 0 }
-        elseif kind == 'lock' or kind == 'cond' or kind == 'rw' then
+        elseif kind == 'lock' or kind == 'rw' then
           fail('deadlock')
         end
         -- A semaphore may hand several permits to one owner.
@@ -497,10 +547,33 @@ ops.condwait = function(a)
   prune(p)
   local i = find_holder(p, tonumber(a[1]))
   if i == nil then fail('notheld') end
+  local levels = p.h[i].c
+  if levels > 1 then fail('nested', levels) end
   release_at(p, i)
   p.sl[#p.sl + 1] = { tk = a[2], o = a[3], nt = false }
   wake_of(p, nil)
+  return { 'count', levels }
+end
+
+-- condsleep TICKET OWNER: a sleeper of a condition whose lock is another name's.
+ops.condsleep = function(a)
+  local p = permits_of('cond', 0)
+  if p == nil then p = new_permits('cond', 0) end
+  p.sl[#p.sl + 1] = { tk = a[1], o = a[2], nt = false }
   return { 'done' }
+end
+
+-- relall TOKEN: every level of the hold TOKEN.
+ops.relall = function(a)
+  local p = permits_held()
+  prune(p)
+  local i = find_holder(p, tonumber(a[1]))
+  if i == nil then fail('notheld') end
+  local levels = p.h[i].c
+  if levels > 1 then fail('nested', levels) end
+  release_at(p, i)
+  wake_of(p, nil)
+  return { 'count', levels }
 end
 
 -- notify N
@@ -559,13 +632,24 @@ ops.evread = function()
   return { 'event', (e and e.set) and 1 or 0, rec.t }
 end
 
--- arrive PARTIES OWNER TAG
+-- arrive PARTIES OWNER TAG ACTION(0|1) ONLY_LAST(0|1)
 ops.arrive = function(a)
   local generation = rec.t
   local parties = tonumber(a[1])
   local b = barrier_of(parties)
-  if b.br then fail('broken') end
+  if b.br then fail('broken', b.bc or 'unknown') end
   if #b.ar >= parties then return { 'busy' } end
+  if a[5] == '1' and #b.ar + 1 < parties then return { 'notlast' } end
+  local action = a[4] == '1'
+  if b.ac ~= nil and b.ac ~= action then
+    -- The action runs in whichever party arrives last: parties that disagree about
+    -- having one would run it in some generations only.
+    b.br = true
+    b.bc = 'action'
+    wake_all = true
+    return { 'broke', 'action' }
+  end
+  b.ac = action
   b.ar[#b.ar + 1] = a[2]
   local tag = optstr(a[3])
   if tag then rec.g = tag end
@@ -579,19 +663,23 @@ ops.advance = function(a)
   local b = barrier_of(parties)
   if current == tonumber(a[2]) and #b.ar == parties then
     b.ar = {}
+    b.ac = nil
     rec.t = rec.t + 1
     wake_all = true
   end
   return { 'done' }
 end
 
--- abort PARTIES GENERATION?
+-- abort PARTIES GENERATION? CAUSE
 ops.abort = function(a)
   local current = rec.t
   local b = barrier_of(tonumber(a[1]))
   local generation = optnum(a[2])
   if generation == nil or generation == current then
-    b.br = true
+    if not b.br then
+      b.br = true
+      b.bc = a[3]
+    end
     wake_all = true
   end
   return { 'done' }
@@ -602,9 +690,11 @@ ops.reset = function(a)
   local generation = rec.t
   local b = barrier_of(tonumber(a[1]))
   if b.br or #b.ar > 0 then
+    if not b.br then b.bc = 'reset' end
     b.lb = generation
     b.br = false
     b.ar = {}
+    b.ac = nil
     rec.t = rec.t + 1
     wake_all = true
   end
@@ -615,7 +705,7 @@ end
 ops.bread = function(a)
   local generation = rec.t
   local b = barrier_of(tonumber(a[1]))
-  local r = { 'barrier', generation, #b.ar, b.br and 1 or 0, b.lb or -1 }
+  local r = { 'barrier', generation, #b.ar, b.br and 1 or 0, b.lb or -1, b.bc or '' }
   -- The parties, for the client's same-host liveness check.
   for _, o in ipairs(b.ar) do r[#r + 1] = o end
   return r
@@ -680,6 +770,7 @@ ops.reap = function(a)
       for _, o in ipairs(s.ar) do
         if dead[o] then
           s.br = true
+          s.bc = 'died'
           wake_all = true
           break
         end
@@ -698,6 +789,8 @@ ops.evict = function(a)
     local s = rec.s
     rec.s = nil
     rec.g = nil
+    -- Evicting is removing on purpose: the kind is forgotten.
+    rec.f = nil
     if s.k == 'permits' and (#s.h > 0 or s.od) then
       new_permits(s.kind, s.n).od = true
     end
@@ -705,6 +798,16 @@ ops.evict = function(a)
     return { 'count', 1 }
   end
   return { 'count', 0 }
+end
+
+-- remove: forget the kind of an idle name, keeping the counter.
+ops.remove = function()
+  if rec.s ~= nil and not is_idle(rec.s) then fail('busy') end
+  rec.s = nil
+  rec.g = nil
+  local had = rec.f ~= nil
+  rec.f = nil
+  return { 'flag', had and 1 or 0 }
 end
 
 -- The uncontended paths ----------------------------------------------------------------
@@ -715,15 +818,33 @@ end
 -- order, which the general path reads like any other; a record in any other shape, or
 -- any case these do not cover, takes the general path. They decide exactly as it would.
 
+-- An idle record in its one written form: {"t":N[,"f":"F"][,"rl":"ID"]} (cjson's key
+-- order is the table's, not fixed, so the fast paths could not read what it writes).
+local function idle_json(t, f, rl)
+  local out = '{"t":' .. string.format('%d', t)
+  if f then out = out .. ',"f":"' .. f .. '"' end
+  if rl then out = out .. ',"rl":"' .. rl .. '"' end
+  return out .. '}'
+end
+
 local KINDS = { lock = true, rlock = true, sem = true, bsem = true, rw = true, cond = true }
+
+-- The counter and kind of an idle record (no state, no tag: just `t`, maybe `f` and
+-- `rl`, in any order); nil for any other.
+local function idle_record(r)
+  if string.find(r, '"s":', 1, true) or string.find(r, '"g":', 1, true) then return nil end
+  local t = tonumber(string.match(r, '"t":(%d+)'))
+  if t == nil then return nil end
+  return t, string.match(r, '"f":"([%a:%d]+)"')
+end
 
 -- acq KIND N MODE OWNER LEASE TAG TICKET ID, on an idle primitive (record absent, or
 -- just its counter and the last release's id): granted with nothing to
 -- prune, nobody queued (an idle record has no queue) and nobody to wake.
 local function fast_acquire(a)
-  local t
+  local t, f
   if raw then
-    t = tonumber(string.match(raw, '^{"t":(%d+)}$') or string.match(raw, '^{"t":(%d+),"rl":"%d+"}$'))
+    t, f = idle_record(raw)
     if t == nil then return nil end
   else
     t = token_floor()
@@ -732,6 +853,8 @@ local function fast_acquire(a)
   if not KINDS[kind] or n == nil or lease == nil or (mode ~= 'x' and mode ~= 's') then
     return nil
   end
+  -- Another kind: the general path says so.
+  if f ~= nil and f ~= kind .. ':' .. n then return nil end
   local av = initial(kind, n)
   if av < 1 then return nil end
   if is_sem(kind) then av = av - 1 end
@@ -741,19 +864,20 @@ local function fast_acquire(a)
   if tag then g = ',"g":' .. cjson.encode(tag) end
   t = t + 1
   redis.call('SET', key, string.format(
-    '{"t":%d,"s":{"k":"permits","kind":"%s","n":%d,"av":%d,"h":[{"tk":%d,"o":%s,"m":"%s",'
-      .. '"c":1,"since":%d,"u":%d,"w":"%s"}],"sl":{},"od":false,"qs":0,"ql":0}%s}',
-    t, kind, n, av, t, cjson.encode(a[6]), mode, now, now + lease, id, g))
+    '{"t":%d,"f":"%s:%d","s":{"k":"permits","kind":"%s","n":%d,"av":%d,"h":[{"tk":%d,"o":%s,'
+      .. '"m":"%s","c":1,"since":%d,"u":%d,"w":"%s"}],"sl":{},"od":false,"qs":0,"ql":0}%s}',
+    t, kind, n, kind, n, av, t, cjson.encode(a[6]), mode, now, now + lease, id, g))
   return { 'granted', t, 0 }
 end
 
 -- rel TOKEN ID, of the only hold (count 1, lease not lapsed) of a primitive with no
--- queue and no sleepers, leaving it idle: the record shrinks to its counter and the
--- release's id; nobody to wake.
+-- queue and no sleepers, leaving it idle: the record shrinks to its counter, its kind
+-- and the release's id; nobody to wake.
 local function fast_release(token, id)
   if raw == nil or id == nil or not string.match(id, '^%d+$') then return nil end
-  local t, kind, n, av, tk, rest = string.match(raw,
-    '^{"t":(%d+),"s":{"k":"permits","kind":"(%a+)","n":(%d+),"av":(%d+),"h":%[{"tk":(%d+),"o":"(.*)$')
+  local t, f, kind, n, av, tk, rest = string.match(raw,
+    '^{"t":(%d+),"f":"([%a:%d]+)","s":{"k":"permits","kind":"(%a+)","n":(%d+),"av":(%d+),'
+      .. '"h":%[{"tk":(%d+),"o":"(.*)$')
   if tk == nil or tk ~= token then return nil end
   -- A JSON string never holds `","`, so the owner ends at the first `","m":"`.
   local c, u, tail = string.match(rest,
@@ -763,7 +887,7 @@ local function fast_release(token, id)
   n, av = tonumber(n), tonumber(av)
   if is_sem(kind) then av = av + 1 end
   if av ~= initial(kind, n) then return nil end
-  redis.call('SET', key, '{"t":' .. t .. ',"rl":"' .. id .. '"}')
+  redis.call('SET', key, '{"t":' .. t .. ',"f":"' .. f .. '","rl":"' .. id .. '"}')
   return { 'done' }
 end
 
@@ -771,7 +895,7 @@ end
 -- to that counter first, so the name counts on from above it if it is used again.
 local function reclaim()
   if raw == nil then return { 'count', 0 } end
-  local t = tonumber(string.match(raw, '^{"t":(%d+)}$') or string.match(raw, '^{"t":(%d+),"rl":"%d+"}$'))
+  local t = idle_record(raw)
   if t == nil or FK == nil then return { 'count', 0 } end
   if t > token_floor() then redis.call('SET', FK, t) end
   redis.call('DEL', key)
@@ -802,7 +926,28 @@ local handler = ops[ARGV[2]]
 if handler == nil then return { 'err', 'bug', 'unknown op ' .. tostring(ARGV[2]) } end
 local args = {}
 for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
-local ok, reply = pcall(handler, args)
+-- The kind is fixed by the first op that names one, and checked by every later one,
+-- busy or idle.
+if rec.f == nil and rec.s ~= nil then rec.f = kind_of_state(rec.s) end
+local fixing = OP_KIND[ARGV[2]]
+local wanted
+if fixing then wanted = fixing(args) end
+local ok, reply
+local s = rec.s
+if ARGV[2] == 'arrive' and s and s.k == 'barrier' and s.p ~= tonumber(args[1])
+  and not s.br and #s.ar > 0 then
+  -- A party that disagrees about the parties: the filling generation would never
+  -- pass, so it breaks, and its waiters learn why.
+  s.br = true
+  s.bc = 'parties'
+  wake_all = true
+  ok, reply = true, { 'pmismatch', s.p }
+else
+  if wanted and rec.f and rec.f ~= wanted then
+    return { 'err', 'mismatch', describe_kind(wanted), describe_kind(rec.f) }
+  end
+  ok, reply = pcall(handler, args)
+end
 if not ok then
   if type(reply) == 'table' then
     local r = { 'err' }
@@ -812,26 +957,16 @@ if not ok then
   return { 'err', 'bug', tostring(reply) }
 end
 
--- Drop the state of an idle primitive, keeping the fencing counter.
-local s = rec.s
-local idle = true
-if s ~= nil then
-  if s.k == 'permits' then
-    idle = #s.h == 0 and qlen(s) == 0 and #s.sl == 0 and not s.od and s.av == initial(s.kind, s.n)
-  elseif s.k == 'event' then
-    idle = not s.set
-  elseif s.k == 'barrier' then
-    idle = #s.ar == 0 and not s.br and s.lb == nil
-  else
-    idle = s.c == 0
-  end
-end
-if idle then
+if wanted and rec.f == nil then rec.f = wanted end
+
+-- Drop the state of an idle primitive, keeping the fencing counter and the kind.
+if rec.s == nil or is_idle(rec.s) then
   rec.s = nil
   rec.g = nil
 end
 
-if rec.s == nil and rec.g == nil and (rec.t == 0 or (raw == nil and rec.t == start_t)) then
+if rec.s == nil and rec.g == nil and rec.f == nil
+  and (rec.t == 0 or (raw == nil and rec.t == start_t)) then
   -- Nothing to keep: no counter, or only the one the name starts from anyway.
   if raw then redis.call('DEL', key) end
 else
@@ -839,8 +974,7 @@ else
   if rec.s == nil and rec.g == nil then
     -- An idle record in the one form the fast paths and reclaim() read (cjson's key
     -- order is the table's, not fixed).
-    out = '{"t":' .. string.format('%d', rec.t) .. '}'
-    if rec.rl then out = '{"t":' .. string.format('%d', rec.t) .. ',"rl":"' .. rec.rl .. '"}' end
+    out = idle_json(rec.t, rec.f, rec.rl)
   else
     out = cjson.encode(rec)
   end

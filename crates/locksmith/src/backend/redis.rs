@@ -38,7 +38,9 @@
 //!
 //! A primitive nobody holds, waits for or has set keeps one key, `{prefix}{name}`, with
 //! its fencing counter (`{"t":N}`), so tokens never go back; everything else is deleted
-//! the moment the primitive is idle.
+//! the moment the primitive is idle. [`Backend::reclaim_idle`] deletes those keys too,
+//! after raising the prefix's floor, `{prefix}token-floor`, to their counters: a name
+//! without a key counts on from the floor.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -56,7 +58,7 @@ use super::model::{Acquire, BarrierView, Holder, Millis, Op, Reply};
 use super::{Backend, BoxFuture, Grant, Key, Mode, PermitKind, Watch};
 use crate::backend::mem::now_millis;
 use crate::owner::Owner;
-use crate::{Error, Result};
+use crate::{BrokenCause, Error, Result};
 
 /// The lease of a hold taken without one: renewed while the holder lives, it bounds
 /// how long a dead holder on another host blocks the others.
@@ -97,8 +99,9 @@ pub(crate) const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
 
 /// The shortest time an attempt is given, even when the caller's deadline is closer
-/// (or passed): a waiter's last look at its deadline gets an answer.
-const MIN_ATTEMPT: Duration = Duration::from_millis(100);
+/// (or passed): a waiter's last look at its deadline, and the step that records a
+/// timed-out wait (a barrier broken by it), get an answer from a loaded server.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 
 /// How long a waiter without a deadline keeps retrying while the server cannot be
 /// reached (a restart), before it reports the error.
@@ -1355,6 +1358,10 @@ fn encode(op: &Op) -> Vec<String> {
             ticket.to_string(),
             owner_str(owner),
         ],
+        Op::CondSleep { ticket, owner } => {
+            vec![s("condsleep"), ticket.to_string(), owner_str(owner)]
+        }
+        Op::ReleaseAll { token } => vec![s("relall"), token.to_string()],
         Op::CondNotify { n } => vec![s("notify"), (*n).min(1 << 40).to_string()],
         Op::CondCheck { ticket } => vec![s("condcheck"), ticket.to_string(), s("0")],
         Op::CondCancel { ticket } => vec![s("condcheck"), ticket.to_string(), s("1")],
@@ -1365,11 +1372,15 @@ fn encode(op: &Op) -> Vec<String> {
             parties,
             owner,
             tag,
+            action,
+            only_last,
         } => vec![
             s("arrive"),
             parties.to_string(),
             owner_str(owner),
             opt_arg(tag),
+            s(if *action { "1" } else { "0" }),
+            s(if *only_last { "1" } else { "0" }),
         ],
         Op::BarrierAdvance {
             parties,
@@ -1378,10 +1389,12 @@ fn encode(op: &Op) -> Vec<String> {
         Op::BarrierAbort {
             parties,
             generation,
+            cause,
         } => vec![
             s("abort"),
             parties.to_string(),
             generation.map(|g| g.to_string()).unwrap_or_default(),
+            s(cause.code()),
         ],
         Op::BarrierReset { parties } => vec![s("reset"), parties.to_string()],
         Op::BarrierRead { parties } => vec![s("bread"), parties.to_string()],
@@ -1393,6 +1406,7 @@ fn encode(op: &Op) -> Vec<String> {
         ],
         Op::AvgGet => vec![s("avgget")],
         Op::AvgPop => vec![s("avgpop")],
+        Op::Remove => vec![s("remove")],
     }
 }
 
@@ -1510,17 +1524,29 @@ fn decode(values: Vec<Value>, name: &str) -> Result<(Reply, Vec<String>)> {
             index: uint(v(2))? as u32,
         },
         "busy" => Reply::Busy,
+        "notlast" => Reply::NotLast,
+        "pmismatch" => Reply::PartiesMismatch {
+            parties: uint(v(1))? as u32,
+        },
+        "broke" => Reply::Broke(BrokenCause::from_code(
+            &text(v(1).unwrap_or(&Value::Nil)).unwrap_or_default(),
+        )),
         "barrier" => {
             let view = BarrierView {
                 generation: uint(v(1))?,
                 n_waiting: uint(v(2))? as u32,
                 broken: int(v(3))? != 0,
                 last_broken: opt_millis(v(4))?,
+                cause: v(5)
+                    .map(text)
+                    .transpose()?
+                    .filter(|c| !c.is_empty())
+                    .map(|c| BrokenCause::from_code(&c)),
             };
             let dead = if view.broken {
                 Vec::new()
             } else {
-                dead_among(values.get(5..).unwrap_or_default())
+                dead_among(values.get(6..).unwrap_or_default())
             };
             return Ok((Reply::Barrier(view), dead));
         }
@@ -1563,8 +1589,20 @@ fn decode(values: Vec<Value>, name: &str) -> Result<(Reply, Vec<String>)> {
                 "notowner" => Error::NotOwner { name },
                 "deadlock" => Error::WouldDeadlock { name },
                 "toomany" => Error::TooManyReleases { name },
-                "broken" => Error::BrokenBarrier { name },
+                "broken" => Error::BrokenBarrier {
+                    name,
+                    cause: BrokenCause::from_code(
+                        &text(v(2).unwrap_or(&Value::Nil)).unwrap_or_default(),
+                    ),
+                },
                 "overflow" => Error::Overflow { name },
+                "busy" => Error::Busy { name },
+                "nested" => Error::invalid(format!(
+                    "'{name}' is held {} levels deep by this owner: a condition wait takes \
+                     the lock again under a new fencing token, which the outer levels' \
+                     guards do not have; wait holding one level",
+                    text(v(2).unwrap_or(&Value::Nil)).unwrap_or_default()
+                )),
                 "mismatch" => Error::Mismatch {
                     name,
                     wanted: text(v(2).unwrap_or(&Value::Nil)).unwrap_or_default(),

@@ -35,8 +35,12 @@
 //!   waiter retries: that retry is what notices a holder whose process died, and
 //!   keeps a live queued waiter from being expired (after 5 s without a retry).
 //!
-//! The file is sparse: pages of the table and the arena cost memory only once touched,
-//! so opening a region does no per-slot work whatever its capacity.
+//! Creating a region reserves the header, the bells and the slot table in `/dev/shm`
+//! (`posix_fallocate`), since lookups may read any slot; the arena stays sparse and
+//! is reserved a block at a time when the bump allocator first hands it out. A page
+//! is thus never touched before it is allocated: a full `/dev/shm` is an error of the
+//! step that needed room, never a `SIGBUS`. Opening an existing region does no
+//! per-slot work whatever its capacity.
 //!
 //! # Crash safety
 //!
@@ -185,9 +189,11 @@ unsafe impl AtomicBlock for RawHeader {}
 ///
 /// # Reclaiming
 ///
-/// A name is idle when its `record` is 0 (no state, no tag): only its counter is left.
-/// When creating a name finds the table crowded (7/8 of the slots named), a sweep under
-/// the `alloc` mutex reclaims every idle slot whose `lock` it can take at once: it
+/// A name is removed when its `record` is 0 (no state, no tag, no kind): only its
+/// counter is left; it is idle when its record holds its kind alone. When creating a
+/// name finds the table crowded (7/8 of the slots named), a sweep under the `alloc`
+/// mutex reclaims every removed slot whose `lock` it can take at once, or, if there
+/// is none, every idle one, whose kind is then forgotten (a warning says so): it
 /// raises the header's `token_floor` to the slot's counter, then makes `state` even.
 /// A re-created name starts from that floor, so its tokens exceed every token it had.
 /// A process that cached the slot finds `state` changed once it holds `lock`, and looks
@@ -748,7 +754,7 @@ impl Shared {
         let h = self.header();
         let full = |h: &RawHeader| h.named.load(Ordering::Relaxed) + 1 > usable(self.capacity);
         if full(h) {
-            self.sweep()?;
+            self.sweep(false)?;
         }
         let free = if full(h) { None } else { self.free_slot(hash) };
         let Some((free, distance)) = free else {
@@ -867,12 +873,44 @@ impl Shared {
     /// `max_probe` for the names that stay; answers how many it reclaimed. The caller
     /// holds the allocation mutex. A sweep that finds nothing to reclaim holds off the
     /// next for [`SWEEP_BACKOFF`].
-    fn sweep(&self) -> Result<u64> {
+    ///
+    /// Asked for (`Space::reclaim_idle`), it forgets every idle name on purpose; by
+    /// itself, on a crowded table, it takes removed names first and only if there are
+    /// none idle names that still remember their kind, which they then forget.
+    fn sweep(&self, asked: bool) -> Result<u64> {
         let h = self.header();
         let now = now_millis();
         if now < h.sweep_after.load(Ordering::Relaxed) {
             return Ok(0);
         }
+        let mut reclaimed = self.reclaim(asked)?;
+        if reclaimed == 0 && !asked {
+            reclaimed = self.reclaim(true)?;
+            if reclaimed > 0 {
+                tracing::warn!(
+                    region = %self.url_name,
+                    reclaimed,
+                    "the shm: name table is crowded: idle names were reclaimed and their \
+                     kinds forgotten (open the region with a larger ?capacity=)"
+                );
+            }
+        }
+        self.sweep_tail(reclaimed, now)
+    }
+
+    /// Whether the record in block `word` is an idle name's kind and counter alone.
+    fn idle_with_kind(&self, word: u64) -> bool {
+        let (off, len) = split(word);
+        self.read_block(off, len)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok())
+            .is_some_and(|r| r.state.is_none() && r.tag.is_none())
+    }
+
+    /// One pass of [`Shared::sweep`]: reclaims the idle slots whose mutex is free right
+    /// now, with `with_kind` also those whose record keeps just a kind.
+    fn reclaim(&self, with_kind: bool) -> Result<u64> {
+        let h = self.header();
         let mut reclaimed = 0;
         for i in 0..self.capacity {
             let s = self.slot(i);
@@ -880,7 +918,7 @@ impl Shared {
             // Not a name somebody watches (a waiter on a clear event, whose wait must
             // not mistake the re-created name's counter for a set).
             if !is_named(state)
-                || s.record.load(Ordering::Acquire) != 0
+                || (s.record.load(Ordering::Acquire) != 0 && !with_kind)
                 || s.watchers.load(Ordering::SeqCst) != 0
             {
                 continue;
@@ -891,7 +929,10 @@ impl Shared {
             let Some(guard) = m.try_lock()? else {
                 continue;
             };
-            if s.record.load(Ordering::Acquire) == 0 && s.state.load(Ordering::Acquire) == state {
+            let word = s.record.load(Ordering::Acquire);
+            if (word == 0 || (with_kind && self.idle_with_kind(word)))
+                && s.state.load(Ordering::Acquire) == state
+            {
                 // The floor first: a crash before the state store leaves the name
                 // where it was, with a floor that is merely higher.
                 let counter = s.next_token.load(Ordering::Acquire);
@@ -905,12 +946,23 @@ impl Shared {
                 if long {
                     self.free_locked(name_block)?;
                 }
+                if word != 0 {
+                    s.record.store(0, Ordering::Release);
+                    self.free_locked(word)?;
+                }
                 reclaimed += 1;
             }
             drop(guard);
             // Whoever still watches the old name looks it up again.
             self.notify(s, u32::MAX);
         }
+        Ok(reclaimed)
+    }
+
+    /// The end of [`Shared::sweep`]: `max_probe` recomputed, and the next sweep held
+    /// off if this one found nothing.
+    fn sweep_tail(&self, reclaimed: u64, now: Millis) -> Result<u64> {
+        let h = self.header();
         // The farthest a remaining name lies from its home slot.
         let mut longest = 0u64;
         for i in 0..self.capacity {
@@ -962,7 +1014,7 @@ impl Shared {
         if s.next_token.load(Ordering::Relaxed) != record.next_token {
             s.next_token.store(record.next_token, Ordering::Release);
         }
-        let new = if record.state.is_none() && record.tag.is_none() {
+        let new = if record.state.is_none() && record.tag.is_none() && record.kind.is_none() {
             0
         } else {
             let bytes = serde_json::to_vec(record)
@@ -1225,7 +1277,7 @@ impl Backend for ShmBackend {
         let _guard = m.lock()?;
         // Asked for: no back-off from an earlier sweep that found nothing.
         self.shared.header().sweep_after.store(0, Ordering::Relaxed);
-        Ok(self.shared.sweep()? as usize)
+        Ok(self.shared.sweep(true)? as usize)
     }
 
     fn usage(&self) -> Option<crate::Usage> {
@@ -1479,6 +1531,27 @@ mod tests {
         assert_eq!(b.names().unwrap(), vec!["fourth", "third"]);
         // Another capacity than the region's is refused, not silently ignored.
         assert!(ShmBackend::open(&format!("{name}?capacity=4")).is_err());
+    }
+
+    #[test]
+    fn item13_a_miss_on_a_full_table_reads_a_few_slots_not_the_table() {
+        let name = unique("miss");
+        let _c = Cleanup(name.clone());
+        let b = ShmBackend::open(&format!("{name}?capacity=4096")).unwrap();
+        let sh = &b.shared;
+        let usable = usable(4096) as u32;
+        for i in 0..usable {
+            sh.find_or_create(&format!("job-{i}")).unwrap();
+        }
+        assert_eq!(sh.header().named.load(Ordering::Relaxed), u64::from(usable));
+        // Every lookup, hit or miss, stops after `max_probe + 1` slots (before: a miss
+        // on a full table read all 4096).
+        let longest = sh.header().max_probe.load(Ordering::Relaxed);
+        assert!(longest < 4096 / 8, "the longest probe is {longest} slots");
+        for i in 0..100 {
+            let missing = format!("missing-{i}");
+            assert_eq!(sh.probe(&missing, fnv1a(missing.as_bytes())).unwrap(), None);
+        }
     }
 
     #[test]

@@ -82,6 +82,40 @@ impl Averager {
         self.average(Op::AvgPop)
     }
 
+    /// Async [`Averager::add`]: never blocks the executor thread on a network store.
+    pub async fn add_async(&self, value: f64) -> Result<()> {
+        self.handle.check()?;
+        if !value.is_finite() {
+            return Err(Error::invalid(format!("cannot average {value}")));
+        }
+        let expire = self
+            .expire
+            .map(|d| d.as_millis().clamp(1, u128::from(u64::MAX)) as Millis);
+        let tag = self.handle.opts.tag.clone();
+        self.handle
+            .step_async(Op::AvgAdd { value, expire, tag })
+            .await?;
+        Ok(())
+    }
+
+    /// Async [`Averager::get`].
+    pub async fn get_async(&self) -> Result<Option<f64>> {
+        self.average_async(Op::AvgGet).await
+    }
+
+    /// Async [`Averager::pop`].
+    pub async fn pop_async(&self) -> Result<Option<f64>> {
+        self.average_async(Op::AvgPop).await
+    }
+
+    async fn average_async(&self, op: Op) -> Result<Option<f64>> {
+        self.handle.check()?;
+        match self.handle.step_async(op).await? {
+            Reply::Average(avg) => Ok(avg),
+            other => Err(unexpected(other)),
+        }
+    }
+
     fn average(&self, op: Op) -> Result<Option<f64>> {
         self.handle.check()?;
         match self.handle.step(op)? {

@@ -10,7 +10,7 @@ use crate::backend::{Op, Reply};
 use crate::owner::Owner;
 use crate::primitives::guard::unexpected;
 use crate::primitives::handle::{deadline_after, Handle, Step};
-use crate::{Error, Result};
+use crate::{BrokenCause, Error, Result};
 
 /// A barrier for a fixed number of parties: each [`Barrier::wait`] blocks until
 /// `parties` callers have arrived, then all go on together and the barrier is ready
@@ -19,8 +19,18 @@ use crate::{Error, Result};
 /// `wait` returns the caller's arrival index, `0..parties`; the last to arrive
 /// (index `parties - 1`) runs the [`Barrier::action`], once per generation, before the
 /// others are released. A wait that times out, an action that panics, a party that
-/// dies, [`Barrier::abort`] and [`Barrier::reset`] break the generation: its waiters
-/// get [`Error::BrokenBarrier`]. A broken barrier stays broken until `reset`.
+/// dies, [`Barrier::abort`], [`Barrier::reset`] and a party that disagrees about the
+/// number of parties or about having an action break the generation: every waiter of
+/// it gets [`Error::BrokenBarrier`], whose [`BrokenCause`] says why. A broken barrier
+/// stays broken until `reset`.
+///
+/// # Actions
+/// An action is a closure of the process that passes it, and it cannot travel to
+/// other processes: it runs in whichever party arrives last, in that party's process.
+/// So either every party of a barrier passes an action (the same one, in effect), or
+/// none does; a generation whose parties disagree breaks
+/// ([`BrokenCause::ActionMismatch`]) as soon as the disagreement shows, rather than
+/// running the action in some generations only.
 ///
 /// ```
 /// # fn main() -> locksmith::Result<()> {
@@ -42,6 +52,9 @@ pub struct Barrier {
     handle: Handle,
     parties: u32,
     action: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// How long [`Barrier::wait`] and [`Barrier::wait_async`] wait (multiprocessing's
+    /// `Barrier(parties, action, timeout)`); `None`: for ever.
+    timeout: Option<Duration>,
 }
 
 impl fmt::Debug for Barrier {
@@ -50,6 +63,7 @@ impl fmt::Debug for Barrier {
             .field("handle", &self.handle)
             .field("parties", &self.parties)
             .field("action", &self.action.is_some())
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -63,11 +77,22 @@ impl Barrier {
             handle,
             parties,
             action: None,
+            timeout: None,
         }
     }
 
+    /// The default timeout of [`Barrier::wait`] and [`Barrier::wait_async`], as
+    /// multiprocessing's `Barrier(parties, action, timeout)`: a wait that runs out
+    /// breaks the barrier ([`BrokenCause::TimedOut`]). The `_timeout` forms use their
+    /// own.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
     /// Runs `action` in the last party to arrive, before the others are released.
-    /// If it panics, the barrier breaks.
+    /// If it panics, the barrier breaks ([`BrokenCause::ActionFailed`]). Every party
+    /// must pass one, or none (see [Actions](Barrier#actions)).
     pub fn action(mut self, action: impl Fn() + Send + Sync + 'static) -> Self {
         self.action = Some(Arc::new(action));
         self
@@ -108,6 +133,56 @@ impl Barrier {
         }
     }
 
+    async fn read_async(&self) -> Result<BarrierView> {
+        self.check()?;
+        match self
+            .handle
+            .step_async(Op::BarrierRead {
+                parties: self.parties,
+            })
+            .await?
+        {
+            Reply::Barrier(view) => Ok(view),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Async [`Barrier::n_waiting`]: never blocks the executor thread on a network
+    /// store.
+    pub async fn n_waiting_async(&self) -> Result<u32> {
+        let view = self.read_async().await?;
+        Ok(if view.broken { 0 } else { view.n_waiting })
+    }
+
+    /// Async [`Barrier::is_broken`].
+    pub async fn is_broken_async(&self) -> Result<bool> {
+        Ok(self.read_async().await?.broken)
+    }
+
+    /// Async [`Barrier::abort`].
+    pub async fn abort_async(&self) -> Result<()> {
+        self.check()?;
+        self.handle
+            .step_async(Op::BarrierAbort {
+                parties: self.parties,
+                generation: None,
+                cause: BrokenCause::Aborted,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Async [`Barrier::reset`].
+    pub async fn reset_async(&self) -> Result<()> {
+        self.check()?;
+        self.handle
+            .step_async(Op::BarrierReset {
+                parties: self.parties,
+            })
+            .await?;
+        Ok(())
+    }
+
     /// How many parties are waiting in the current generation.
     pub fn n_waiting(&self) -> Result<u32> {
         let view = self.read()?;
@@ -126,6 +201,7 @@ impl Barrier {
         self.handle.step(Op::BarrierAbort {
             parties: self.parties,
             generation: None,
+            cause: BrokenCause::Aborted,
         })?;
         Ok(())
     }
@@ -142,12 +218,15 @@ impl Barrier {
 
     /// Waits for all parties; returns this caller's arrival index.
     ///
+    /// Waits at most the [`Barrier::timeout`] given at construction, if any.
+    ///
     /// # Errors
     /// [`Error::BrokenBarrier`] if the generation broke; [`Error::InvalidArgument`] for
     /// zero parties or a bad name; [`Error::Mismatch`] if the barrier exists with
-    /// another number of parties.
+    /// another number of parties (a generation filling then breaks, so that its
+    /// waiters learn of it: [`BrokenCause::PartiesMismatch`]).
     pub fn wait(&self) -> Result<u32> {
-        self.wait_until(None)
+        self.wait_until(self.timeout.and_then(deadline_after))
     }
 
     /// [`Barrier::wait`], for at most `timeout`; if it runs out, the barrier breaks
@@ -161,6 +240,63 @@ impl Barrier {
             parties: self.parties,
             owner: owner.clone(),
             tag: self.handle.opts.tag.clone(),
+            action: self.action.is_some(),
+            only_last: false,
+        }
+    }
+
+    /// The `try_` form of [`Barrier::wait`]: arrives only if this arrival completes
+    /// the generation (every other party already waits), then runs the action and
+    /// releases them all, answering `Some(index)`; otherwise `None`, without arriving
+    /// (nothing changes). Never waits, except while the previous generation is still
+    /// being released.
+    ///
+    /// # Errors
+    /// As [`Barrier::wait`].
+    pub fn try_wait(&self) -> Result<Option<u32>> {
+        self.check()?;
+        let owner = Owner::current_thread();
+        let arrive = || match self.arrive_op(&owner) {
+            Op::BarrierArrive {
+                parties,
+                owner,
+                tag,
+                action,
+                ..
+            } => Op::BarrierArrive {
+                parties,
+                owner,
+                tag,
+                action,
+                only_last: true,
+            },
+            other => other,
+        };
+        let mut judge = |reply| match reply {
+            Reply::NotLast => Ok(Step::Done(None)),
+            other => self.judge_arrival(other).map(|step| match step {
+                Step::Done(arrival) => Step::Done(Some(arrival)),
+                Step::Wait(at) => Step::Wait(at),
+            }),
+        };
+        match self.handle.block_on(None, None, &arrive, &mut judge)? {
+            Some(Some((generation, index))) => self.release_all(generation, index).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Judges an arrival step.
+    fn judge_arrival(&self, reply: Reply) -> Result<Step<Arrival>> {
+        match reply {
+            Reply::Arrived { generation, index } => Ok(Step::Done((generation, index))),
+            Reply::Busy => Ok(Step::Wait(None)),
+            Reply::PartiesMismatch { parties } => Err(Error::Mismatch {
+                name: self.name().to_owned(),
+                wanted: format!("a Barrier of {} parties", self.parties),
+                found: format!("a Barrier of {parties} parties"),
+            }),
+            Reply::Broke(cause) => Err(self.broken(Some(cause))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -168,6 +304,7 @@ impl Barrier {
         self.check()?;
         let owner = Owner::current_thread();
         let arrive = || self.arrive_op(&owner);
+        let mut judge_arrival = |reply| self.judge_arrival(reply);
         let Some((generation, index)) =
             self.handle
                 .block_on(None, deadline, &arrive, &mut judge_arrival)?
@@ -182,18 +319,20 @@ impl Barrier {
         };
         let mut judge = |reply| judge_passage(reply, generation);
         match self.handle.block_on(None, deadline, &read, &mut judge)? {
-            Some(passed) => passed.map(|()| index).map_err(|()| self.broken()),
+            Some(passed) => passed.map(|()| index).map_err(|c| self.broken(Some(c))),
             None => self.time_out(Some((generation, index))),
         }
     }
 
     /// Waits for all parties from async code; returns this caller's arrival index.
+    /// Waits at most the [`Barrier::timeout`] given at construction, if any.
     ///
     /// # Cancel safety
     /// Not cancel safe: an arrival cannot be taken back, so dropping the future
     /// breaks the barrier, as a timeout would.
     pub async fn wait_async(&self) -> Result<u32> {
-        self.wait_until_async(None).await
+        self.wait_until_async(self.timeout.and_then(deadline_after))
+            .await
     }
 
     /// [`Barrier::wait_async`], for at most `timeout`.
@@ -208,6 +347,7 @@ impl Barrier {
         self.check()?;
         let owner = Owner::new_task();
         let arrive = || self.arrive_op(&owner);
+        let mut judge_arrival = |reply| self.judge_arrival(reply);
         let Some((generation, index)) = self
             .handle
             .wait_on(None, deadline, &arrive, &mut judge_arrival)
@@ -225,6 +365,7 @@ impl Barrier {
             Op::BarrierAbort {
                 parties: self.parties,
                 generation: Some(generation),
+                cause: BrokenCause::Aborted,
             },
         );
         let read = || Op::BarrierRead {
@@ -234,7 +375,7 @@ impl Barrier {
         let passed = self.handle.wait_on(None, deadline, &read, &mut judge).await;
         abort.disarm();
         match passed? {
-            Some(passed) => passed.map(|()| index).map_err(|()| self.broken()),
+            Some(passed) => passed.map(|()| index).map_err(|c| self.broken(Some(c))),
             None => self.time_out(Some((generation, index))),
         }
     }
@@ -246,8 +387,9 @@ impl Barrier {
                 self.handle.step(Op::BarrierAbort {
                     parties: self.parties,
                     generation: Some(generation),
+                    cause: BrokenCause::ActionFailed,
                 })?;
-                return Err(self.broken());
+                return Err(self.broken(Some(BrokenCause::ActionFailed)));
             }
         }
         self.handle.step(Op::BarrierAdvance {
@@ -263,42 +405,41 @@ impl Barrier {
         self.handle.step(Op::BarrierAbort {
             parties: self.parties,
             generation,
+            cause: BrokenCause::TimedOut,
         })?;
+        let view = self.read()?;
         if let Some((generation, index)) = arrival {
-            let view = self.read()?;
             if view.generation > generation && view.last_broken != Some(generation) {
                 return Ok(index);
             }
         }
-        Err(self.broken())
+        // The first cause stands: another may have broken it before this timeout.
+        Err(self.broken(view.cause.or(Some(BrokenCause::TimedOut))))
     }
 
-    fn broken(&self) -> Error {
+    fn broken(&self, cause: Option<BrokenCause>) -> Error {
         Error::BrokenBarrier {
             name: self.name().to_owned(),
+            cause: cause.unwrap_or(BrokenCause::Unknown),
         }
     }
 }
 
-fn judge_arrival(reply: Reply) -> Result<Step<Arrival>> {
-    match reply {
-        Reply::Arrived { generation, index } => Ok(Step::Done((generation, index))),
-        Reply::Busy => Ok(Step::Wait(None)),
-        other => Err(unexpected(other)),
-    }
-}
-
-/// Done once generation `generation` has passed (`Ok`) or broken (`Err`).
-fn judge_passage(reply: Reply, generation: u64) -> Result<Step<std::result::Result<(), ()>>> {
+/// Done once generation `generation` has passed (`Ok`) or broken (`Err`, why).
+fn judge_passage(
+    reply: Reply,
+    generation: u64,
+) -> Result<Step<std::result::Result<(), BrokenCause>>> {
+    let why = |view: &BarrierView| view.cause.unwrap_or(BrokenCause::Unknown);
     match reply {
         Reply::Barrier(view) if view.generation > generation => {
             Ok(Step::Done(if view.last_broken == Some(generation) {
-                Err(())
+                Err(why(&view))
             } else {
                 Ok(())
             }))
         }
-        Reply::Barrier(view) if view.broken => Ok(Step::Done(Err(()))),
+        Reply::Barrier(view) if view.broken => Ok(Step::Done(Err(why(&view)))),
         Reply::Barrier(_) => Ok(Step::Wait(None)),
         other => Err(unexpected(other)),
     }

@@ -71,6 +71,11 @@ impl BoundedSemaphore {
         Ok(self.value()? == 0)
     }
 
+    /// Async [`Self::is_locked`]: never blocks the executor thread on a network store.
+    pub async fn is_locked_async(&self) -> Result<bool> {
+        Ok(permit::value_async(&self.handle, self.kind()?).await? == 0)
+    }
+
     /// The most permits there can be.
     pub fn max(&self) -> u32 {
         self.max

@@ -70,6 +70,30 @@ impl Event {
         Ok(self.read()?.0)
     }
 
+    /// Async [`Event::set`]: never blocks the executor thread on a network store.
+    pub async fn set_async(&self) -> Result<()> {
+        self.handle.check()?;
+        let tag = self.handle.opts.tag.clone();
+        self.handle.step_async(Op::EventSet { tag }).await?;
+        Ok(())
+    }
+
+    /// Async [`Event::clear`].
+    pub async fn clear_async(&self) -> Result<()> {
+        self.handle.check()?;
+        self.handle.step_async(Op::EventClear).await?;
+        Ok(())
+    }
+
+    /// Async [`Event::is_set`].
+    pub async fn is_set_async(&self) -> Result<bool> {
+        self.handle.check()?;
+        match self.handle.step_async(Op::EventRead).await? {
+            Reply::Event { set, .. } => Ok(set),
+            other => Err(unexpected(other)),
+        }
+    }
+
     fn read(&self) -> Result<(bool, u64)> {
         match self.handle.step(Op::EventRead)? {
             Reply::Event { set, generation } => Ok((set, generation)),
@@ -99,6 +123,13 @@ impl Event {
             .handle
             .block_on(None, deadline, &|| Op::EventRead, &mut judge)?;
         Ok(seen.is_some())
+    }
+
+    /// The `try_` form of [`Event::wait`]: whether the flag is set now, never waiting
+    /// (the same as [`Event::is_set`]).
+    pub fn try_wait(&self) -> Result<bool> {
+        self.handle.check()?;
+        Ok(self.read()?.0)
     }
 
     /// Waits until the flag is set; returns `true`.

@@ -13,7 +13,11 @@ use crate::{Error, Result};
 /// Proof of a hold on a lock, a semaphore permit, or a read or write side of an RwLock.
 ///
 /// Dropping the guard releases the hold; [`Guard::release`] does the same and reports
-/// what went wrong, if anything. A guard is `Send` and `'static`, so it can be kept
+/// what went wrong, if anything. A drop cannot report: a release on drop that fails
+/// (above all [`Error::LeaseLost`], the sign that the section may not have been
+/// exclusive) is logged as a `tracing` warning and passed to the hooks of
+/// [`crate::Space::on_drop_error`]. To see every lost hold, call `release()`, add a
+/// hook, or watch [`Guard::lease_lost`] while holding. A guard is `Send` and `'static`, so it can be kept
 /// across `.await` points and moved between threads and tasks.
 ///
 /// ```
@@ -119,7 +123,7 @@ impl Guard {
     /// Asks the store whether this hold still stands: `false` once its lease lapsed or
     /// an operator broke it.
     pub fn is_held(&self) -> Result<bool> {
-        if !self.held || self.lease.as_ref().is_some_and(|l| l.is_lost()) {
+        if !self.held || self.is_lease_lost() {
             return Ok(false);
         }
         match self.handle.step(Op::Check {
@@ -130,9 +134,47 @@ impl Guard {
         }
     }
 
-    /// Resolves when the lease renewal finds the hold gone (it lapsed, the store lost
-    /// it, or an operator broke it). Never resolves for a hold without a kept-alive
-    /// lease.
+    /// Async [`Guard::is_held`]: never blocks the executor thread on a network store.
+    pub async fn is_held_async(&self) -> Result<bool> {
+        if !self.held || self.lease.as_ref().is_some_and(|l| l.is_lost()) {
+            return Ok(false);
+        }
+        match self
+            .handle
+            .step_async(Op::Check {
+                token: self.grant.token,
+            })
+            .await?
+        {
+            Reply::Flag(held) => Ok(held),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Resolves when the lease keeper finds the hold gone: a renewal was refused (the
+    /// lease lapsed, e.g. while this process was paused, or an operator broke or
+    /// evicted the hold), or no renewal got through for a whole lease (the store
+    /// is unreachable, so another holder may already have it). Never resolves for a
+    /// hold without a kept-alive lease.
+    ///
+    /// It resolves the moment locksmith learns of the loss: once a holder listens
+    /// (this future, [`Guard::on_lease_lost`]), a watcher thread checks the hold on
+    /// every change to its name, so a break, an eviction or a successor's grant is
+    /// learned within milliseconds; the keeper also finds it at its next renewal
+    /// (every third of the lease) or at once after a pause. Another holder may have
+    /// been granted the hold that long before. Stop writing when it
+    /// resolves, and let the resource check the fencing token ([`Guard::token`]) for
+    /// a guarantee.
+    ///
+    /// ```
+    /// # async fn work() {}
+    /// # async fn f(guard: locksmith::Guard) {
+    /// tokio::select! {
+    ///     _ = work() => {}
+    ///     _ = guard.lease_lost() => eprintln!("hold lost: stopped writing"),
+    /// }
+    /// # }
+    /// ```
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future changes nothing.
@@ -140,6 +182,42 @@ impl Guard {
         match &self.lease {
             Some(lease) => lease.lost().await,
             None => std::future::pending().await,
+        }
+    }
+
+    /// Whether the lease keeper found this hold lost (as [`Guard::lease_lost`]
+    /// resolves), without asking the store.
+    pub fn is_lease_lost(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.is_lost())
+    }
+
+    /// Calls `callback` once when the lease keeper finds this hold lost (as
+    /// [`Guard::lease_lost`] resolves): for threads that cannot await. It runs on a
+    /// locksmith thread (the keeper's, which renews every lease of the space, or the
+    /// hold's watcher), so it should only signal, e.g. send on a channel, set a flag
+    /// or kill a child process, and never block. If the hold is already known lost, it runs at once on this thread.
+    /// It never runs for a hold without a kept-alive lease, nor after the guard is
+    /// released or dropped.
+    ///
+    /// ```
+    /// # fn main() -> locksmith::Result<()> {
+    /// let space = locksmith::Space::open("mem:")?;
+    /// let lock = space.lock("deploy").lease(std::time::Duration::from_secs(10));
+    /// let guard = lock.acquire()?;
+    /// let (lost, when_lost) = std::sync::mpsc::channel();
+    /// guard.on_lease_lost(move || {
+    ///     let _ = lost.send(());
+    /// });
+    /// // ... between steps of the work:
+    /// if when_lost.try_recv().is_ok() {
+    ///     return Ok(()); // stop writing: another holder may be in
+    /// }
+    /// guard.release()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_lease_lost(&self, callback: impl FnOnce() + Send + 'static) {
+        if let Some(lease) = &self.lease {
+            lease.on_lost(Box::new(callback));
         }
     }
 
@@ -168,6 +246,9 @@ impl Guard {
             return released;
         }
         self.releasing = true;
+        if let Some(lease) = &self.lease {
+            lease.retire();
+        }
         let result = self
             .handle
             .step_async(Op::Release {
@@ -175,7 +256,7 @@ impl Guard {
             })
             .await;
         (self.held, self.releasing) = (false, false);
-        let lost = self.lease.take().is_some_and(|l| l.is_lost());
+        let lost = self.take_lease();
         self.judge_release(result, lost)
     }
 
@@ -205,7 +286,7 @@ impl Guard {
             return released;
         }
         self.held = false;
-        let lost = self.lease.take().is_some_and(|l| l.is_lost());
+        let lost = self.take_lease();
         let result = self.handle.step(Op::Release {
             token: self.grant.token,
         });
@@ -257,8 +338,17 @@ impl Guard {
     /// Ends this guard's hold without a release step (the store already ended it).
     pub(crate) fn forget_hold(&mut self) {
         self.held = false;
-        self.lease = None;
+        self.take_lease();
         self.fast = None;
+    }
+
+    /// Stops keeping the lease (retired first, so that nobody is told of a loss the
+    /// guard caused itself); returns whether it had been lost.
+    fn take_lease(&mut self) -> bool {
+        self.lease.take().is_some_and(|l| {
+            l.retire();
+            l.is_lost()
+        })
     }
 
     /// Takes up a new hold of the same primitive (a condition re-acquiring its lock).
@@ -266,6 +356,7 @@ impl Guard {
         self.grant = grant;
         self.held = true;
         self.fast = None;
+        self.take_lease();
         self.keep_lease();
     }
 }
@@ -274,6 +365,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         if let Err(e) = self.release_now() {
             tracing::warn!(name = self.handle.name(), error = %e, "release on drop failed");
+            self.handle.space.dropped_with(self.handle.name(), &e);
         }
     }
 }

@@ -84,6 +84,10 @@ impl Lock {
         Lock { handle }
     }
 
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     fn kind(&self) -> Result<PermitKind> {
         Ok(KIND)
     }
@@ -115,5 +119,10 @@ impl Lock {
     /// Whether anyone holds the lock now (diskcache's `locked()`).
     pub fn is_locked(&self) -> Result<bool> {
         permit::is_held(&self.handle)
+    }
+
+    /// Async [`Self::is_locked`]: never blocks the executor thread on a network store.
+    pub async fn is_locked_async(&self) -> Result<bool> {
+        permit::is_held_async(&self.handle).await
     }
 }

@@ -1,5 +1,6 @@
 //! The primitives, each written once over the backend trait.
 
+mod acquirable;
 mod averager;
 mod barrier;
 mod bounded_semaphore;
@@ -14,10 +15,11 @@ mod rlock;
 mod rwlock;
 mod semaphore;
 
+pub use acquirable::{Acquirable, RwLockReader, RwLockWriter};
 pub use averager::Averager;
 pub use barrier::Barrier;
 pub use bounded_semaphore::BoundedSemaphore;
-pub use condition::{Condition, Sleeper};
+pub use condition::{Condition, ConditionLock, Sleeper};
 pub use event::{Event, EventMark};
 pub(crate) use guard::unexpected as guard_unexpected;
 pub use guard::Guard;

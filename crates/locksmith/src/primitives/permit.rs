@@ -247,6 +247,54 @@ pub(crate) fn is_held(handle: &Handle) -> Result<bool> {
     }
 }
 
+/// Whether the caller holds the primitive: the calling thread, or a hold of this
+/// process that no thread owns (an async acquisition, a Lock owned by the
+/// acquisition), which may have moved to the caller.
+pub(crate) fn held_here(handle: &Handle) -> Result<bool> {
+    handle.check()?;
+    match handle.step(Op::Holders)? {
+        Reply::Holders { holders, .. } => {
+            let me = Owner::current_thread();
+            Ok(holders
+                .iter()
+                .any(|h| h.owner == me || (h.owner.is_task() && h.owner.same_process(&me))))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Async [`is_held`].
+pub(crate) async fn is_held_async(handle: &Handle) -> Result<bool> {
+    handle.check()?;
+    match handle.step_async(Op::Holders).await? {
+        Reply::Holders { holders, .. } => Ok(!holders.is_empty()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Async [`held_here`].
+pub(crate) async fn held_here_async(handle: &Handle) -> Result<bool> {
+    handle.check()?;
+    match handle.step_async(Op::Holders).await? {
+        Reply::Holders { holders, .. } => {
+            let me = Owner::current_thread();
+            Ok(holders
+                .iter()
+                .any(|h| h.owner == me || (h.owner.is_task() && h.owner.same_process(&me))))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Async [`value`].
+pub(crate) async fn value_async(handle: &Handle, kind: PermitKind) -> Result<u32> {
+    handle.check()?;
+    match handle.step_async(Op::Value { kind }).await? {
+        Reply::Count(n) => Ok(n.min(u64::from(u32::MAX)) as u32),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// A semaphore's free permits.
 pub(crate) fn value(handle: &Handle, kind: PermitKind) -> Result<u32> {
     handle.check()?;
@@ -271,27 +319,37 @@ pub(crate) fn depth(handle: &Handle) -> Result<u32> {
     }
 }
 
-/// Acquires, runs the future `f` returns, and releases whatever happens to it.
-pub(crate) async fn run<F, Fut, T>(handle: &Handle, kind: PermitKind, f: F) -> Result<T>
+/// Acquires (waiting until `deadline`), runs the future `f` returns, and releases
+/// whatever happens to it; `None` if the permit did not come by the deadline (`f`
+/// then never runs).
+pub(crate) async fn run<F, Fut, T>(
+    handle: &Handle,
+    kind: PermitKind,
+    deadline: Option<Instant>,
+    f: F,
+) -> Result<Option<T>>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = T>,
 {
     let guard = match acquire_fast(handle, kind, Mode::Exclusive, 0) {
         Some(guard) => guard,
-        None => Box::pin(acquire_async(
+        None => match Box::pin(acquire_async(
             handle,
             kind,
             Mode::Exclusive,
-            Wait::Until(None),
+            Wait::Until(deadline),
         ))
         .await?
-        .ok_or(crate::Error::Timeout)?,
+        {
+            Some(guard) => guard,
+            None => return Ok(None),
+        },
     };
     // The guard is dropped, and so released, if `f` panics or this future is dropped.
     let out = f().await;
     guard.release_async().await?;
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// The five ways to acquire, for a primitive with a `handle` field and a
@@ -395,7 +453,41 @@ macro_rules! run_method {
             F: FnOnce() -> Fut,
             Fut: std::future::Future<Output = T>,
         {
-            crate::primitives::permit::run(&self.handle, self.kind()?, f).await
+            let kind = self.kind()?;
+            crate::primitives::permit::run(&self.handle, kind, None, f)
+                .await?
+                .ok_or(crate::Error::Timeout)
+        }
+
+        /// The `try_` form of [`Self::run`]: runs `f` only if the permit is free now;
+        /// `Ok(None)` otherwise (`f` is then never called).
+        ///
+        /// # Errors
+        /// As [`Self::run`].
+        pub async fn try_run<F, Fut, T>(&self, f: F) -> crate::Result<Option<T>>
+        where
+            F: FnOnce() -> Fut,
+            Fut: std::future::Future<Output = T>,
+        {
+            self.run_timeout(std::time::Duration::ZERO, f).await
+        }
+
+        /// [`Self::run`], waiting at most `timeout` for the permit: `Ok(None)` if it
+        /// did not come free in time (`f` is then never called).
+        ///
+        /// # Errors
+        /// As [`Self::run`].
+        pub async fn run_timeout<F, Fut, T>(
+            &self,
+            timeout: std::time::Duration,
+            f: F,
+        ) -> crate::Result<Option<T>>
+        where
+            F: FnOnce() -> Fut,
+            Fut: std::future::Future<Output = T>,
+        {
+            let deadline = crate::primitives::handle::deadline_after(timeout);
+            crate::primitives::permit::run(&self.handle, self.kind()?, deadline, f).await
         }
     };
 }

@@ -36,6 +36,10 @@ impl RLock {
         RLock { handle }
     }
 
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     fn kind(&self) -> Result<PermitKind> {
         Ok(KIND)
     }
@@ -68,5 +72,10 @@ impl RLock {
     /// Whether anyone holds the lock now.
     pub fn is_locked(&self) -> Result<bool> {
         permit::is_held(&self.handle)
+    }
+
+    /// Async [`Self::is_locked`]: never blocks the executor thread on a network store.
+    pub async fn is_locked_async(&self) -> Result<bool> {
+        permit::is_held_async(&self.handle).await
     }
 }

@@ -85,6 +85,16 @@ impl RwLock {
         RwLock { handle }
     }
 
+    /// The read side, as an [`crate::Acquirable`].
+    pub fn reader(&self) -> crate::RwLockReader {
+        crate::RwLockReader(self.clone())
+    }
+
+    /// The write side, as an [`crate::Acquirable`].
+    pub fn writer(&self) -> crate::RwLockWriter {
+        crate::RwLockWriter(self.clone())
+    }
+
     lease_options!();
     side!(
         Mode::Shared,
@@ -108,5 +118,10 @@ impl RwLock {
     /// Whether anyone holds either side now.
     pub fn is_locked(&self) -> Result<bool> {
         permit::is_held(&self.handle)
+    }
+
+    /// Async [`Self::is_locked`]: never blocks the executor thread on a network store.
+    pub async fn is_locked_async(&self) -> Result<bool> {
+        permit::is_held_async(&self.handle).await
     }
 }

@@ -78,6 +78,11 @@ impl Semaphore {
         Ok(self.value()? == 0)
     }
 
+    /// Async [`Self::is_locked`]: never blocks the executor thread on a network store.
+    pub async fn is_locked_async(&self) -> Result<bool> {
+        Ok(permit::value_async(&self.handle, self.kind()?).await? == 0)
+    }
+
     /// The number of permits the semaphore started with.
     pub fn initial(&self) -> u32 {
         self.initial

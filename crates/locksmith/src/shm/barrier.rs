@@ -172,7 +172,10 @@ impl<'a> Barrier<'a> {
     }
 
     fn broken() -> Error {
-        Error::BrokenBarrier { name: NAME.into() }
+        Error::BrokenBarrier {
+            name: NAME.into(),
+            cause: crate::BrokenCause::Unknown,
+        }
     }
 
     /// Waits until all parties have arrived (`None`: for ever; `Some(d)`: at most `d`,

@@ -198,6 +198,12 @@ impl Placed for Mutex<'_> {
 }
 
 impl<'a> Mutex<'a> {
+    /// What an error is about: this mutex, by the address it is placed at in this
+    /// process (a placed mutex has no name), so that messages tell mutexes apart.
+    fn what(&self) -> String {
+        format!("{NAME} placed at {:p}", self.raw)
+    }
+
     /// Bytes a mutex occupies in its buffer (32).
     pub const SIZE: usize = std::mem::size_of::<RawMutex>();
 
@@ -275,7 +281,7 @@ impl<'a> Mutex<'a> {
         let w = raw.state.load(Ordering::Relaxed);
         if w != DESTROYED && w & TID_MASK == me.id {
             if flags & FLAG_RECURSIVE == 0 {
-                return Err(Error::WouldDeadlock { name: NAME.into() });
+                return Err(Error::WouldDeadlock { name: self.what() });
             }
             let c = raw.count.load(Ordering::Relaxed);
             if c == u32::MAX {
@@ -386,13 +392,13 @@ impl<'a> Mutex<'a> {
         raw.header.check(Kind::Mutex)?;
         let w = raw.state.load(Ordering::Relaxed);
         if w == 0 {
-            return Err(Error::NotHeld { name: NAME.into() });
+            return Err(Error::NotHeld { name: self.what() });
         }
         if w == DESTROYED {
             return Err(Error::invalid("the Mutex was destroyed"));
         }
         if w & TID_MASK != me.id {
-            return Err(Error::NotOwner { name: NAME.into() });
+            return Err(Error::NotOwner { name: self.what() });
         }
         let c = raw.count.load(Ordering::Relaxed);
         if c > 0 {
@@ -468,11 +474,11 @@ impl<'a> Mutex<'a> {
         let me = sys::thread();
         let w = self.raw.state.load(Ordering::Relaxed);
         if w == 0 {
-            return Err(Error::NotHeld { name: NAME.into() });
+            return Err(Error::NotHeld { name: self.what() });
         }
         if w == DESTROYED || w & TID_MASK != me.id {
             self.raw.header.check(Kind::Mutex)?;
-            return Err(Error::NotOwner { name: NAME.into() });
+            return Err(Error::NotOwner { name: self.what() });
         }
         let saved = self.raw.count.swap(0, Ordering::Relaxed);
         self.release_slow(me)?;

@@ -6,11 +6,15 @@
 //! processes can open; they re-execute this binary with `LOCKSMITH_CHILD` set, which
 //! [`main`] dispatches to [`processes::child_main`] before the harness starts.
 
+mod acquirables;
 mod asyncs;
 mod barriers;
 mod conditions;
 mod events;
+mod forms;
 mod inputs;
+mod kinds;
+mod lease_loss;
 mod locks;
 mod processes;
 mod reclaim;
@@ -181,8 +185,12 @@ fn main() {
             tests.extend(conditions::tests());
             tests.extend(barriers::tests());
             tests.extend(inputs::tests());
+            tests.extend(kinds::tests());
+            tests.extend(forms::tests());
+            tests.extend(acquirables::tests());
             tests.extend(seeds::tests());
             tests.extend(reclaim::tests());
+            tests.extend(lease_loss::tests());
         }
         tests.extend(asyncs::tests());
         if store.cross_process {

@@ -352,16 +352,21 @@ fn no_key_leak(_: &Store) {
         drop(g);
     }
     let left = keys(&url, &prefix);
-    let expected: Vec<String> = ["barrier", "cond", "event", "lock", "rlock", "rw", "sem"]
-        .iter()
-        .map(|n| format!("{prefix}{{{n}}}"))
-        .collect();
-    assert_eq!(left, expected, "only the fencing counters stay");
+    let all = [
+        "avg", "barrier", "cond", "event", "lock", "rlock", "rw", "sem",
+    ];
+    let expected: Vec<String> = all.iter().map(|n| format!("{prefix}{{{n}}}")).collect();
+    // The averager too: it has no counter, but its name keeps its kind until removed.
+    assert_eq!(left, expected, "only the fencing counters and kinds stay");
     let mut names = space.names().unwrap();
     names.sort();
+    assert_eq!(names, all);
+    assert!(space.remove("avg").unwrap());
+    let left = keys(&url, &prefix);
     assert_eq!(
-        names,
-        ["barrier", "cond", "event", "lock", "rlock", "rw", "sem"]
+        left,
+        expected[1..],
+        "a removed name without a counter leaves nothing"
     );
 }
 

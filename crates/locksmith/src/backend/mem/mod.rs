@@ -57,6 +57,9 @@ struct SlotInner {
     tickets: HashMap<u64, Arc<Event>>,
 }
 
+/// The kind the fast path's word stands for.
+const LOCK: model::Kind = model::Kind::Permits(model::PermitKind::Lock);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state machine never panics midway through a change, so a poisoned slot
     // still holds a consistent record.
@@ -122,7 +125,25 @@ impl MemBackend {
 /// Drops every idle name nobody refers to (no handle has it cached, nobody waits on
 /// it): only the map holds it, so nobody can step on it while it goes, and whoever
 /// names it next gets a fresh slot counting on from the floor. Answers how many went.
+///
+/// Removed names (nothing but a counter) go first; only if there are none do idle
+/// names that keep their kind go, forgetting it (as a crowded `shm:` table does).
 fn sweep(slots: &mut Slots) -> usize {
+    let removed = sweep_pass(slots, false);
+    if removed > 0 {
+        return removed;
+    }
+    let forgotten = sweep_pass(slots, true);
+    if forgotten > 0 {
+        tracing::debug!(
+            forgotten,
+            "mem: idle names reclaimed, their kinds forgotten"
+        );
+    }
+    forgotten
+}
+
+fn sweep_pass(slots: &mut Slots, with_kind: bool) -> usize {
     let mut floor = slots.token_floor;
     let before = slots.map.len();
     let now = now_millis();
@@ -132,7 +153,9 @@ fn sweep(slots: &mut Slots) -> usize {
         }
         let mut inner = lock(&slot.inner);
         fold(slot, &mut inner, now);
-        let idle = inner.record.state.is_none() && inner.record.tag.is_none();
+        let record = &inner.record;
+        let idle =
+            record.state.is_none() && record.tag.is_none() && (with_kind || record.kind.is_none());
         if idle {
             floor = floor.max(inner.record.next_token);
         }
@@ -179,7 +202,8 @@ impl Backend for MemBackend {
     }
 
     fn reclaim_idle(&self) -> Result<usize> {
-        Ok(sweep(&mut lock(&self.slots)))
+        // Asked for: every idle name goes, kind and all.
+        Ok(sweep_pass(&mut lock(&self.slots), true))
     }
 
     fn evict_tag(&self, tag: &str) -> Result<usize> {
@@ -201,10 +225,20 @@ impl Backend for MemBackend {
 
 /// Moves the fast path's word into the record (the slow path's turn).
 fn fold(slot: &Slot, inner: &mut SlotInner, now: Millis) {
+    let lock = Some(LOCK);
     match slot.fast.fold() {
         Folded::Slow => {}
-        Folded::Free { last_token } => inner.record.next_token = last_token,
+        Folded::Free { last_token } => {
+            // A token handed out through the word: a Lock used the name first.
+            if last_token != inner.record.next_token && inner.record.kind.is_none() {
+                inner.record.kind = lock;
+            }
+            inner.record.next_token = last_token
+        }
         Folded::Held { token, holder } => {
+            if inner.record.kind.is_none() {
+                inner.record.kind = lock;
+            }
             let owner = match holder {
                 0 => Owner::some_task(),
                 thread => Owner::with_thread(thread),
@@ -256,7 +290,11 @@ fn step(slot: &Slot, key: &Key, op: Op) -> Result<Reply> {
         }
     }
     // Also after a failed op: the record may be idle, and the path must not stay shut.
-    if inner.record.state.is_none() && inner.record.tag.is_none() {
+    // Only for a name that is a Lock or no kind yet: the word knows no other kind.
+    if inner.record.state.is_none()
+        && inner.record.tag.is_none()
+        && (inner.record.kind.is_none() || inner.record.kind == Some(LOCK))
+    {
         slot.fast.unfold(inner.record.next_token);
     }
     result.map(|(reply, _)| reply)

@@ -11,8 +11,13 @@
 //! | `token` | the fencing counter ([`Record::next_token`]); never goes back |
 //! | `tag` | the tag, for [`Backend::evict_tag`]; NULL when untagged or free |
 //! | `state` | the live state as JSON; NULL when the primitive is free |
+//! | `kind` | the kind and parameters fixed by the name's first use, as JSON; NULL once removed |
 //!
-//! A free primitive leaves just `(name, token, NULL, NULL)`. The file carries
+//! A free primitive leaves just `(name, token, NULL, NULL, kind)`, until
+//! [`Backend::reclaim_idle`] deletes such rows; it first raises `token_floor` in the
+//! `meta` table to the highest `token` it deletes, and a name without a row starts from
+//! that floor, so a name used again never repeats a token. Version 1 files (without
+//! `kind`) gain the column when first opened by this build. The file carries
 //! `PRAGMA application_id` = `LKSM` and `PRAGMA user_version` = the schema version, so
 //! a foreign or newer file is refused rather than misread.
 //!
@@ -74,7 +79,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 use self::bell::{slot, stable_hash, Bell};
 use super::mem::now_millis;
-use super::model::{self, Ctx, Millis, Op, Record, Reply, State};
+use super::model::{self, Ctx, Kind, Millis, Op, Record, Reply, State};
 use super::{Backend, BoxFuture, Key, Watch};
 use crate::owner::Owner;
 use crate::{Error, Result};
@@ -82,7 +87,7 @@ use crate::{Error, Result};
 /// `PRAGMA application_id` of a locksmith database: "LKSM".
 const APPLICATION_ID: i32 = 0x4C4B_534D;
 /// `PRAGMA user_version`: the schema version this build reads and writes.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 /// Write steps between two background checkpoints.
 const CHECKPOINT_EVERY: u32 = 512;
 /// The WAL size, in pages, at which a step checkpoints by itself.
@@ -92,10 +97,11 @@ const WAITER_TTL_FLOOR: Millis = 30_000;
 /// The most shards a sharded store may have.
 pub(crate) const MAX_SHARDS: usize = 256;
 
-const SELECT: &str = "SELECT token, tag, state FROM prim WHERE name = ?1";
-const UPSERT: &str = "INSERT INTO prim (name, token, tag, state) VALUES (?1, ?2, ?3, ?4) \
+const SELECT: &str = "SELECT token, tag, state, kind FROM prim WHERE name = ?1";
+const UPSERT: &str =
+    "INSERT INTO prim (name, token, tag, state, kind) VALUES (?1, ?2, ?3, ?4, ?5) \
      ON CONFLICT (name) DO UPDATE SET token = excluded.token, tag = excluded.tag, \
-     state = excluded.state";
+     state = excluded.state, kind = excluded.kind";
 
 /// How a `sqlite:` URL asked the store to behave.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -598,7 +604,7 @@ fn check_header(conn: &Connection, path: &Path) -> Result<bool> {
         Err(Error::invalid(format!(
             "'{file}' is an SQLite database of another program, not a locksmith store"
         )))
-    } else if version != SCHEMA_VERSION {
+    } else if version != SCHEMA_VERSION && version != 1 {
         Err(Error::invalid(format!(
             "'{file}' is a locksmith store of schema version {version}; this build \
              reads version {SCHEMA_VERSION} only"
@@ -621,7 +627,7 @@ fn init_schema(
         if check_header(conn, path)? {
             conn.execute_batch(&format!(
                 "CREATE TABLE prim (name TEXT PRIMARY KEY NOT NULL, token INTEGER NOT NULL, \
-                     tag TEXT, state BLOB) WITHOUT ROWID;
+                     tag TEXT, state BLOB, kind TEXT) WITHOUT ROWID;
                  CREATE INDEX prim_tag ON prim (tag) WHERE tag IS NOT NULL;
                  CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value) WITHOUT ROWID;
                  PRAGMA application_id = {APPLICATION_ID};
@@ -635,6 +641,17 @@ fn init_schema(
                 )
                 .map_err(err)?;
             }
+        }
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        if version == 1 {
+            // Version 1 kept no kinds: idle names of such a file start without one.
+            conn.execute_batch(&format!(
+                "ALTER TABLE prim ADD COLUMN kind TEXT;
+                 PRAGMA user_version = {SCHEMA_VERSION};"
+            ))
+            .map_err(err)?;
         }
         let meta = |k: &str| -> Result<Option<i64>> {
             conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
@@ -740,22 +757,30 @@ impl SqliteBackend {
                         r.get::<_, i64>(0)?,
                         r.get::<_, Option<String>>(1)?,
                         r.get::<_, Option<Vec<u8>>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
                     ))
                 })
                 .optional()
                 .map_err(err)?;
-            let (old_token, old_tag, old_state) = match row {
+            let (old_token, old_tag, old_state, old_kind) = match row {
                 Some(row) => row,
                 // A new name, or one reclaimed: its counter starts at the floor.
-                None => (token_floor(conn).map_err(err)?, None, None),
+                None => (token_floor(conn).map_err(err)?, None, None, None),
             };
-            let (state, damaged) = match old_state.as_deref().map(serde_json::from_slice::<State>) {
-                None => (None, false),
-                Some(Ok(state)) => (Some(state), false),
+            let decoded = old_state
+                .as_deref()
+                .map(serde_json::from_slice::<State>)
+                .transpose()
+                .and_then(|state| {
+                    let kind = old_kind.as_deref().map(serde_json::from_str::<Kind>);
+                    Ok((state, kind.transpose()?))
+                });
+            let (state, kind, damaged) = match decoded {
+                Ok((state, kind)) => (state, kind, false),
                 // A record that does not decode is this name's problem only; a forced
                 // release resets it (its fencing counter is a column of its own).
-                Some(Err(_)) if force => (None, true),
-                Some(Err(e)) => {
+                Err(_) if force => (None, None, true),
+                Err(e) => {
                     return Err(Error::Damaged {
                         name: name.into(),
                         reason: e.to_string(),
@@ -766,6 +791,7 @@ impl SqliteBackend {
                 next_token: old_token as u64,
                 tag: if damaged { None } else { old_tag.clone() },
                 state,
+                kind,
             };
             let (reply, mut wake) = model::apply(&mut record, name, op, &ctx)?;
             if damaged {
@@ -777,14 +803,25 @@ impl SqliteBackend {
                 Some(s) => Some(serde_json::to_vec(s).map_err(|e| corrupt(&shard.path, name, e))?),
                 None => None,
             };
+            let new_kind = match &record.kind {
+                Some(k) => {
+                    Some(serde_json::to_string(k).map_err(|e| corrupt(&shard.path, name, e))?)
+                }
+                None => None,
+            };
             let token = i64::try_from(record.next_token).map_err(|_| {
                 Error::backend(format!("the fencing counter of '{name}' overflowed"))
             })?;
-            let wrote = token != old_token || record.tag != old_tag || new_state != old_state;
+            let wrote = token != old_token
+                || record.tag != old_tag
+                || new_state != old_state
+                || new_kind != old_kind;
             if wrote {
                 conn.prepare_cached(UPSERT)
                     .and_then(|mut s| {
-                        s.execute(rusqlite::params![name, token, record.tag, new_state])
+                        s.execute(rusqlite::params![
+                            name, token, record.tag, new_state, new_kind
+                        ])
                     })
                     .map_err(err)?;
             }
@@ -960,6 +997,7 @@ impl Backend for SqliteBackend {
                             next_token: 0,
                             tag: Some(tag.to_owned()),
                             state: serde_json::from_slice::<State>(&bytes).ok(),
+                            kind: None,
                         };
                         let tickets = queued_tickets(&record);
                         model::evict(&mut record, tag);
@@ -973,7 +1011,8 @@ impl Backend for SqliteBackend {
                     }
                 }
                 conn.prepare_cached(
-                    "UPDATE prim SET state = NULL, tag = NULL WHERE tag = ?1 AND state IS NOT NULL",
+                    "UPDATE prim SET state = NULL, tag = NULL, kind = NULL \
+                     WHERE tag = ?1 AND state IS NOT NULL",
                 )
                 .and_then(|mut s| s.execute([tag]))
                 .map_err(err)?;
