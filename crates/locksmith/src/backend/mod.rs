@@ -14,6 +14,8 @@
 pub(crate) mod futex_async;
 pub(crate) mod mem;
 pub(crate) mod model;
+#[cfg(test)]
+pub(crate) mod model_props;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 #[cfg(all(target_os = "linux", feature = "shm"))]

@@ -911,7 +911,8 @@ local claim_ttl, waiter_ttl = string.match(ARGV[1], '^(%d+):(%d+)$')
 CLAIM_TTL, WAITER_TTL = tonumber(claim_ttl), tonumber(waiter_ttl)
 local clock = redis.call('TIME')
 now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-raw = redis.call('GET', key)
+-- A missing key reads as false; nil is what the checks below mean by "no record".
+raw = redis.call('GET', key) or nil
 local fast
 if ARGV[2] == 'acq' then fast = fast_acquire(ARGV)
 elseif ARGV[2] == 'rel' then fast = fast_release(ARGV[3], ARGV[4])

@@ -1912,6 +1912,10 @@ impl Watch for RedisWatch {
 }
 
 #[cfg(test)]
+#[path = "redis_diff.rs"]
+mod diff;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

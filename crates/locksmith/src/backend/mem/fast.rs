@@ -15,8 +15,8 @@
 //! while free). Tokens only grow, so no `HELD` word ever comes back once released, and a
 //! stale guard can never give back a later hold.
 
+use super::atomic::{AtomicU64, Ordering};
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::FastHold;
 
@@ -130,7 +130,11 @@ impl FastLock {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, locksmith_loom))]
+#[path = "fast_loom.rs"]
+mod loom_tests;
+
+#[cfg(all(test, not(locksmith_loom)))]
 mod tests {
     use super::*;
 

@@ -8,6 +8,7 @@
 //!
 //! An uncontended plain Lock skips the record and the mutex altogether: see [`fast`].
 
+mod atomic;
 mod fast;
 
 use std::collections::HashMap;
