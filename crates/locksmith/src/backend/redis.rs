@@ -657,7 +657,8 @@ impl RedisBackend {
             .map_err(|f| f.into_error(&inner.url))?;
         let budget = deadline
             .saturating_duration_since(Instant::now())
-            .max(MIN_ATTEMPT);
+            .max(MIN_ATTEMPT)
+            .min(timeout);
         conn.set_read_timeout(Some(budget))
             .map_err(|e| Fault::of(&e, budget).into_error(&inner.url))?;
         // LOCKSMITH_REDIS_EVAL=1 forces the EVALSHA path (how older servers are
