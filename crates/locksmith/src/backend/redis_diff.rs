@@ -319,3 +319,34 @@ fn releasing_a_name_without_a_record_is_not_held() {
         Err(crate::Error::NotHeld { .. })
     ));
 }
+
+/// The same `false`: once a reclaim had raised the token floor, any op that leaves
+/// nothing to keep on a name without a record (a `check`, a `holders`, a refused
+/// release) wrote that name a record of just the floor, a key per name looked at.
+#[test]
+fn looking_at_a_name_without_a_record_leaves_no_key() {
+    let mut server = Server::start();
+    let keys = keys(0, 0);
+    redis::cmd("SET")
+        .arg(&keys[4])
+        .arg(5)
+        .query::<()>(&mut server.conn)
+        .unwrap();
+    for op in [
+        Op::Check { token: 1 },
+        Op::Holders,
+        Op::Release { token: 1 },
+    ] {
+        let _ = decode(
+            script_call(&keys, &encode(&op))
+                .invoke(&mut server.conn)
+                .expect("the script runs"),
+            "n",
+        );
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&keys[0])
+            .query(&mut server.conn)
+            .unwrap();
+        assert!(!exists, "{op:?} left a key for a name without a record");
+    }
+}
