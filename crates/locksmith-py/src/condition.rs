@@ -54,31 +54,60 @@ permit_class!(Condition, "Condition", any_thread = false, {
         let timeout = timeout_arg(py, timeout)?;
         let slot = self.holds.mine().ok_or_else(|| not_held(py, &self.name))?;
         let core = self.core.get().raise_py(py)?;
-        let Some(mut guard) = slot.take_for_wait() else {
+        let Some(guard) = slot.take_for_wait() else {
             return Err(not_held(py, &self.name));
         };
         let deadline = timeout.map(|t| Instant::now() + t);
-        let result = loop {
+        // One sleeper for the whole wait, across the slices between signal checks: a
+        // notification that comes between two slices is kept, never lost.
+        let mut sleeper = match py.detach(|| core.sleep(guard)) {
+            Ok(sleeper) => sleeper,
+            Err(e) => {
+                // The hold had ended: take the lock again before reporting it.
+                if let Ok(guard) = py.detach(|| core.acquire()) {
+                    slot.put_back(guard);
+                }
+                return Err(crate::errors::to_py(py, e));
+            }
+        };
+        let mut result = Ok(false);
+        loop {
             let slice = match deadline {
                 None => SLICE,
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        break Ok(false);
+                        break;
                     }
                     left.min(SLICE)
                 }
             };
-            match py.detach(|| core.wait_timeout(&mut guard, slice)) {
-                Ok(true) => break Ok(true),
+            match py.detach(|| sleeper.wait_timeout(slice)) {
+                Ok(true) => {
+                    result = Ok(true);
+                    break;
+                }
                 Ok(false) => {}
-                Err(e) => break Err(crate::errors::to_py(py, e)),
+                Err(e) => {
+                    result = Err(crate::errors::to_py(py, e));
+                    break;
+                }
             }
             if let Err(e) = py.check_signals() {
-                break Err(e);
+                result = Err(e);
+                break;
             }
-        };
-        slot.put_back(guard);
+        }
+        let left = py.detach(|| sleeper.leave());
+        if let (Ok(false), Ok(true)) = (&result, &left) {
+            // Notified just as the time ran out: a notification is never wasted.
+            result = Ok(true);
+        }
+        // The lock again, as threading's Condition takes it: waiting as long as it takes.
+        match py.detach(|| core.acquire()) {
+            Ok(guard) => slot.put_back(guard),
+            Err(e) => return Err(crate::errors::to_py(py, e)),
+        }
         result
     }
 

@@ -10,7 +10,7 @@ use pyo3::types::PyAny;
 use crate::errors::Raise;
 use crate::guard::{Guard, Holds};
 use crate::space::Core;
-use crate::wait::{sliced, timeout_arg};
+use crate::wait::{slice_for, sliced_by, timeout_arg};
 
 /// The core primitives that hand out guards.
 pub(crate) trait Acquire: Clone + Send + Sync + 'static {
@@ -18,6 +18,10 @@ pub(crate) trait Acquire: Clone + Send + Sync + 'static {
     fn acquire_timeout(&self, d: Duration) -> locksmith::Result<Option<locksmith::Guard>>;
     /// The core's `release()`: a guardless hold of this thread, or a signalling release.
     fn release_owned(&self) -> locksmith::Result<()>;
+    /// After a step whose answer never came (it may have granted a hold nobody has a
+    /// guard for): gives back such a hold of the calling thread, where the primitive
+    /// can tell one apart (locks; a semaphore's lapses with its lease).
+    fn give_back_orphan(&self) {}
     /// The async acquisition, waiting at most `timeout` (`None`: as long as it takes).
     fn acquire_owned_async(self, timeout: Option<Duration>) -> AcquireFuture;
 }
@@ -39,6 +43,13 @@ macro_rules! impl_acquire {
             fn release_owned(&self) -> locksmith::Result<()> {
                 <$t>::release(self)
             }
+            fn give_back_orphan(&self) {
+                // Only a lock's own guardless hold can be told apart from a signal: the
+                // caller waited, so it held nothing of it before.
+                if <$t as Orphans>::LOCK {
+                    let _ = <$t>::release(self);
+                }
+            }
             fn acquire_owned_async(self, timeout: Option<Duration>) -> AcquireFuture {
                 Box::pin(async move {
                     match timeout {
@@ -56,6 +67,28 @@ impl_acquire!(
     locksmith::Semaphore,
     locksmith::BoundedSemaphore
 );
+
+/// Which core primitives are locks (whose calling-thread hold `release()` gives back).
+trait Orphans {
+    const LOCK: bool;
+}
+impl Orphans for locksmith::Lock {
+    const LOCK: bool = true;
+}
+impl Orphans for locksmith::RLock {
+    const LOCK: bool = true;
+}
+impl Orphans for locksmith::Semaphore {
+    const LOCK: bool = false;
+}
+impl Orphans for locksmith::BoundedSemaphore {
+    const LOCK: bool = false;
+}
+
+/// Whether `e` is a step that got no answer in time: it may or may not have happened.
+fn unanswered(e: &locksmith::Error) -> bool {
+    matches!(e, locksmith::Error::Backend(_)) && e.to_string().contains("timed out")
+}
 
 impl Acquire for locksmith::Condition {
     fn try_acquire(&self) -> locksmith::Result<Option<locksmith::Guard>> {
@@ -95,13 +128,35 @@ pub(crate) fn acquire<T: Acquire>(
     timeout: Option<f64>,
 ) -> PyResult<Option<Guard>> {
     let timeout = timeout_arg(py, timeout)?;
+    let slice_len = slice_for(core.cell.url());
+    let space = core.cell.core().raise_py(py)?;
     let core = core.get().raise_py(py)?;
     let core: &T = &core;
-    let got = sliced(
+    let orphaned = std::sync::atomic::AtomicBool::new(false);
+    let got = sliced_by(
         py,
         timeout,
+        slice_len,
         || core.try_acquire(),
-        |slice| core.acquire_timeout(slice),
+        |slice| match core.acquire_timeout(slice) {
+            // A slice's step that got no answer in time (a loaded machine, a network
+            // store): undo what it may have granted, and go on waiting.
+            Err(e) if unanswered(&e) => {
+                core.give_back_orphan();
+                orphaned.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(None)
+            }
+            // A grant of an unanswered step that could not be given back: the store
+            // says this thread holds the lock it is waiting for. Nobody else can hold
+            // it, so breaking the hold breaks only that orphan.
+            Err(locksmith::Error::WouldDeadlock { name })
+                if orphaned.swap(false, std::sync::atomic::Ordering::Relaxed) =>
+            {
+                space.force_release(&name)?;
+                Ok(None)
+            }
+            other => other,
+        },
     )?;
     Ok(got.map(|g| holds.push(g)))
 }

@@ -44,19 +44,49 @@ where
     Try: FnOnce() -> locksmith::Result<Option<T>>,
     Attempt: Fn(Duration) -> locksmith::Result<Option<T>> + Sync,
 {
+    sliced_by(py, timeout, SLICE, try_now, attempt)
+}
+
+/// The slice for a store: a network store's steps are round trips, and a step cut
+/// short may or may not have happened, so its waits take longer slices (Ctrl-C is then
+/// seen within [`NETWORK_SLICE`]).
+pub(crate) fn slice_for(url: &str) -> Duration {
+    if url.starts_with("redis") {
+        NETWORK_SLICE
+    } else {
+        SLICE
+    }
+}
+
+/// The slice of a wait on a network store.
+pub(crate) const NETWORK_SLICE: Duration = Duration::from_millis(500);
+
+/// [`sliced`] with slices of at most `slice_len`.
+pub(crate) fn sliced_by<T, Try, Attempt>(
+    py: Python<'_>,
+    timeout: Option<Duration>,
+    slice_len: Duration,
+    try_now: Try,
+    attempt: Attempt,
+) -> PyResult<Option<T>>
+where
+    T: Send,
+    Try: FnOnce() -> locksmith::Result<Option<T>>,
+    Attempt: Fn(Duration) -> locksmith::Result<Option<T>> + Sync,
+{
     if let Some(got) = try_now().raise_py(py)? {
         return Ok(Some(got));
     }
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
         let slice = match deadline {
-            None => SLICE,
+            None => slice_len,
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return Ok(None);
                 }
-                left.min(SLICE)
+                left.min(slice_len)
             }
         };
         if let Some(got) = py.detach(|| attempt(slice)).raise_py(py)? {

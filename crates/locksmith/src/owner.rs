@@ -179,6 +179,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_forked_child_never_draws_the_ids_its_parent_draws_next() {
+        let _ = fresh_id(); // the parent's base and counter are set before the fork
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the child only computes ids (atomics, getpid, no locks), writes them
+        // to the pipe and leaves with _exit, never returning into the test harness.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            let ids: Vec<u8> = (0..4).flat_map(|_| fresh_id().to_ne_bytes()).collect();
+            // SAFETY: writes the buffer it owns to the pipe, then exits at once.
+            unsafe {
+                libc::write(fds[1], ids.as_ptr().cast(), ids.len());
+                libc::_exit(0);
+            }
+        }
+        let mine: Vec<u64> = (0..4).map(|_| fresh_id()).collect();
+        let mut buf = [0u8; 32];
+        // SAFETY: reads at most the buffer's length into the buffer it owns.
+        let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+        let mut status = 0;
+        // SAFETY: reaps the child forked above.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        assert_eq!(n, 32, "the child wrote its ids");
+        let theirs: Vec<u64> = buf
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+            .collect();
+        assert!(
+            mine.iter().all(|id| !theirs.contains(id)),
+            "parent {mine:x?} and child {theirs:x?} drew the same ids"
+        );
+    }
+
+    #[test]
     fn this_process_is_alive_and_a_bogus_pid_is_dead() {
         let me = Owner::current_thread();
         assert!(!me.is_dead());

@@ -170,9 +170,13 @@ end
 --
 -- A waiter must try again within WAITER_TTL (its client looks again every ten seconds
 -- at most), so ten thousand of them cost little; but one that could be granted now
--- must claim it within CLAIM_TTL of being woken for it, or lose its place: so a waiter
--- that died without leaving (SIGKILL, a lost host) blocks the ones behind it for
--- CLAIM_TTL at most (plus the time until the next step, which drops it).
+-- must claim it within CLAIM_TTL of being woken for it. Past its deadline a waiter is
+-- skipped, not dropped: a waiter that died without leaving (SIGKILL, a lost host)
+-- blocks the ones behind it for CLAIM_TTL at most (plus the time until the next
+-- step), while a live one that was merely slow (a swamped process) keeps its place
+-- and is granted when it comes back, if it still can be. (Dropping it instead could
+-- starve everyone: when every claim takes longer than CLAIM_TTL, every head would be
+-- dropped before it claims.) A waiter skipped for WAITER_TTL more is removed.
 
 -- The record counts its queued waiters (ql), so that a primitive without a queue
 -- never touches the queue's keys.
@@ -208,21 +212,31 @@ local function grantable_prefix(p)
     if #chunk == 0 then return count, excl, tickets end
     local infos = redis.call('HMGET', IK, unpack(chunk))
     for j, tk in ipairs(chunk) do
-      local m = string.sub(infos[j] or 'x', 1, 1)
-      if not fits(p, m, count, excl) then return count, excl, tickets end
-      count = count + 1
-      excl = excl or m == 'x'
-      tickets[#tickets + 1] = tk
+      -- A waiter past its deadline (woken for a grant it did not claim in time, or
+      -- silent too long) is skipped: it holds up nobody behind it, and keeps its
+      -- place should it come back (its next look refreshes its deadline).
+      if tonumber(redis.call('ZSCORE', WK, tk) or '0') >= now then
+        local m = string.sub(infos[j] or 'x', 1, 1)
+        if not fits(p, m, count, excl) then return count, excl, tickets end
+        count = count + 1
+        excl = excl or m == 'x'
+        tickets[#tickets + 1] = tk
+      end
     end
     start = start + 16
   end
 end
 
+-- A queued waiter may be granted if it is among the grantable; anyone else only if
+-- nobody at all is queued (a skipped waiter too: a newcomer queues behind it, and
+-- passes it at its next look).
 local function may_grant(p, ticket, mode)
-  local prefix, excl = grantable_prefix(p)
-  if ticket and qlen(p) > 0 then
-    local rank = redis.call('ZRANK', QK, ticket)
-    if rank then return rank < prefix end
+  local prefix, excl, tickets = grantable_prefix(p)
+  if ticket and qlen(p) > 0 and redis.call('ZSCORE', QK, ticket) then
+    for _, tk in ipairs(tickets) do
+      if tk == ticket then return true end
+    end
+    return false
   end
   return prefix == qlen(p) and fits(p, mode, prefix, excl)
 end
@@ -248,7 +262,8 @@ local function prune(p)
     if is_sem(p.kind) then p.av = p.av + freed end
   end
   if qlen(p) == 0 then return end
-  local stale = redis.call('ZRANGEBYSCORE', WK, '-inf', '(' .. now)
+  -- Skipped for WAITER_TTL past its deadline: gone.
+  local stale = redis.call('ZRANGEBYSCORE', WK, '-inf', '(' .. (now - WAITER_TTL))
   for _, tk in ipairs(stale) do dequeue(p, tk) end
 end
 
@@ -303,9 +318,11 @@ local function acquire(kind, n, mode, owner, lease, tag, ticket, id)
   end
   if p == nil then p = new_permits(kind, n) end
   if tag then rec.g = tag end
+  -- A waiter keeps (or takes) its place and refreshes its deadline first, so that one
+  -- that was skipped and is back can be granted at once.
+  local rank = -1
+  if ticket then rank = enqueue(p, ticket, owner, mode) end
   if not may_grant(p, ticket, mode) then
-    local rank = -1
-    if ticket then rank = enqueue(p, ticket, owner, mode) end
     local retry = -1
     for _, h in ipairs(p.h) do
       if h.u and (retry < 0 or h.u < retry) then retry = h.u end
@@ -315,8 +332,10 @@ local function acquire(kind, n, mode, owner, lease, tag, ticket, id)
     -- first waiters ahead of it, for the client's same-host liveness check.
     local r = { 'blocked', retry, rank }
     for _, h in ipairs(p.h) do r[#r + 1] = h.o end
-    local ahead = 16
-    if rank >= 0 and rank < ahead then ahead = rank end
+    -- Only a waiter near the front looks at those ahead of it (one further back, or
+    -- not yet queued, would only repeat the front's work).
+    local ahead = 0
+    if rank >= 0 and rank < 16 then ahead = rank end
     if ahead > 0 and qlen(p) > 0 then
       local front = redis.call('ZRANGE', QK, 0, ahead - 1)
       if #front > 0 then

@@ -65,12 +65,14 @@ use crate::{BrokenCause, Error, Result};
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// A queued waiter that could be granted must claim the grant within this long of
-/// being woken for it, or it is dropped from the queue (its process is presumed gone):
+/// being woken for it, or it is skipped (its process is presumed gone, or too slow):
 /// how long a waiter killed on another host can keep the ones behind it waiting, plus
-/// one [`POLL`] (the step that drops it is the next waiter's look).
+/// one [`POLL`] (the step that passes it is the next waiter's look). A skipped waiter
+/// keeps its place should it come back (see `redis.lua`).
 pub(crate) const CLAIM_TTL: Millis = 3_000;
 
-/// A queued waiter that has not tried for this long is dropped from the queue.
+/// A queued waiter that has not tried for this long is skipped too, and one skipped
+/// for this long more is removed from the queue.
 pub(crate) const WAITER_TTL: Millis = 30_000;
 
 /// The longest a watcher near the front of a queue, or a watcher of an event or a
@@ -655,7 +657,8 @@ impl RedisBackend {
             .map_err(|f| f.into_error(&inner.url))?;
         let budget = deadline
             .saturating_duration_since(Instant::now())
-            .max(MIN_ATTEMPT);
+            .max(MIN_ATTEMPT)
+            .min(timeout);
         conn.set_read_timeout(Some(budget))
             .map_err(|e| Fault::of(&e, budget).into_error(&inner.url))?;
         // LOCKSMITH_REDIS_EVAL=1 forces the EVALSHA path (how older servers are

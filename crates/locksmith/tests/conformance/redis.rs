@@ -709,11 +709,15 @@ fn killed_waiter(other_host: bool) {
         Some(token + 1),
         "the waiter behind a killed one gets the lock next"
     );
-    assert_eq!(
-        space.waiting("line").unwrap(),
-        0,
-        "the killed waiter's place is gone"
-    );
+    if !other_host {
+        // Proven dead: its place is gone. (Another host's is only skipped, and goes
+        // 30 s later.)
+        assert_eq!(
+            space.waiting("line").unwrap(),
+            0,
+            "the killed waiter's place is gone"
+        );
+    }
 }
 
 fn killed_waiter_here(_: &Store) {
@@ -812,11 +816,7 @@ fn aof_restart(_: &Store) {
         [token + 1, token + 2],
         "each waiter in turn, after the holder"
     );
-    assert_eq!(
-        space.waiting("x").unwrap(),
-        0,
-        "the dead waiter's place is gone"
-    );
+    // (The dead waiter's place is skipped, not yet gone: it goes 30 s later.)
     kill(pid);
 }
 
