@@ -3,48 +3,17 @@
 use std::time::Instant;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyAny, PyTuple};
+use pyo3::types::PyAny;
 
 use crate::errors::Raise;
-use crate::guard::{not_held, Holds};
-use crate::lock::{parts, reduce_args, with_opts};
-use crate::permits::{permit_class, Opts};
-use crate::space::Core;
+use crate::guard::not_held;
+use crate::lock::named_permit_class;
 use crate::wait::{timeout_arg, SLICE};
 
-/// A condition variable carrying its own lock: acquire it (`with cond:`), check the
-/// shared state, `wait()` to release the lock and sleep until notified.
-#[pyclass(frozen, module = "locksmith")]
-#[derive(Debug)]
-pub struct Condition {
-    pub(crate) name: String,
-    pub(crate) core: Core<locksmith::Condition>,
-    pub(crate) holds: Holds,
-    opts: Opts,
-}
-
-permit_class!(Condition, "Condition", any_thread = false, {
-    #[new]
-    #[pyo3(signature = (name, space=None, lease=None, keep_alive=true, tag=None))]
-    fn new(
-        py: Python<'_>,
-        name: String,
-        space: Option<&Bound<'_, PyAny>>,
-        lease: Option<f64>,
-        keep_alive: bool,
-        tag: Option<String>,
-    ) -> PyResult<Self> {
-        let (cell, opts, o) = parts(py, space, lease, keep_alive, tag)?;
-        let n = name.clone();
-        let core = Core::new(cell, move |s| with_opts!(s.condition(&n), o)).raise_py(py)?;
-        Ok(Condition {
-            name,
-            core,
-            holds: Holds::default(),
-            opts,
-        })
-    }
-
+named_permit_class!(
+    /// A condition variable carrying its own lock: acquire it (`with cond:`), check the
+    /// shared state, `wait()` to release the lock and sleep until notified.
+    Condition(locksmith::Condition, condition), "Condition", any_thread = false, {
     /// Releases the lock (which the calling thread must hold), sleeps until notified or
     /// `timeout` seconds passed, and takes the lock again. Returns whether it was
     /// notified. Signal handlers run during the wait; if one raises, the lock is held
@@ -122,13 +91,5 @@ permit_class!(Condition, "Condition", any_thread = false, {
     fn notify_all(&self, py: Python<'_>) -> PyResult<usize> {
         let core = self.core.get().raise_py(py)?;
         py.detach(|| core.notify_all()).raise_py(py)
-    }
-
-    fn __reduce__<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
-        let me = slf.get();
-        let args = reduce_args(slf.py(), &me.name, None, me.core.cell.url(), &me.opts)?;
-        Ok((slf.get_type().into_any(), args))
     }
 });

@@ -4,9 +4,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyAny, PyTuple};
 
 use crate::errors::Raise;
-use crate::guard::Holds;
-use crate::permits::{permit_class, Opts};
-use crate::space::{seconds, space_arg, Core};
+use crate::permits::Opts;
+use crate::space::{seconds, space_arg};
 
 /// Applies a primitive's lease options to its core handle.
 macro_rules! with_opts {
@@ -80,98 +79,88 @@ pub(crate) fn reduce_args<'py>(
     PyTuple::new(py, items)
 }
 
-/// A lock one owner holds at a time, shared by everyone who opens the same store and
-/// name. Acquiring it again from the holding thread raises `WouldDeadlock`.
-#[pyclass(frozen, module = "locksmith")]
-#[derive(Debug)]
-pub struct Lock {
-    pub(crate) name: String,
-    pub(crate) core: Core<locksmith::Lock>,
-    pub(crate) holds: Holds,
-    opts: Opts,
+/// A guard-giving pyclass over one core primitive opened by name: its struct, its
+/// constructor (`name, space=None, lease=None, keep_alive=True, tag=None`), pickling,
+/// the acquire/release surface of `permit_class!`, and the methods in `$extra`.
+macro_rules! named_permit_class {
+    (
+        $(#[$doc:meta])*
+        $ty:ident($core:ty, $open:ident), $pyname:literal, any_thread = $any:expr, { $($extra:tt)* }
+    ) => {
+        $(#[$doc])*
+        #[pyclass(frozen, module = "locksmith")]
+        #[derive(Debug)]
+        pub struct $ty {
+            pub(crate) name: String,
+            pub(crate) core: $crate::space::Core<$core>,
+            pub(crate) holds: $crate::guard::Holds,
+            opts: $crate::permits::Opts,
+        }
+
+        $crate::permits::permit_class!($ty, $pyname, any_thread = $any, {
+            #[new]
+            #[pyo3(signature = (name, space=None, lease=None, keep_alive=true, tag=None))]
+            fn new(
+                py: Python<'_>,
+                name: String,
+                space: Option<&Bound<'_, PyAny>>,
+                lease: Option<f64>,
+                keep_alive: bool,
+                tag: Option<String>,
+            ) -> PyResult<Self> {
+                use $crate::errors::Raise;
+                let (cell, opts, o) = $crate::lock::parts(py, space, lease, keep_alive, tag)?;
+                let n = name.clone();
+                let core = $crate::space::Core::new(cell, move |s| {
+                    $crate::lock::with_opts!(s.$open(&n), o)
+                })
+                .raise_py(py)?;
+                Ok($ty {
+                    name,
+                    core,
+                    holds: $crate::guard::Holds::default(),
+                    opts,
+                })
+            }
+
+            fn __reduce__<'py>(
+                slf: &Bound<'py, Self>,
+            ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, pyo3::types::PyTuple>)> {
+                let me = slf.get();
+                let args = $crate::lock::reduce_args(
+                    slf.py(),
+                    &me.name,
+                    None,
+                    me.core.cell.url(),
+                    &me.opts,
+                )?;
+                Ok((slf.get_type().into_any(), args))
+            }
+
+            $($extra)*
+        });
+    };
 }
+pub(crate) use named_permit_class;
 
-permit_class!(Lock, "Lock", any_thread = true, {
-    #[new]
-    #[pyo3(signature = (name, space=None, lease=None, keep_alive=true, tag=None))]
-    fn new(
-        py: Python<'_>,
-        name: String,
-        space: Option<&Bound<'_, PyAny>>,
-        lease: Option<f64>,
-        keep_alive: bool,
-        tag: Option<String>,
-    ) -> PyResult<Self> {
-        let (cell, opts, o) = parts(py, space, lease, keep_alive, tag)?;
-        let n = name.clone();
-        let core = Core::new(cell, move |s| with_opts!(s.lock(&n), o)).raise_py(py)?;
-        Ok(Lock {
-            name,
-            core,
-            holds: Holds::default(),
-            opts,
-        })
-    }
-
+named_permit_class!(
+    /// A lock one owner holds at a time, shared by everyone who opens the same store and
+    /// name. Acquiring it again from the holding thread raises `WouldDeadlock`.
+    Lock(locksmith::Lock, lock), "Lock", any_thread = true, {
     /// Whether anyone holds it now.
     fn locked(&self, py: Python<'_>) -> PyResult<bool> {
         let core = self.core.get().raise_py(py)?;
         py.detach(|| core.is_locked()).raise_py(py)
-    }
-
-    fn __reduce__<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
-        let me = slf.get();
-        let args = reduce_args(slf.py(), &me.name, None, me.core.cell.url(), &me.opts)?;
-        Ok((slf.get_type().into_any(), args))
     }
 });
 
-/// A lock its holding thread may acquire again; free once every acquisition was
-/// released.
-#[pyclass(frozen, module = "locksmith")]
-#[derive(Debug)]
-pub struct RLock {
-    pub(crate) name: String,
-    pub(crate) core: Core<locksmith::RLock>,
-    pub(crate) holds: Holds,
-    opts: Opts,
-}
-
-permit_class!(RLock, "RLock", any_thread = false, {
-    #[new]
-    #[pyo3(signature = (name, space=None, lease=None, keep_alive=true, tag=None))]
-    fn new(
-        py: Python<'_>,
-        name: String,
-        space: Option<&Bound<'_, PyAny>>,
-        lease: Option<f64>,
-        keep_alive: bool,
-        tag: Option<String>,
-    ) -> PyResult<Self> {
-        let (cell, opts, o) = parts(py, space, lease, keep_alive, tag)?;
-        let n = name.clone();
-        let core = Core::new(cell, move |s| with_opts!(s.rlock(&n), o)).raise_py(py)?;
-        Ok(RLock {
-            name,
-            core,
-            holds: Holds::default(),
-            opts,
-        })
-    }
-
+named_permit_class!(
+    /// A lock its holding thread may acquire again; free once every acquisition was
+    /// released.
+    RLock(locksmith::RLock, rlock), "RLock", any_thread = false, {
     /// Whether anyone holds it now.
     fn locked(&self, py: Python<'_>) -> PyResult<bool> {
         let core = self.core.get().raise_py(py)?;
         py.detach(|| core.is_locked()).raise_py(py)
-    }
-
-    fn __reduce__<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
-        let me = slf.get();
-        let args = reduce_args(slf.py(), &me.name, None, me.core.cell.url(), &me.opts)?;
-        Ok((slf.get_type().into_any(), args))
     }
 });
