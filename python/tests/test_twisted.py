@@ -293,13 +293,11 @@ if _twisted_tests is not None:
         test_resetWithInlineCallbacks = None
         test_contextvarsWithAsyncAwait = None
         test_asyncContextvarsWithAsyncAwait = None
-else:
-    @pytest.mark.skip(reason=_why)
-    def test_twisted_own_lock_tests():
-        pass
 
 
 def test_twisted_own_tests_were_aimed_at_ours():
+    # The only skip of this file: without pyhamcrest and hypothesis (which
+    # twisted.test.test_defer imports) Twisted's own tests cannot run.
     if _twisted_tests is None:
         pytest.skip(_why)
     # Every lock test of Twisted's classes above is one of ours to run.
