@@ -364,7 +364,7 @@ HOLDER = textwrap.dedent(
 )
 
 
-@pytest.fixture(params=["sqlite", "shm"])
+@pytest.fixture(params=["sqlite", "shm", "redis"])
 def process_store(request, tmp_path) -> str:
     from conftest import make_url
 
@@ -479,3 +479,54 @@ def test_a_named_semaphore_counts_in_the_store(tmp_path):
         return a.tokens
 
     assert _run_on_a_reactor(main) == 2
+
+
+SEMAPHORE_HOLDER = textwrap.dedent(
+    """
+    import sys
+    from locksmith import threading as lt
+    sem = lt.BoundedSemaphore(2, name=sys.argv[1], store=sys.argv[2])
+    assert sem.acquire(True, 60) and sem.acquire(True, 60)
+    print("held", flush=True)
+    sys.stdin.readline()
+    sem.release()
+    sys.stdin.readline()
+    sem.release()
+    print("released", flush=True)
+    """
+)
+
+
+def test_a_named_semaphore_shares_its_tokens_with_another_process(process_store):
+    name = f"tw-{uuid.uuid4().hex[:8]}"
+    child = subprocess.Popen([sys.executable, "-c", SEMAPHORE_HOLDER, name, process_store],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+
+        async def main(reactor):
+            sem = DeferredSemaphore(2, name=name, store=process_store, reactor=reactor)
+            assert sem.tokens == 0
+            first, second = sem.acquire(), sem.acquire()
+            await _sleep(reactor, 0.2)
+            assert not first.called and not second.called
+            child.stdin.write("one\n")
+            child.stdin.flush()
+            await first  # the first waiter gets the first token given back
+            assert not _fired(second)
+            child.stdin.write("two\n")
+            child.stdin.flush()
+            await second
+            sem.release()
+            sem.release()
+            return sem.tokens
+
+        assert _run_on_a_reactor(main) == 2
+        assert child.stdout.readline().strip() == "released"
+        assert child.wait(60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdin.close()
+        child.stdout.close()
