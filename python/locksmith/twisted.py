@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import threading as _threading
 from types import CoroutineType
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Coroutine
+from typing import Any, Callable, Optional, ParamSpec, TypeVar, overload
 
 from twisted.internet import defer as _defer
 from twisted.internet.defer import Deferred, fail, succeed
@@ -45,6 +46,7 @@ from locksmith import threading as _lt
 __all__ = ["DeferredLock", "DeferredSemaphore"]
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 # How long a helper thread's wait in the store lasts before it checks whether its
 # waiters were all cancelled.
@@ -148,6 +150,18 @@ class DeferredLock(_defer.DeferredLock):
             self._handing = False
             self._owed = 0
 
+    @overload  # type: ignore[override]  # f is positional-only here
+    def run(self, f: Callable[_P, Deferred[_T]], /, *args: _P.args,
+            **kwargs: _P.kwargs) -> Deferred[_T]: ...
+
+    @overload
+    def run(self, f: Callable[_P, Coroutine[Deferred[Any], Any, _T]], /, *args: _P.args,
+            **kwargs: _P.kwargs) -> Deferred[_T]: ...
+
+    @overload
+    def run(self, f: Callable[_P, _T], /, *args: _P.args,
+            **kwargs: _P.kwargs) -> Deferred[_T]: ...
+
     def run(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Acquires, calls ``f(*args, **kwargs)``, and releases when its result (a
         value, a ``Deferred`` or a coroutine) is complete; returns a ``Deferred`` of
@@ -231,6 +245,18 @@ class DeferredSemaphore(_defer.DeferredSemaphore):
         finally:
             self._handing = False
             self._owed = 0
+
+    @overload  # type: ignore[override]  # f is positional-only here
+    def run(self, f: Callable[_P, Deferred[_T]], /, *args: _P.args,
+            **kwargs: _P.kwargs) -> Deferred[_T]: ...
+
+    @overload
+    def run(self, f: Callable[_P, Coroutine[Deferred[Any], Any, _T]], /, *args: _P.args,
+            **kwargs: _P.kwargs) -> Deferred[_T]: ...
+
+    @overload
+    def run(self, f: Callable[_P, _T], /, *args: _P.args,
+            **kwargs: _P.kwargs) -> Deferred[_T]: ...
 
     def run(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Takes a token, calls ``f(*args, **kwargs)``, and gives the token back when
@@ -370,24 +396,25 @@ class _Shared:
             self.waiting.pop(0).errback(failure)
         self._watch()
 
-    def run(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        return self.acquire().addCallback(_execute, self, f, args, kwargs)
+    # Twisted's own run (acquire, then call f, release when its result completes) over
+    # this class's acquire and release.
+    run = _defer._ConcurrencyPrimitive.run
 
 
-class _NamedDeferredLock(_Shared, DeferredLock):
+class _NamedDeferredLock(_Shared, DeferredLock):  # type: ignore[misc]
     """A ``DeferredLock`` made with a name: the lock of the store."""
 
     def __init__(self, *, name: Optional[str] = None, store: Any = None,
                  reactor: Any = None) -> None:
         self._setup(_lt.Lock(name=name, store=_store_url(store)), reactor)
 
-    @property  # type: ignore[override]
-    def locked(self) -> bool:  # type: ignore[override]
+    @property
+    def locked(self) -> bool:  # type: ignore[override]  # read from the store
         """Whether anyone, in any process of the store, holds the lock."""
         return bool(self._impl.locked())
 
 
-class _NamedDeferredSemaphore(_Shared, DeferredSemaphore):
+class _NamedDeferredSemaphore(_Shared, DeferredSemaphore):  # type: ignore[misc]
     """A ``DeferredSemaphore`` made with a name: the semaphore of the store."""
 
     def __init__(self, tokens: int, *, name: Optional[str] = None, store: Any = None,
@@ -398,7 +425,7 @@ class _NamedDeferredSemaphore(_Shared, DeferredSemaphore):
         self._setup(_lt.BoundedSemaphore(tokens, name=name, store=_store_url(store)),
                     reactor)
 
-    @property  # type: ignore[override]
-    def tokens(self) -> int:  # type: ignore[override]
+    @property
+    def tokens(self) -> int:  # type: ignore[override]  # read from the store
         """The tokens free in the store, for every process."""
         return int(self._impl.get_value())
