@@ -70,9 +70,23 @@ def _finish(prim: Any, result: Any) -> Deferred[Any]:
     """What ``run`` returns once ``f`` returned ``result`` while ``prim`` was held:
     maybeDeferred's cases, releasing when the result is complete."""
     if isinstance(result, Deferred):
-        # Returned through a fired Deferred, as Twisted's run does, so that a cancel
-        # reaches ``result`` and callers never add callbacks to f's own Deferred.
-        return succeed(None).addCallback(_chained, result.addBoth(prim._releaseAndReturn))
+        # A Deferred that has fired gives its result at once (consumed, as chaining
+        # would); one still pending is chained into a fired Deferred, as Twisted's run
+        # does, so that a cancel reaches it and callers never add callbacks to f's own.
+        box: list[Any] = []
+        deciding = True
+
+        def take(r: Any) -> Any:
+            if deciding:
+                box.append(r)
+                return None
+            return r
+
+        inner = result.addBoth(prim._releaseAndReturn).addBoth(take)
+        deciding = False
+        if box:
+            return fail(box[0]) if isinstance(box[0], Failure) else succeed(box[0])
+        return succeed(None).addCallback(_chained, inner)
     if type(result) is CoroutineType:
         return Deferred.fromCoroutine(result).addBoth(prim._releaseAndReturn)
     prim.release()

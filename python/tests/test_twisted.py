@@ -142,6 +142,12 @@ def test_run_releases_when_the_result_completes(make):
     later.callback("first")
     assert _result(d) == "first" and _result(queued) == "second" and free()
 
+    # Deferreds that have already fired, with a value or a failure.
+    fired = defer.succeed("ready")
+    assert _result(prim.run(lambda: fired)) == "ready" and free()
+    assert _result(fired) is None  # consumed, as Twisted's chaining leaves it
+    assert _failure(prim.run(lambda: defer.fail(OSError("now")))).check(OSError) and free()
+
     # A coroutine, which waits on a Deferred.
     gate: Deferred[int] = Deferred()
 
