@@ -82,11 +82,12 @@ def _finish(prim: Any, result: Any) -> Deferred[Any]:
                 return None
             return r
 
-        inner = result.addBoth(prim._releaseAndReturn).addBoth(take)
+        result.addBoth(take)
         deciding = False
         if box:
+            prim.release()
             return fail(box[0]) if isinstance(box[0], Failure) else succeed(box[0])
-        return succeed(None).addCallback(_chained, inner)
+        return succeed(None).addCallback(_chained, result.addBoth(prim._releaseAndReturn))
     if type(result) is CoroutineType:
         return Deferred.fromCoroutine(result).addBoth(prim._releaseAndReturn)
     prim.release()
