@@ -536,3 +536,15 @@ def test_a_named_semaphore_shares_its_tokens_with_another_process(process_store)
             child.wait()
         child.stdin.close()
         child.stdout.close()
+
+
+def test_the_network_counter_example_counts_across_processes(tmp_path):
+    """python/examples/twisted_network_counter.py: three processes, each with a reactor
+    and 20 concurrent ``next()`` calls on one named lock; every count is given once."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "twisted_network_counter.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "60 counts, each given once: ok"
