@@ -10,6 +10,7 @@ Open a :class:`Space` from a store URL and take its primitives by name::
 
 The seed APIs have their own modules: :mod:`locksmith.sync` (runtime.sync's placed
 ``Mutex``) and :mod:`locksmith.diskcache` (python-diskcache's recipes).
+:mod:`locksmith.twisted` has Twisted's ``DeferredLock`` and ``DeferredSemaphore``.
 """
 
 from locksmith._locksmith import (
