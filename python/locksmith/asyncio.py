@@ -85,7 +85,9 @@ class Lock(_asyncio.Lock):
     """asyncio's ``Lock``: ``await acquire()``, ``release()``, ``locked()``,
     ``async with``. ``Lock(name=..., store=...)`` is the store's lock of that name."""
 
-    def __new__(cls, *, name: Optional[str] = None, store: Optional[str] = None) -> Any:
+    def __new__(cls, *args: Any, name: Optional[str] = None, store: Optional[str] = None,
+                **kwargs: Any) -> Any:
+        # Other arguments are left to __init__, whose errors are asyncio's.
         if cls is Lock and _named(cls, name, store):
             return object.__new__(_NamedLock)
         return object.__new__(cls)
@@ -101,6 +103,14 @@ class Lock(_asyncio.Lock):
             self._locked = True
             return None
         await self.acquire()
+        return None
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # Nobody to wake: the release is one store; otherwise asyncio's release.
+        if self._locked and not self._waiters:
+            self._locked = False
+            return None
+        self.release()
         return None
 
 
@@ -146,7 +156,9 @@ class Event(_asyncio.Event):
     """asyncio's ``Event``: ``await wait()``, ``set()``, ``clear()``, ``is_set()``.
     ``Event(name=..., store=...)`` is the store's event of that name."""
 
-    def __new__(cls, *, name: Optional[str] = None, store: Optional[str] = None) -> Any:
+    def __new__(cls, *args: Any, name: Optional[str] = None, store: Optional[str] = None,
+                **kwargs: Any) -> Any:
+        # Other arguments are left to __init__, whose errors are asyncio's.
         if cls is Event and _named(cls, name, store):
             return object.__new__(_NamedEvent)
         return object.__new__(cls)
@@ -190,8 +202,8 @@ class Semaphore(_asyncio.Semaphore):
     (whose value is fixed by its first user): ``release()`` gives back an acquisition
     made through this object, and a ``RuntimeError`` when there is none."""
 
-    def __new__(cls, value: int = 1, *, name: Optional[str] = None,
-                store: Optional[str] = None) -> Any:
+    def __new__(cls, *args: Any, name: Optional[str] = None, store: Optional[str] = None,
+                **kwargs: Any) -> Any:
         if cls in (Semaphore, BoundedSemaphore) and _named(cls, name, store):
             named = _NamedSemaphore if cls is Semaphore else _NamedBoundedSemaphore
             return object.__new__(named)
