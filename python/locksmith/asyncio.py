@@ -149,7 +149,7 @@ class _NamedLock(Lock):
 
     def __repr__(self) -> str:
         state = "locked" if self.locked() else "unlocked"
-        return f"<locksmith.asyncio.Lock object at {id(self):#x} [{state}, name={self.name!r}]>"
+        return f"<locksmith.asyncio.Lock object at {id(self):#x} name={self.name!r} [{state}]>"
 
 
 class Event(_asyncio.Event):
@@ -193,7 +193,7 @@ class _NamedEvent(Event):
 
     def __repr__(self) -> str:
         state = "set" if self.is_set() else "unset"
-        return f"<locksmith.asyncio.Event object at {id(self):#x} [{state}, name={self.name!r}]>"
+        return f"<locksmith.asyncio.Event object at {id(self):#x} name={self.name!r} [{state}]>"
 
 
 class Semaphore(_asyncio.Semaphore):
@@ -263,12 +263,20 @@ class _NamedSemaphore(Semaphore):
     def __repr__(self) -> str:
         value = self._native.initial_value - self._held()
         kind = "BoundedSemaphore" if isinstance(self, BoundedSemaphore) else "Semaphore"
-        return (f"<locksmith.asyncio.{kind} object at {id(self):#x} "
-                f"[value={value}, name={self.name!r}]>")
+        state = "locked" if value <= 0 else "unlocked"
+        return (f"<locksmith.asyncio.{kind} object at {id(self):#x} name={self.name!r} "
+                f"[{state}, value:{value}]>")
 
 
 class _NamedBoundedSemaphore(_NamedSemaphore, BoundedSemaphore):
     pass
+
+
+# The named classes answer to their public names (in reprs and errors).
+for _cls, _public in ((_NamedLock, "Lock"), (_NamedEvent, "Event"),
+                      (_NamedSemaphore, "Semaphore"),
+                      (_NamedBoundedSemaphore, "BoundedSemaphore")):
+    _cls.__name__ = _cls.__qualname__ = _public
 
 
 class Condition(_asyncio.Condition):
