@@ -450,6 +450,16 @@ pub(crate) fn apply(
     op: Op,
     ctx: &Ctx<'_>,
 ) -> Result<(Reply, Wake)> {
+    let out = apply_op(record, name, op, ctx);
+    if out.is_err() {
+        // A refused op may still have pruned lapsed holders or stale waiters; what that
+        // left idle is dropped as after any other step.
+        record.tidy();
+    }
+    out
+}
+
+fn apply_op(record: &mut Record, name: &str, op: Op, ctx: &Ctx<'_>) -> Result<(Reply, Wake)> {
     if record.kind.is_none() {
         record.kind = record.state.as_ref().map(Kind::of);
     }

@@ -87,8 +87,10 @@ pub(crate) fn case(steps: usize) -> impl Strategy<Value = (Vec<usize>, Vec<RawSt
 struct Seen {
     /// Every token granted, oldest first.
     tokens: Vec<(u64, usize)>,
-    /// The ticket each owner waits with (queued, not yet granted).
-    waiting: HashMap<usize, u64>,
+    /// The ticket each owner waits with (queued, not yet granted), and its mode: a
+    /// waiter retries the acquisition it queued for, as the primitives do (the model
+    /// takes a queued ticket's place as given, whatever mode the retry names).
+    waiting: HashMap<usize, (u64, Mode)>,
     /// Condition sleepers by owner.
     sleeping: HashMap<usize, Vec<u64>>,
     /// The last barrier or event generation seen.
@@ -147,15 +149,18 @@ impl Driver {
                 match c % n {
                     0..=3 => {
                         let waiting = self.seen[name].waiting.get(&o).copied();
-                        let ticket = match (waiting, s.flag) {
-                            (Some(t), _) => Some(t),
-                            (None, true) => Some(self.ticket()),
-                            (None, false) => None,
-                        };
-                        let mode = if k == PermitKind::RwLock && s.a % 2 == 1 {
+                        let mut mode = if k == PermitKind::RwLock && s.a % 2 == 1 {
                             Mode::Shared
                         } else {
                             Mode::Exclusive
+                        };
+                        let ticket = match (waiting, s.flag) {
+                            (Some((t, m)), _) => {
+                                mode = m;
+                                Some(t)
+                            }
+                            (None, true) => Some(self.ticket()),
+                            (None, false) => None,
                         };
                         Op::Acquire(Acquire {
                             kind: k,
@@ -178,7 +183,7 @@ impl Driver {
                         n: u32::from(s.a % 3) + 1,
                     },
                     6 => match self.seen[name].waiting.remove(&o) {
-                        Some(ticket) => Op::Dequeue { ticket },
+                        Some((ticket, _)) => Op::Dequeue { ticket },
                         None => Op::Value { kind: k },
                     },
                     7 if s.flag => Op::Check {
@@ -289,7 +294,7 @@ impl Driver {
             }
             (Op::Acquire(a), Ok(Reply::Blocked { .. })) => {
                 if let Some(t) = a.ticket {
-                    seen.waiting.insert(o, t);
+                    seen.waiting.insert(o, (t, a.mode));
                 }
             }
             (Op::CondWait { ticket, owner, .. }, Ok(_)) => {
@@ -589,4 +594,39 @@ proptest! {
     fn the_model_keeps_its_promises((kinds, steps) in case(60)) {
         run_case(&kinds, &steps);
     }
+}
+
+/// Found by the property test: a refused op that pruned the last stale waiter left
+/// the record's idle state behind (a Release of an old token, after the only waiter
+/// stopped trying), where every other step drops it.
+#[test]
+fn a_refused_op_that_prunes_leaves_an_idle_record_tidy() {
+    let (a, b) = (Owner::new_task(), Owner::new_task());
+    let at = |now| Ctx {
+        now,
+        is_dead: None,
+        waiter_ttl: Some(5_000),
+    };
+    let acquire = |owner: &Owner, ticket| {
+        Op::Acquire(Acquire {
+            kind: PermitKind::RLock,
+            mode: Mode::Exclusive,
+            owner: owner.clone(),
+            lease: None,
+            tag: None,
+            ticket,
+        })
+    };
+    let mut r = Record::default();
+    let (reply, _) = apply(&mut r, "n", acquire(&a, None), &at(0)).unwrap();
+    let Reply::Granted(g) = reply else {
+        panic!("{reply:?}")
+    };
+    apply(&mut r, "n", acquire(&b, Some(9)), &at(0)).unwrap();
+    apply(&mut r, "n", Op::Release { token: g.token }, &at(0)).unwrap();
+    // The waiter never comes back; later, an old guard releases again.
+    let refused = apply(&mut r, "n", Op::Release { token: g.token }, &at(6_000));
+    assert!(matches!(refused, Err(crate::Error::NotHeld { .. })));
+    assert!(r.state.is_none(), "an idle state was kept: {r:?}");
+    assert_eq!(r.next_token, g.token);
 }
