@@ -31,6 +31,7 @@ wakes only this loop's waiters.
 from __future__ import annotations
 
 import asyncio as _asyncio
+import weakref as _weakref
 from collections import deque as _deque
 from typing import Any, Deque, Optional
 
@@ -81,6 +82,36 @@ async def _acquire_named(native: Any) -> Any:
         raise
 
 
+# Per event loop, per named primitive: an asyncio Lock or Semaphore that the loop's
+# tasks pass, first-come first-served, before they go to the store. Tasks of one loop
+# then hand the primitive to each other within the loop's own iterations, in asyncio's
+# order and with its cancellation semantics; only the gate's holders meet other
+# processes in the store.
+_gates: "_weakref.WeakKeyDictionary[Any, dict[Any, Any]]" = _weakref.WeakKeyDictionary()
+
+
+def _gate(key: Any, make: Any) -> Any:
+    loop = _asyncio.get_running_loop()
+    per_loop = _gates.get(loop)
+    if per_loop is None:
+        per_loop = _gates[loop] = {}
+    gate = per_loop.get(key)
+    if gate is None:
+        gate = per_loop[key] = make()
+    return gate
+
+
+async def _acquire_gated(native: Any, gate: Any) -> Any:
+    """Passes the loop's gate, then takes a guard of ``native``; the gate is passed back
+    if that fails or is cancelled."""
+    await gate.acquire()
+    try:
+        return await _acquire_named(native)
+    except BaseException:
+        gate.release()
+        raise
+
+
 class Lock(_asyncio.Lock):
     """asyncio's ``Lock``: ``await acquire()``, ``release()``, ``locked()``,
     ``async with``. ``Lock(name=..., store=...)`` is the store's lock of that name."""
@@ -120,8 +151,10 @@ class _NamedLock(Lock):
     def __init__(self, *, name: Optional[str] = None, store: Optional[str] = None) -> None:
         super().__init__()
         assert name is not None
-        self._native = _locksmith.Lock(name, _space(store))
-        self._guards: Deque[Any] = _deque()
+        space = _space(store)
+        self._native = _locksmith.Lock(name, space)
+        self._key = ("Lock", space.url, name)
+        self._guards: Deque[Any] = _deque()  # (guard, the gate it passed)
 
     @property
     def name(self) -> str:
@@ -130,14 +163,31 @@ class _NamedLock(Lock):
     def locked(self) -> bool:
         return bool(self._native.locked())
 
+    @property  # type: ignore[override]
+    def _waiters(self) -> Any:
+        # The queue of this loop's gate: asyncio's own, so code that reads it works.
+        try:
+            return _gate(self._key, _asyncio.Lock)._waiters
+        except RuntimeError:  # no running loop
+            return None
+
+    @_waiters.setter
+    def _waiters(self, value: Any) -> None:
+        pass  # asyncio.Lock.__init__ sets it; the gate keeps the real one
+
     async def acquire(self) -> bool:
-        self._guards.append(await _acquire_named(self._native))
+        gate = _gate(self._key, _asyncio.Lock)
+        self._guards.append((await _acquire_gated(self._native, gate), gate))
         return True
 
     def release(self) -> None:
         if not self._guards:
             raise RuntimeError("Lock is not acquired.")
-        self._guards.popleft().release()
+        guard, gate = self._guards.popleft()
+        try:
+            guard.release()
+        finally:
+            gate.release()
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -145,7 +195,11 @@ class _NamedLock(Lock):
     async def __aexit__(self, *exc: Any) -> None:
         if not self._guards:
             raise RuntimeError("Lock is not acquired.")
-        await self._guards.popleft().release_async()
+        guard, gate = self._guards.popleft()
+        try:
+            await guard.release_async()
+        finally:
+            gate.release()
 
     def __repr__(self) -> str:
         state = "locked" if self.locked() else "unlocked"
@@ -231,7 +285,8 @@ class _NamedSemaphore(Semaphore):
         assert name is not None
         self._space = _space(store)
         self._native = _locksmith.Semaphore(name, value, self._space)
-        self._guards: Deque[Any] = _deque()
+        self._key = ("Semaphore", self._space.url, name)
+        self._guards: Deque[Any] = _deque()  # (guard, the gate it passed)
 
     @property
     def name(self) -> str:
@@ -244,13 +299,19 @@ class _NamedSemaphore(Semaphore):
         return self._held() >= self._native.initial_value
 
     async def acquire(self) -> bool:
-        self._guards.append(await _acquire_named(self._native))
+        value = self._native.initial_value
+        gate = _gate(self._key, lambda: _asyncio.Semaphore(value))
+        self._guards.append((await _acquire_gated(self._native, gate), gate))
         return True
 
     def release(self) -> None:
         if not self._guards:
             raise RuntimeError("no acquisition through this object to release")
-        self._guards.popleft().release()
+        guard, gate = self._guards.popleft()
+        try:
+            guard.release()
+        finally:
+            gate.release()
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -258,7 +319,11 @@ class _NamedSemaphore(Semaphore):
     async def __aexit__(self, *exc: Any) -> None:
         if not self._guards:
             raise RuntimeError("no acquisition through this object to release")
-        await self._guards.popleft().release_async()
+        guard, gate = self._guards.popleft()
+        try:
+            await guard.release_async()
+        finally:
+            gate.release()
 
     def __repr__(self) -> str:
         value = self._native.initial_value - self._held()
