@@ -19,8 +19,10 @@ this process) is the store's primitive of that name. Its uncontended acquire is 
 synchronous try inside the coroutine; a contended one awaits the native
 ``acquire_async``, a loop future completed thread-safely, so the loop never blocks.
 Cancellation is safe: a grant that races the cancellation is released, never leaked.
-``async with`` releases with the guard's async release (a network round trip never runs
-on the loop). Waiters of a named object are served in the store's order.
+On a network store (``redis://``) ``async with`` releases with the guard's async release
+(a round trip never runs on the loop). The tasks of one loop pass that loop's gate for the name (an asyncio Lock
+or Semaphore) before the store, so among themselves they keep asyncio's order and
+hand-off timing; the gate's holders meet other processes in the store's order.
 
 ``Condition`` and ``Barrier`` are anonymous only: the native ones wait by blocking a
 thread, which an event loop must not do. A ``Condition`` may use a named ``Lock``
@@ -50,6 +52,12 @@ def _space(store: Optional[str]) -> Any:
     if space is None:
         space = _spaces[url] = _locksmith.Space(url)
     return space
+
+
+def _remote(space: Any) -> bool:
+    """Whether releasing in ``space`` is a network round trip (then ``async with`` exit
+    awaits the async release; on a local store the synchronous one is far cheaper)."""
+    return not str(space.url).startswith(("mem:", "shm:", "sqlite:"))
 
 
 def _named(cls: type, name: Optional[str], store: Optional[str]) -> bool:
@@ -154,6 +162,7 @@ class _NamedLock(Lock):
         space = _space(store)
         self._native = _locksmith.Lock(name, space)
         self._key = ("Lock", space.url, name)
+        self._remote = _remote(space)
         self._guards: Deque[Any] = _deque()  # (guard, the gate it passed)
 
     @property
@@ -197,7 +206,10 @@ class _NamedLock(Lock):
             raise RuntimeError("Lock is not acquired.")
         guard, gate = self._guards.popleft()
         try:
-            await guard.release_async()
+            if self._remote:
+                await guard.release_async()
+            else:
+                guard.release()
         finally:
             gate.release()
 
@@ -286,6 +298,7 @@ class _NamedSemaphore(Semaphore):
         self._space = _space(store)
         self._native = _locksmith.Semaphore(name, value, self._space)
         self._key = ("Semaphore", self._space.url, name)
+        self._remote = _remote(self._space)
         self._guards: Deque[Any] = _deque()  # (guard, the gate it passed)
 
     @property
@@ -321,7 +334,10 @@ class _NamedSemaphore(Semaphore):
             raise RuntimeError("no acquisition through this object to release")
         guard, gate = self._guards.popleft()
         try:
-            await guard.release_async()
+            if self._remote:
+                await guard.release_async()
+            else:
+                guard.release()
         finally:
             gate.release()
 

@@ -106,8 +106,8 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def test_named_lock_across_processes(tmp_path):
-    url = f"sqlite:{tmp_path}/async.sqlite"
+def test_named_lock_across_processes(shared_store):
+    url = shared_store
 
     async def main():
         child = subprocess.Popen([sys.executable, "-c", _CHILD, url])
@@ -162,9 +162,9 @@ def test_condition_and_barrier():
     asyncio.run(main())
 
 
-def test_named_lock_fifo_and_cancellation_in_one_loop():
+def test_named_lock_fifo_and_cancellation_in_one_loop(store):
     async def main():
-        url = "mem:asyncio-named-cancel"
+        url = store
         lock = la.Lock(name="cancel", store=url)
         other = la.Lock(name="cancel", store=url)  # the same lock through another object
         await lock.acquire()
@@ -201,9 +201,9 @@ def test_named_lock_fifo_and_cancellation_in_one_loop():
     asyncio.run(main())
 
 
-def test_named_semaphore_and_event():
+def test_named_semaphore_and_event(store):
     async def main():
-        url = "mem:asyncio-named-sem"
+        url = store
         sem = la.BoundedSemaphore(2, name="slots", store=url)
         assert isinstance(sem, la.BoundedSemaphore)
         twin = la.Semaphore(2, name="slots", store=url)
@@ -246,11 +246,10 @@ _EXIT_AFTER_ASYNC = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("store", ["mem:exit", "sqlite"])
-def test_process_exits_cleanly_right_after_an_async_wait(tmp_path, store):
+def test_process_exits_cleanly_right_after_an_async_wait(store):
     # The runtime's thread used to resume inside call_soon_threadsafe while the
     # interpreter finalized, and the process died of SIGSEGV or SIGABRT most times.
-    url = f"sqlite:{tmp_path}/exit.sqlite" if store == "sqlite" else store
+    url = store
     for _ in range(10):
         run = subprocess.run([sys.executable, "-c", _EXIT_AFTER_ASYNC, url],
                              capture_output=True, timeout=60)
