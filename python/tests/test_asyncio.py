@@ -115,6 +115,14 @@ def test_named_lock_across_processes(shared_store):
             await asyncio.wait_for(la.Event(name="held", store=url).wait(), 60)
             lock = la.Lock(name="shared", store=url)
             assert lock.locked()
+            # A wait in the store (the other process holds it) that is cancelled
+            # leaves the store's queue: the acquisition below still gets the lock.
+            waiter = asyncio.create_task(lock.acquire())
+            await asyncio.sleep(0.05)
+            assert not waiter.done()
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
             la.Event(name="go", store=url).set()
             await asyncio.wait_for(lock.acquire(), 60)
             lock.release()
