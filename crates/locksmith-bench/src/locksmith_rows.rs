@@ -174,6 +174,10 @@ impl Signal for PlacedSignal {
 /// to a blocking and to an async waiter.
 fn sqlite(ctx: &mut Ctx) {
     let dir = std::env::temp_dir().join(format!("locksmith-bench-sqlite-{}", std::process::id()));
+    // Only the default store makes its own directory.
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("cannot create {}: {e}", dir.display());
+    }
     // A file per row: SQLite's per-process lock bookkeeping is copied into a forked
     // child, so a child must not open a file its parent still has open (the
     // uncontended row opens its file in this process).
@@ -249,6 +253,9 @@ fn redis(ctx: &mut Ctx) {
 fn names(ctx: &mut Ctx) {
     let many: u32 = if ctx.quick { 10_000 } else { 1_000_000 };
     let dir = std::env::temp_dir().join(format!("locksmith-bench-names-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("cannot create {}: {e}", dir.display());
+    }
     for n in [10, many] {
         let system = format!("locksmith sqlite @{n} names");
         let url = format!("sqlite:{}/names-{n}.sqlite", dir.display());
