@@ -1,180 +1,376 @@
-"""asyncio's ``Lock``, ``Event``, ``Semaphore`` and ``BoundedSemaphore``, also shared by
-name across processes and machines.
+"""asyncio's ``Lock``, ``Event``, ``Condition``, ``Semaphore``, ``BoundedSemaphore`` and
+``Barrier``; the lock, the event and the semaphores also shared by name across
+processes and machines.
 
     from locksmith import asyncio as la
 
-    lock = la.Lock()                                   # anonymous, like asyncio.Lock()
+    lock = la.Lock()                                     # anonymous: exactly asyncio.Lock()
     jobs = la.Lock(name="jobs", store="redis://host/0")  # every process of the store
     async with jobs:
         ...
 
-The event loop is never blocked: an uncontended acquire is one synchronous try inside
-the coroutine; a contended one waits on a helper thread (its own, so many waiters never
-starve a shared executor) and is completed on the loop with ``call_soon_threadsafe``.
-Cancellation is safe: a grant that races the cancellation is released at once, never
-leaked. Unlike asyncio's, waiters are not served strictly first-come first-served (they
-retry every 50 ms while they wait); ``Condition`` and ``Barrier`` are not here yet.
+An anonymous object (no ``name=``, no ``store=``) lives in one event loop anyway, so it
+is asyncio's own primitive (this module's classes derive from asyncio's): the same
+first-come first-served waiter queue, cancellation semantics, reprs and errors, and an
+``async with Lock()`` that skips one coroutine on the free path.
+
+A named object (``name=``; ``store=`` defaults to ``mem:locksmith.asyncio``, shared by
+this process) is the store's primitive of that name. Its uncontended acquire is one
+synchronous try inside the coroutine; a contended one awaits the native
+``acquire_async``, a loop future completed thread-safely, so the loop never blocks.
+Cancellation is safe: a grant that races the cancellation is released, never leaked.
+On a network store (``redis://``) ``async with`` releases with the guard's async release
+(a round trip never runs on the loop). The tasks of one loop pass that loop's gate for the name (an asyncio Lock
+or Semaphore) before the store, so among themselves they keep asyncio's order and
+hand-off timing; the gate's holders meet other processes in the store's order.
+
+``Condition`` and ``Barrier`` are anonymous only: the native ones wait by blocking a
+thread, which an event loop must not do. A ``Condition`` may use a named ``Lock``
+(``Condition(Lock(name=...))``): mutual exclusion then spans processes, but ``notify``
+wakes only this loop's waiters.
 """
 
 from __future__ import annotations
 
 import asyncio as _asyncio
-import threading as _threading
-from typing import Any, Callable, Optional
+import weakref as _weakref
+from collections import deque as _deque
+from typing import Any, Deque, Optional
 
-from locksmith import threading as _lt
+from locksmith import _locksmith
 
-__all__ = ["BoundedSemaphore", "Event", "Lock", "Semaphore"]
+__all__ = ["Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "Semaphore"]
 
-_SLICE = 0.05
+DEFAULT_STORE = "mem:locksmith.asyncio"
+
+_spaces: dict[str, Any] = {}
 
 
-async def _wait_on_thread(attempt: Callable[[float], bool],
-                          undo: Optional[Callable[[], None]]) -> bool:
-    """Runs ``attempt(slice)`` on a helper thread until it succeeds; the coroutine
-    resumes on the loop then. If the coroutine is cancelled, the thread stops at its
-    next slice, and a success that raced the cancellation is undone with ``undo``."""
-    loop = _asyncio.get_running_loop()
-    done: _asyncio.Future[bool] = loop.create_future()
-    stop = _threading.Event()
+def _space(store: Optional[str]) -> Any:
+    url = DEFAULT_STORE if store is None else store
+    space = _spaces.get(url)
+    if space is None:
+        space = _spaces[url] = _locksmith.Space(url)
+    return space
 
-    def deliver() -> None:
-        if done.cancelled():
-            if undo is not None:
-                undo()
-        else:
-            done.set_result(True)
 
-    def fail(exc: BaseException) -> None:
-        if not done.cancelled():
-            done.set_exception(exc)
+def _remote(space: Any) -> bool:
+    """Whether releasing in ``space`` is a network round trip (then ``async with`` exit
+    awaits the async release; on a local store the synchronous one is far cheaper)."""
+    return not str(space.url).startswith(("mem:", "shm:", "sqlite:"))
 
-    def run() -> None:
-        try:
-            while not stop.is_set():
-                if attempt(_SLICE):
-                    break
-            else:
-                return
-        except BaseException as exc:  # handed to the waiting coroutine
-            try:
-                loop.call_soon_threadsafe(fail, exc)
-            except RuntimeError:
-                pass
-            return
-        try:
-            loop.call_soon_threadsafe(deliver)
-        except RuntimeError:  # the loop closed meanwhile: nobody will use it
-            if undo is not None:
-                undo()
 
-    _threading.Thread(target=run, name="locksmith-asyncio-wait", daemon=True).start()
+def _named(cls: type, name: Optional[str], store: Optional[str]) -> bool:
+    if name is None and store is None:
+        return False
+    if name is None:
+        raise TypeError(f"{cls.__name__}(store=...) needs a name= too")
+    return True
+
+
+async def _acquire_named(native: Any) -> Any:
+    """A guard of ``native``: a synchronous try first, then the native async wait. A
+    grant that completed the future just before a cancellation is released here (the
+    native side releases one that arrives after it)."""
     try:
-        return await done
+        guard = native.try_acquire()
+    except _locksmith.WouldDeadlock:
+        # The loop's thread holds it through another task's try: wait as our own owner.
+        guard = None
+    if guard is not None:
+        return guard
+    future = native.acquire_async()
+    try:
+        return await future
     except _asyncio.CancelledError:
-        stop.set()
+        if future.done() and not future.cancelled() and future.exception() is None:
+            raced = future.result()
+            if raced is not None:
+                raced.release()
         raise
 
 
-class Lock:
-    """asyncio's ``Lock``: ``await acquire()``, ``release()``, ``locked()``,
-    ``async with``. Owned by the acquisition (no task identity is needed to release)."""
+# Per event loop, per named primitive: an asyncio Lock or Semaphore that the loop's
+# tasks pass, first-come first-served, before they go to the store. Tasks of one loop
+# then hand the primitive to each other within the loop's own iterations, in asyncio's
+# order and with its cancellation semantics; only the gate's holders meet other
+# processes in the store.
+_gates: "_weakref.WeakKeyDictionary[Any, dict[Any, Any]]" = _weakref.WeakKeyDictionary()
 
-    __slots__ = ("_impl", "__weakref__")
+
+def _gate(key: Any, make: Any) -> Any:
+    loop = _asyncio.get_running_loop()
+    per_loop = _gates.get(loop)
+    if per_loop is None:
+        per_loop = _gates[loop] = {}
+    gate = per_loop.get(key)
+    if gate is None:
+        gate = per_loop[key] = make()
+    return gate
+
+
+async def _acquire_gated(native: Any, gate: Any) -> Any:
+    """Passes the loop's gate, then takes a guard of ``native``; the gate is passed back
+    if that fails or is cancelled."""
+    await gate.acquire()
+    try:
+        return await _acquire_named(native)
+    except BaseException:
+        gate.release()
+        raise
+
+
+class Lock(_asyncio.Lock):
+    """asyncio's ``Lock``: ``await acquire()``, ``release()``, ``locked()``,
+    ``async with``. ``Lock(name=..., store=...)`` is the store's lock of that name."""
+
+    def __new__(cls, *args: Any, name: Optional[str] = None, store: Optional[str] = None,
+                **kwargs: Any) -> Any:
+        # Other arguments are left to __init__, whose errors are asyncio's.
+        if cls is Lock and _named(cls, name, store):
+            return object.__new__(_NamedLock)
+        return object.__new__(cls)
 
     def __init__(self, *, name: Optional[str] = None, store: Optional[str] = None) -> None:
-        self._impl = _lt.Lock(name=name, store=store)
+        super().__init__()
+
+    async def __aenter__(self) -> None:
+        # The free path without the extra coroutine ``await self.acquire()`` costs; the
+        # condition is asyncio's: free, and nobody (not cancelled) queued before us.
+        waiters = self._waiters
+        if not self._locked and (waiters is None or all(w.cancelled() for w in waiters)):
+            self._locked = True
+            return None
+        await self.acquire()
+        return None
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # Nobody to wake: the release is one store; otherwise asyncio's release.
+        if self._locked and not self._waiters:
+            self._locked = False
+            return None
+        self.release()
+        return None
+
+
+class _NamedLock(Lock):
+    """A named ``Lock``: the store's lock, held through guards of this object."""
+
+    def __init__(self, *, name: Optional[str] = None, store: Optional[str] = None) -> None:
+        super().__init__()
+        assert name is not None
+        space = _space(store)
+        self._native = _locksmith.Lock(name, space)
+        self._key = ("Lock", space.url, name)
+        self._remote = _remote(space)
+        self._guards: Deque[Any] = _deque()  # (guard, the gate it passed)
+
+    @property
+    def name(self) -> str:
+        return str(self._native.name)
 
     def locked(self) -> bool:
-        return self._impl.locked()
+        return bool(self._native.locked())
+
+    @property  # type: ignore[override]
+    def _waiters(self) -> Any:
+        # The queue of this loop's gate: asyncio's own, so code that reads it works.
+        try:
+            return _gate(self._key, _asyncio.Lock)._waiters
+        except RuntimeError:  # no running loop
+            return None
+
+    @_waiters.setter
+    def _waiters(self, value: Any) -> None:
+        pass  # asyncio.Lock.__init__ sets it; the gate keeps the real one
 
     async def acquire(self) -> bool:
-        if self._impl.acquire(False):
-            return True
-        impl = self._impl
-        return await _wait_on_thread(lambda t: impl.acquire(True, t), impl.release)
+        gate = _gate(self._key, _asyncio.Lock)
+        self._guards.append((await _acquire_gated(self._native, gate), gate))
+        return True
 
     def release(self) -> None:
-        self._impl.release()
+        if not self._guards:
+            raise RuntimeError("Lock is not acquired.")
+        guard, gate = self._guards.popleft()
+        try:
+            guard.release()
+        finally:
+            gate.release()
 
     async def __aenter__(self) -> None:
         await self.acquire()
 
     async def __aexit__(self, *exc: Any) -> None:
-        self.release()
+        if not self._guards:
+            raise RuntimeError("Lock is not acquired.")
+        guard, gate = self._guards.popleft()
+        try:
+            if self._remote:
+                await guard.release_async()
+            else:
+                guard.release()
+        finally:
+            gate.release()
 
     def __repr__(self) -> str:
         state = "locked" if self.locked() else "unlocked"
-        return f"<locksmith.asyncio.Lock object at {id(self):#x} [{state}]>"
+        return f"<locksmith.asyncio.Lock object at {id(self):#x} name={self.name!r} [{state}]>"
 
 
-class Event:
-    """asyncio's ``Event``: ``await wait()``, ``set()``, ``clear()``, ``is_set()``."""
+class Event(_asyncio.Event):
+    """asyncio's ``Event``: ``await wait()``, ``set()``, ``clear()``, ``is_set()``.
+    ``Event(name=..., store=...)`` is the store's event of that name."""
 
-    __slots__ = ("_impl", "__weakref__")
+    def __new__(cls, *args: Any, name: Optional[str] = None, store: Optional[str] = None,
+                **kwargs: Any) -> Any:
+        # Other arguments are left to __init__, whose errors are asyncio's.
+        if cls is Event and _named(cls, name, store):
+            return object.__new__(_NamedEvent)
+        return object.__new__(cls)
 
     def __init__(self, *, name: Optional[str] = None, store: Optional[str] = None) -> None:
-        self._impl = _lt.Event(name=name, store=store)
+        super().__init__()
+
+
+class _NamedEvent(Event):
+    def __init__(self, *, name: Optional[str] = None, store: Optional[str] = None) -> None:
+        super().__init__()
+        assert name is not None
+        self._native = _locksmith.Event(name, _space(store))
+
+    @property
+    def name(self) -> str:
+        return str(self._native.name)
 
     def is_set(self) -> bool:
-        return self._impl.is_set()
+        return bool(self._native.is_set())
 
     def set(self) -> None:
-        self._impl.set()
+        self._native.set()
 
     def clear(self) -> None:
-        self._impl.clear()
+        self._native.clear()
 
     async def wait(self) -> bool:
-        if self._impl.is_set():
+        if self._native.is_set():
             return True
-        impl = self._impl
-        return await _wait_on_thread(lambda t: impl.wait(t), None)
+        return bool(await self._native.wait_async())
 
     def __repr__(self) -> str:
         state = "set" if self.is_set() else "unset"
-        return f"<locksmith.asyncio.Event object at {id(self):#x} [{state}]>"
+        return f"<locksmith.asyncio.Event object at {id(self):#x} name={self.name!r} [{state}]>"
 
 
-class Semaphore:
+class Semaphore(_asyncio.Semaphore):
     """asyncio's ``Semaphore(value=1)``: ``await acquire()``, ``release()``,
-    ``locked()``, ``async with``."""
+    ``locked()``, ``async with``. With ``name=``, the store's semaphore of that name
+    (whose value is fixed by its first user): ``release()`` gives back an acquisition
+    made through this object, and a ``RuntimeError`` when there is none."""
 
-    _kind: Callable[..., Any] = _lt.Semaphore
-    __slots__ = ("_impl", "__weakref__")
+    def __new__(cls, *args: Any, name: Optional[str] = None, store: Optional[str] = None,
+                **kwargs: Any) -> Any:
+        if cls in (Semaphore, BoundedSemaphore) and _named(cls, name, store):
+            named = _NamedSemaphore if cls is Semaphore else _NamedBoundedSemaphore
+            return object.__new__(named)
+        return object.__new__(cls)
 
     def __init__(self, value: int = 1, *, name: Optional[str] = None,
                  store: Optional[str] = None) -> None:
-        if value < 0:
-            raise ValueError("Semaphore initial value must be >= 0")
-        self._impl = type(self)._kind(value, name=name, store=store)
+        super().__init__(value)
+
+
+class BoundedSemaphore(Semaphore, _asyncio.BoundedSemaphore):
+    """asyncio's ``BoundedSemaphore``: a release past the initial value raises
+    ``ValueError``. A named one is bounded by construction (only acquisitions are
+    released)."""
+
+    def __init__(self, value: int = 1, *, name: Optional[str] = None,
+                 store: Optional[str] = None) -> None:
+        _asyncio.BoundedSemaphore.__init__(self, value)
+
+
+class _NamedSemaphore(Semaphore):
+    def __init__(self, value: int = 1, *, name: Optional[str] = None,
+                 store: Optional[str] = None) -> None:
+        super().__init__(value)
+        assert name is not None
+        self._space = _space(store)
+        self._native = _locksmith.Semaphore(name, value, self._space)
+        self._key = ("Semaphore", self._space.url, name)
+        self._remote = _remote(self._space)
+        self._guards: Deque[Any] = _deque()  # (guard, the gate it passed)
+
+    @property
+    def name(self) -> str:
+        return str(self._native.name)
+
+    def _held(self) -> int:
+        return sum(h.count for h in self._space.holders(self._native.name))
 
     def locked(self) -> bool:
-        return self._impl.get_value() == 0
+        return self._held() >= self._native.initial_value
 
     async def acquire(self) -> bool:
-        if self._impl.acquire(False):
-            return True
-        impl = self._impl
-        return await _wait_on_thread(lambda t: impl.acquire(True, t), impl.release)
+        value = self._native.initial_value
+        gate = _gate(self._key, lambda: _asyncio.Semaphore(value))
+        self._guards.append((await _acquire_gated(self._native, gate), gate))
+        return True
 
     def release(self) -> None:
-        self._impl.release()
+        if not self._guards:
+            raise RuntimeError("no acquisition through this object to release")
+        guard, gate = self._guards.popleft()
+        try:
+            guard.release()
+        finally:
+            gate.release()
 
     async def __aenter__(self) -> None:
         await self.acquire()
 
     async def __aexit__(self, *exc: Any) -> None:
-        self.release()
+        if not self._guards:
+            raise RuntimeError("no acquisition through this object to release")
+        guard, gate = self._guards.popleft()
+        try:
+            if self._remote:
+                await guard.release_async()
+            else:
+                guard.release()
+        finally:
+            gate.release()
 
     def __repr__(self) -> str:
-        return (f"<locksmith.asyncio.{type(self).__name__} object at {id(self):#x} "
-                f"[value={self._impl.get_value()}]>")
+        value = self._native.initial_value - self._held()
+        kind = "BoundedSemaphore" if isinstance(self, BoundedSemaphore) else "Semaphore"
+        state = "locked" if value <= 0 else "unlocked"
+        return (f"<locksmith.asyncio.{kind} object at {id(self):#x} name={self.name!r} "
+                f"[{state}, value:{value}]>")
 
 
-class BoundedSemaphore(Semaphore):
-    """asyncio's ``BoundedSemaphore``: a release past the initial value raises
-    ``ValueError``."""
+class _NamedBoundedSemaphore(_NamedSemaphore, BoundedSemaphore):
+    pass
 
-    _kind = _lt.BoundedSemaphore
-    __slots__ = ()
+
+# The named classes answer to their public names (in reprs and errors).
+for _cls, _public in ((_NamedLock, "Lock"), (_NamedEvent, "Event"),
+                      (_NamedSemaphore, "Semaphore"),
+                      (_NamedBoundedSemaphore, "BoundedSemaphore")):
+    _cls.__name__ = _cls.__qualname__ = _public
+
+
+class Condition(_asyncio.Condition):
+    """asyncio's ``Condition(lock=None)`` over this module's ``Lock`` by default. Anonymous
+    only (``notify`` wakes this loop's waiters), though its lock may be a named one."""
+
+    def __init__(self, lock: Any = None) -> None:
+        super().__init__(Lock() if lock is None else lock)
+
+
+if hasattr(_asyncio, "Barrier"):  # CPython 3.11 and later
+
+    class Barrier(_asyncio.Barrier):
+        """asyncio's ``Barrier(parties)``: ``await wait()``, ``reset()``, ``abort()``,
+        ``parties``, ``n_waiting``, ``broken``. Anonymous only (CPython 3.11 and
+        later, as asyncio's)."""

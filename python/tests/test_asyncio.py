@@ -106,8 +106,8 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def test_named_lock_across_processes(tmp_path):
-    url = f"sqlite:{tmp_path}/async.sqlite"
+def test_named_lock_across_processes(shared_store):
+    url = shared_store
 
     async def main():
         child = subprocess.Popen([sys.executable, "-c", _CHILD, url])
@@ -115,6 +115,14 @@ def test_named_lock_across_processes(tmp_path):
             await asyncio.wait_for(la.Event(name="held", store=url).wait(), 60)
             lock = la.Lock(name="shared", store=url)
             assert lock.locked()
+            # A wait in the store (the other process holds it) that is cancelled
+            # leaves the store's queue: the acquisition below still gets the lock.
+            waiter = asyncio.create_task(lock.acquire())
+            await asyncio.sleep(0.05)
+            assert not waiter.done()
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
             la.Event(name="go", store=url).set()
             await asyncio.wait_for(lock.acquire(), 60)
             lock.release()
@@ -122,3 +130,135 @@ def test_named_lock_across_processes(tmp_path):
             assert child.wait(60) == 0
 
     asyncio.run(main())
+
+
+def test_anonymous_objects_are_asyncios_own():
+    # Same queue, reprs and errors as asyncio's (CPython's own suite runs against them in
+    # test_asyncio_peer.py); a named keyword needs a name.
+    assert isinstance(la.Lock(), asyncio.Lock)
+    assert isinstance(la.BoundedSemaphore(), asyncio.BoundedSemaphore)
+    assert isinstance(la.Condition(), asyncio.Condition)
+    assert isinstance(la.Condition()._lock, la.Lock)
+    assert isinstance(la.Barrier(2), asyncio.Barrier)
+    assert repr(la.Lock()).startswith("<locksmith.asyncio.Lock object at ")
+    with pytest.raises(TypeError):
+        la.Lock(store="mem:x")
+
+
+def test_condition_and_barrier():
+    async def main():
+        cond = la.Condition()
+        ready = []
+
+        async def consumer():
+            async with cond:
+                await cond.wait_for(lambda: ready)
+                return ready.pop()
+
+        task = asyncio.create_task(consumer())
+        await asyncio.sleep(0)
+        async with cond:
+            ready.append("item")
+            cond.notify()
+        assert await asyncio.wait_for(task, 30) == "item"
+
+        barrier = la.Barrier(3)
+        results = await asyncio.wait_for(
+            asyncio.gather(*(barrier.wait() for _ in range(3))), 30)
+        assert sorted(results) == [0, 1, 2]
+
+    asyncio.run(main())
+
+
+def test_named_lock_fifo_and_cancellation_in_one_loop(store):
+    async def main():
+        url = store
+        lock = la.Lock(name="cancel", store=url)
+        other = la.Lock(name="cancel", store=url)  # the same lock through another object
+        await lock.acquire()
+        assert other.locked()
+        assert "locked" in repr(other) and "cancel" in repr(other)
+        for _ in range(20):
+            waiter = asyncio.create_task(other.acquire())
+            await asyncio.sleep(0)
+            lock.release()  # the grant may race the cancellation below
+            waiter.cancel()
+            try:
+                await waiter
+                other.release()  # it won: give it back
+            except asyncio.CancelledError:
+                pass
+            # A raced grant was released: the lock comes free.
+            await asyncio.wait_for(lock.acquire(), 30)
+        lock.release()
+        assert not other.locked()
+        with pytest.raises(RuntimeError):
+            other.release()
+
+        # Tasks waiting on a named lock exclude each other and all get it.
+        order = []
+
+        async def worker(i):
+            async with la.Lock(name="cancel", store=url):
+                order.append(i)
+                await asyncio.sleep(0)
+
+        await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(5))), 30)
+        assert sorted(order) == list(range(5))
+
+    asyncio.run(main())
+
+
+def test_named_semaphore_and_event(store):
+    async def main():
+        url = store
+        sem = la.BoundedSemaphore(2, name="slots", store=url)
+        assert isinstance(sem, la.BoundedSemaphore)
+        twin = la.Semaphore(2, name="slots", store=url)
+        async with sem:
+            await twin.acquire()
+            assert sem.locked() and twin.locked()
+            blocked = asyncio.create_task(sem.acquire())
+            await asyncio.sleep(0.01)
+            assert not blocked.done()
+            twin.release()
+            assert await asyncio.wait_for(blocked, 30)
+            sem.release()
+        assert not sem.locked()
+        with pytest.raises(RuntimeError):
+            twin.release()  # nothing acquired through it
+
+        ev = la.Event(name="go", store=url)
+        waiter = asyncio.create_task(la.Event(name="go", store=url).wait())
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        ev.set()
+        assert await asyncio.wait_for(waiter, 30) is True
+        ev.clear()
+        assert not la.Event(name="go", store=url).is_set()
+
+    asyncio.run(main())
+
+
+_EXIT_AFTER_ASYNC = textwrap.dedent("""
+    import asyncio, sys
+    from locksmith import asyncio as la
+    async def main(url):
+        lock = la.Lock(name="exit", store=url)
+        held = await lock.acquire()
+        waiter = asyncio.create_task(la.Lock(name="exit", store=url).acquire())
+        await asyncio.sleep(0)
+        lock.release()
+        await waiter
+    asyncio.run(main(sys.argv[1]))
+""")
+
+
+def test_process_exits_cleanly_right_after_an_async_wait(store):
+    # The runtime's thread used to resume inside call_soon_threadsafe while the
+    # interpreter finalized, and the process died of SIGSEGV or SIGABRT most times.
+    url = store
+    for _ in range(10):
+        run = subprocess.run([sys.executable, "-c", _EXIT_AFTER_ASYNC, url],
+                             capture_output=True, timeout=60)
+        assert run.returncode == 0, run.stderr.decode()

@@ -4,7 +4,8 @@
 //! (which leaves the queue); a grant that raced the cancel is released, never leaked.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyAny;
@@ -31,6 +32,77 @@ fn runtime() -> std::io::Result<&'static tokio::runtime::Runtime> {
     let made: &'static tokio::runtime::Runtime = Box::leak(Box::new(made));
     *rt = Some((generation(), made));
     Ok(made)
+}
+
+/// The settlements running Python on the runtime's thread, and whether the interpreter
+/// is closing (then none starts: the outcome is dropped in Rust, which releases a grant).
+/// CPython ends a thread that takes the GIL back during finalization (`pthread_exit`,
+/// which unwinds through Rust frames and crashes the process), and
+/// `call_soon_threadsafe` gives the GIL up while it writes the loop's wake-up byte; so
+/// an `atexit` hook closes the gate and waits, detached, for the settlements in flight.
+struct Gate {
+    generation: u64,
+    closing: bool,
+    in_flight: usize,
+}
+
+static GATE: Mutex<Gate> = Mutex::new(Gate {
+    generation: 0,
+    closing: false,
+    in_flight: 0,
+});
+static GATE_LEFT: Condvar = Condvar::new();
+
+/// The gate of this process (a forked child starts with an open, empty one).
+fn gate() -> std::sync::MutexGuard<'static, Gate> {
+    let mut gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
+    if gate.generation != generation() {
+        *gate = Gate {
+            generation: generation(),
+            closing: false,
+            in_flight: 0,
+        };
+    }
+    gate
+}
+
+/// Runs `f` with the GIL unless the interpreter is closing.
+fn through_gate(f: impl FnOnce(Python<'_>)) {
+    {
+        let mut gate = gate();
+        if gate.closing {
+            return;
+        }
+        gate.in_flight += 1;
+    }
+    Python::try_attach(f);
+    gate().in_flight -= 1;
+    GATE_LEFT.notify_all();
+}
+
+/// The `atexit` hook: closes the gate, then waits for the settlements in flight.
+#[pyclass(frozen)]
+struct CloseGate;
+
+#[pymethods]
+impl CloseGate {
+    fn __call__(&self, py: Python<'_>) {
+        py.detach(|| {
+            let mut gate = gate();
+            gate.closing = true;
+            // Bounded: a settlement only waits for the GIL, which is free meanwhile.
+            let _ = GATE_LEFT
+                .wait_timeout_while(gate, Duration::from_secs(10), |g| g.in_flight > 0)
+                .unwrap_or_else(|p| p.into_inner());
+        });
+    }
+}
+
+/// Registers the hook that keeps the runtime's thread out of a finalizing interpreter.
+pub(crate) fn register(py: Python<'_>) -> PyResult<()> {
+    py.import("atexit")?
+        .call_method1("register", (Py::new(py, CloseGate)?,))?;
+    Ok(())
 }
 
 /// Settles an asyncio future on its loop's thread: a result if the future still waits,
@@ -101,7 +173,7 @@ where
     let (loop_, fut) = (event_loop.clone().unbind(), future.clone().unbind());
     let task = rt.spawn(async move {
         let result = work.await;
-        Python::try_attach(|py| {
+        through_gate(|py| {
             let outcome = match result {
                 Ok(t) => convert(py, t),
                 Err(e) => Err(to_py(py, e)),

@@ -41,5 +41,6 @@ fn _locksmith(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<barrier::Barrier>()?;
     m.add_class::<rwlock::RwLock>()?;
     threading::register(m)?;
+    aio::register(m.py())?;
     Ok(())
 }
