@@ -8,7 +8,7 @@ use pyo3::types::PyAny;
 use crate::errors::Raise;
 use crate::guard::not_held;
 use crate::lock::named_permit_class;
-use crate::wait::{timeout_arg, SLICE};
+use crate::wait::{sleep_sliced, timeout_arg};
 
 named_permit_class!(
     /// A condition variable carrying its own lock: acquire it (`with cond:`), check the
@@ -29,7 +29,7 @@ named_permit_class!(
         let deadline = timeout.map(|t| Instant::now() + t);
         // One sleeper for the whole wait, across the slices between signal checks: a
         // notification that comes between two slices is kept, never lost.
-        let mut sleeper = match py.detach(|| core.sleep(guard)) {
+        let sleeper = match py.detach(|| core.sleep(guard)) {
             Ok(sleeper) => sleeper,
             Err(e) => {
                 // The hold had ended: take the lock again before reporting it.
@@ -39,39 +39,7 @@ named_permit_class!(
                 return Err(crate::errors::to_py(py, e));
             }
         };
-        let mut result = Ok(false);
-        loop {
-            let slice = match deadline {
-                None => SLICE,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    left.min(SLICE)
-                }
-            };
-            match py.detach(|| sleeper.wait_timeout(slice)) {
-                Ok(true) => {
-                    result = Ok(true);
-                    break;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    result = Err(crate::errors::to_py(py, e));
-                    break;
-                }
-            }
-            if let Err(e) = py.check_signals() {
-                result = Err(e);
-                break;
-            }
-        }
-        let left = py.detach(|| sleeper.leave());
-        if let (Ok(false), Ok(true)) = (&result, &left) {
-            // Notified just as the time ran out: a notification is never wasted.
-            result = Ok(true);
-        }
+        let result = sleep_sliced(py, sleeper, deadline);
         // The lock again, as threading's Condition takes it: waiting as long as it takes.
         match py.detach(|| core.acquire()) {
             Ok(guard) => slot.put_back(guard),

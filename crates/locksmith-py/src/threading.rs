@@ -21,7 +21,7 @@ use pyo3::types::PyAny;
 
 use crate::errors::{new_err, to_py, Raise};
 use crate::space::{open_shared, Core, SpaceCell};
-use crate::wait::{generation, sliced, SLICE};
+use crate::wait::{generation, sleep_sliced, sliced, SLICE};
 
 /// `_thread.TIMEOUT_MAX`, read once.
 fn timeout_max(py: Python<'_>) -> f64 {
@@ -517,6 +517,72 @@ impl<T: Exclusive> Reentrant<T> {
     }
 }
 
+/// The `#[pymethods]` of a re-entrant lock over a [`Reentrant`] in `inner`: threading's
+/// `acquire`/`release`/`locked`, the context manager, and the private protocol
+/// `threading.Condition` uses (`_is_owned`, `_recursion_count`, `_release_save`,
+/// `_acquire_restore`), plus the methods in `$extra`.
+macro_rules! reentrant_class {
+    ($ty:ident, { $($extra:tt)* }) => {
+        #[pymethods]
+        impl $ty {
+            /// Acquires the lock, or one more level of it for its owning thread.
+            #[pyo3(signature = (blocking=true, timeout=-1.0), text_signature = "(self, /, blocking=True, timeout=-1)")]
+            fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
+                let wait = lock_wait(py, blocking, timeout)?;
+                self.inner.acquire(py, wait)
+            }
+
+            /// Releases one level; `RuntimeError` unless the calling thread owns it.
+            fn release(&self, py: Python<'_>) -> PyResult<()> {
+                self.inner.release(py, false).map(drop)
+            }
+
+            /// Whether anyone holds it.
+            fn locked(&self, py: Python<'_>) -> PyResult<bool> {
+                self.inner.locked(py)
+            }
+
+            fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+                self.inner.acquire(py, Wait::For(None))
+            }
+
+            fn __exit__(
+                &self,
+                py: Python<'_>,
+                _t: &Bound<'_, PyAny>,
+                _v: &Bound<'_, PyAny>,
+                _tb: &Bound<'_, PyAny>,
+            ) -> PyResult<()> {
+                self.release(py)
+            }
+
+            fn _is_owned(&self) -> bool {
+                self.inner.owned_count() > 0
+            }
+
+            fn _recursion_count(&self) -> u32 {
+                self.inner.owned_count()
+            }
+
+            /// Releases every level (threading.Condition's wait); returns what
+            /// `_acquire_restore` needs.
+            fn _release_save(&self, py: Python<'_>) -> PyResult<(u32, u64)> {
+                let levels = self.inner.release(py, true)?;
+                Ok((levels, ident()))
+            }
+
+            /// Takes the lock again with the levels `_release_save` gave back.
+            fn _acquire_restore(&self, py: Python<'_>, state: (u32, u64)) -> PyResult<()> {
+                self.inner
+                    .take(py, Wait::For(None), state.0.max(1))
+                    .map(drop)
+            }
+
+            $($extra)*
+        }
+    };
+}
+
 /// threading's `RLock`: the owning thread may acquire it again; only it may release.
 #[pyclass(frozen, weakref, name = "RLock", module = "locksmith.threading")]
 #[derive(Debug)]
@@ -524,8 +590,7 @@ pub struct TRLock {
     inner: Reentrant<RCore>,
 }
 
-#[pymethods]
-impl TRLock {
+reentrant_class!(TRLock, {
     #[new]
     #[pyo3(signature = (*, name=None, store=None))]
     fn new(py: Python<'_>, name: Option<String>, store: Option<&str>) -> PyResult<Self> {
@@ -540,59 +605,6 @@ impl TRLock {
         Ok(TRLock {
             inner: Reentrant::new(py, name, store, make)?,
         })
-    }
-
-    /// Acquires the lock, or one more level of it for its owning thread.
-    #[pyo3(signature = (blocking=true, timeout=-1.0), text_signature = "(self, /, blocking=True, timeout=-1)")]
-    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
-        let wait = lock_wait(py, blocking, timeout)?;
-        self.inner.acquire(py, wait)
-    }
-
-    /// Releases one level; `RuntimeError` unless the calling thread owns it.
-    fn release(&self, py: Python<'_>) -> PyResult<()> {
-        self.inner.release(py, false).map(drop)
-    }
-
-    /// Whether anyone holds it.
-    fn locked(&self, py: Python<'_>) -> PyResult<bool> {
-        self.inner.locked(py)
-    }
-
-    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        self.inner.acquire(py, Wait::For(None))
-    }
-
-    fn __exit__(
-        &self,
-        py: Python<'_>,
-        _t: &Bound<'_, PyAny>,
-        _v: &Bound<'_, PyAny>,
-        _tb: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        self.release(py)
-    }
-
-    fn _is_owned(&self) -> bool {
-        self.inner.owned_count() > 0
-    }
-
-    fn _recursion_count(&self) -> u32 {
-        self.inner.owned_count()
-    }
-
-    /// Releases every level (threading.Condition's wait); returns what
-    /// `_acquire_restore` needs.
-    fn _release_save(&self, py: Python<'_>) -> PyResult<(u32, u64)> {
-        let levels = self.inner.release(py, true)?;
-        Ok((levels, ident()))
-    }
-
-    /// Takes the lock again with the levels `_release_save` gave back.
-    fn _acquire_restore(&self, py: Python<'_>, state: (u32, u64)) -> PyResult<()> {
-        self.inner
-            .take(py, Wait::For(None), state.0.max(1))
-            .map(drop)
     }
 
     /// Forgets holds (threading calls this in a child after fork).
@@ -627,7 +639,7 @@ impl TRLock {
             repr_address(slf.as_any())
         ))
     }
-}
+});
 
 /// The lock of a `Condition` shared by name: re-entrant, with the condition's wait and
 /// notify, which sleep in the store so that other processes can wake them.
@@ -642,61 +654,13 @@ pub struct CondLock {
     inner: Reentrant<locksmith::Condition>,
 }
 
-#[pymethods]
-impl CondLock {
+reentrant_class!(CondLock, {
     #[new]
     #[pyo3(signature = (*, name=None, store=None))]
     fn new(py: Python<'_>, name: Option<String>, store: Option<&str>) -> PyResult<Self> {
         Ok(CondLock {
             inner: Reentrant::new(py, name, store, |s, n| s.condition(n))?,
         })
-    }
-
-    #[pyo3(signature = (blocking=true, timeout=-1.0), text_signature = "(self, /, blocking=True, timeout=-1)")]
-    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
-        let wait = lock_wait(py, blocking, timeout)?;
-        self.inner.acquire(py, wait)
-    }
-
-    fn release(&self, py: Python<'_>) -> PyResult<()> {
-        self.inner.release(py, false).map(drop)
-    }
-
-    fn locked(&self, py: Python<'_>) -> PyResult<bool> {
-        self.inner.locked(py)
-    }
-
-    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        self.inner.acquire(py, Wait::For(None))
-    }
-
-    fn __exit__(
-        &self,
-        py: Python<'_>,
-        _t: &Bound<'_, PyAny>,
-        _v: &Bound<'_, PyAny>,
-        _tb: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        self.release(py)
-    }
-
-    fn _is_owned(&self) -> bool {
-        self.inner.owned_count() > 0
-    }
-
-    fn _recursion_count(&self) -> u32 {
-        self.inner.owned_count()
-    }
-
-    fn _release_save(&self, py: Python<'_>) -> PyResult<(u32, u64)> {
-        let levels = self.inner.release(py, true)?;
-        Ok((levels, ident()))
-    }
-
-    fn _acquire_restore(&self, py: Python<'_>, state: (u32, u64)) -> PyResult<()> {
-        self.inner
-            .take(py, Wait::For(None), state.0.max(1))
-            .map(drop)
     }
 
     /// Releases the lock (every level), sleeps until notified or `timeout` seconds
@@ -726,7 +690,7 @@ impl CondLock {
         };
         let core = self.inner.core.get().raise_py(py)?;
         let core: &locksmith::Condition = &core;
-        let mut sleeper = match py.detach(|| core.sleep(guard)) {
+        let sleeper = match py.detach(|| core.sleep(guard)) {
             Ok(s) => s,
             Err(e) => {
                 // The hold had ended: take the lock again before reporting it.
@@ -734,39 +698,7 @@ impl CondLock {
                 return Err(to_py(py, e));
             }
         };
-        let mut outcome: PyResult<bool> = Ok(false);
-        loop {
-            let slice = match deadline {
-                None => SLICE,
-                Some(d) => {
-                    let left = d.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    left.min(SLICE)
-                }
-            };
-            match py.detach(|| sleeper.wait_timeout(slice)) {
-                Ok(true) => {
-                    outcome = Ok(true);
-                    break;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    outcome = Err(to_py(py, e));
-                    break;
-                }
-            }
-            if let Err(e) = py.check_signals() {
-                outcome = Err(e);
-                break;
-            }
-        }
-        let left = py.detach(|| sleeper.leave());
-        if let (Ok(false), Ok(true)) = (&outcome, &left) {
-            // Notified just as the time ran out: a notification is never wasted.
-            outcome = Ok(true);
-        }
+        let outcome = sleep_sliced(py, sleeper, deadline);
         let restored = self.restore(py, levels);
         let notified = outcome?;
         restored?;
@@ -802,7 +734,7 @@ impl CondLock {
             repr_address(slf.as_any())
         ))
     }
-}
+});
 
 impl CondLock {
     /// Takes the lock again after a wait, with `levels`; signals that arrive meanwhile

@@ -47,6 +47,50 @@ where
     sliced_by(py, timeout, SLICE, try_now, attempt)
 }
 
+/// Sleeps on a condition's `sleeper` until notified or `deadline`, in slices between
+/// which signal handlers run (one sleeper throughout, so no notification is lost between
+/// slices), then stops sleeping. Whether it was notified; a notification that came as
+/// the time ran out counts. The caller takes the lock again.
+pub(crate) fn sleep_sliced(
+    py: Python<'_>,
+    mut sleeper: locksmith::Sleeper,
+    deadline: Option<Instant>,
+) -> PyResult<bool> {
+    let mut outcome = Ok(false);
+    loop {
+        let slice = match deadline {
+            None => SLICE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                left.min(SLICE)
+            }
+        };
+        match py.detach(|| sleeper.wait_timeout(slice)) {
+            Ok(true) => {
+                outcome = Ok(true);
+                break;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                outcome = Err(crate::errors::to_py(py, e));
+                break;
+            }
+        }
+        if let Err(e) = py.check_signals() {
+            outcome = Err(e);
+            break;
+        }
+    }
+    let left = py.detach(|| sleeper.leave());
+    if let (Ok(false), Ok(true)) = (&outcome, &left) {
+        outcome = Ok(true);
+    }
+    outcome
+}
+
 /// The slice for a store: a network store's steps are round trips, and a step cut
 /// short may or may not have happened, so its waits take longer slices (Ctrl-C is then
 /// seen within [`NETWORK_SLICE`]).
