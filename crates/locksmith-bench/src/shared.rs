@@ -6,72 +6,49 @@
 //! parent's stack.
 
 use std::io;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// An anonymous `MAP_SHARED` mapping, zero-filled, inherited by forked children.
+use locksmith::shm::Region;
+
+/// An anonymous shared mapping, zero-filled, inherited by forked children: a locksmith
+/// [`Region`].
 #[derive(Debug)]
 pub struct SharedRegion {
-    ptr: NonNull<u8>,
-    len: usize,
+    region: Region,
 }
 
 impl SharedRegion {
     /// Maps `len` bytes (rounded up by the kernel to whole pages).
     pub fn new(len: usize) -> io::Result<Self> {
-        let len = len.max(1);
-        // SAFETY: an anonymous mapping with no address hint touches no existing memory; the
-        // result is checked against MAP_FAILED before use.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(SharedRegion { ptr, len })
+        let region = Region::anonymous(len.max(1)).map_err(io::Error::other)?;
+        Ok(SharedRegion { region })
     }
 
     /// Start of the mapping.
     pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
+        self.region.whole().as_ptr()
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.region.len()
     }
 
     /// Whether the mapping is empty (never: at least one byte is mapped).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.region.is_empty()
     }
 
     /// The `i`-th 64-bit atomic word of the region, if it fits.
     pub fn word(&self, i: usize) -> Option<&AtomicU64> {
-        if (i + 1) * 8 > self.len {
+        if (i + 1) * 8 > self.len() {
             return None;
         }
         // SAFETY: the mapping is page-aligned, so 8-byte aligned; word `i` lies inside it
         // (checked above); the memory lives as long as `self`, and AtomicU64 may alias
         // memory that other processes access atomically.
-        Some(unsafe { &*self.ptr.as_ptr().add(i * 8).cast::<AtomicU64>() })
-    }
-}
-
-impl Drop for SharedRegion {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly what mmap returned; nothing borrows the region any more
-        // because every borrow is tied to `&self`.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        Some(unsafe { &*self.as_ptr().add(i * 8).cast::<AtomicU64>() })
     }
 }
 

@@ -50,10 +50,8 @@ use io_uring::{opcode, IoUring, Probe};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-/// `futex2(2)` flags: a 32-bit word, shared between processes.
-const FUTEX2_SIZE_U32: u32 = 0x02;
-/// Matches every waker's bitset (plain `FUTEX_WAKE` uses all bits).
-const FUTEX_BITSET_MATCH_ANY: u64 = 0xffff_ffff;
+use crate::os::futex;
+
 /// `user_data` of cancel requests, whose completions need no handling.
 const CANCEL: u64 = u64::MAX;
 /// Submission queue entries; each wait needs one only until it is submitted.
@@ -209,25 +207,7 @@ impl Pending {
         // SAFETY: `self` still holds the word's mapping, which keeps it mapped at this
         // address; it is an aligned `AtomicU32`.
         let word = unsafe { &*(self.word as *const AtomicU32) };
-        futex_wake(word, 1);
-    }
-}
-
-/// `FUTEX_WAKE` (shared) of up to `n` waiters of `word`.
-fn futex_wake(word: &AtomicU32, n: u32) {
-    let n = n.min(i32::MAX as u32) as i32;
-    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE only uses its address to find
-    // the waiters.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            n,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        );
+        futex::wake(word, 1, true);
     }
 }
 
@@ -286,8 +266,8 @@ impl Ring {
         let sqe = opcode::FutexWait::new(
             word.as_ptr().cast_const(),
             u64::from(expected),
-            FUTEX_BITSET_MATCH_ANY,
-            FUTEX2_SIZE_U32,
+            futex::BITSET_MATCH_ANY,
+            futex::URING_WAIT_FLAGS,
         )
         .build()
         .user_data(id);
@@ -548,37 +528,15 @@ mod tests {
     }
 
     /// A shared anonymous mapping holding futex words, as a fork would share it.
-    struct Words(*mut AtomicU32);
-    // SAFETY: the mapping is only accessed through atomics.
-    unsafe impl Send for Words {}
-    // SAFETY: as for Send.
-    unsafe impl Sync for Words {}
+    struct Words(memmap2::MmapRaw);
     impl Words {
         fn new() -> Arc<Words> {
-            // SAFETY: a fresh anonymous shared mapping; checked against MAP_FAILED.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    4096,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
-            Arc::new(Words(p.cast()))
+            Arc::new(Words(crate::os::mmap::map_anonymous(4096).unwrap()))
         }
         fn word(&self, i: usize) -> &AtomicU32 {
             assert!(i < 1024);
             // SAFETY: inside the 4096-byte mapping, which lives as long as `self`.
-            unsafe { &*self.0.add(i) }
-        }
-    }
-    impl Drop for Words {
-        fn drop(&mut self) {
-            // SAFETY: the mapping made in `new`; no reference into it outlives self.
-            unsafe { libc::munmap(self.0.cast(), 4096) };
+            unsafe { &*self.0.as_ptr().cast::<AtomicU32>().add(i) }
         }
     }
 
@@ -591,7 +549,7 @@ mod tests {
 
     fn wake(word: &AtomicU32, n: u32) {
         word.fetch_add(1, Ordering::SeqCst);
-        futex_wake(word, n);
+        futex::wake(word, n, true);
     }
 
     #[test]

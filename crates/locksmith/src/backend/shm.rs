@@ -68,8 +68,8 @@ use std::time::{Duration, Instant};
 use super::mem::now_millis;
 use super::model::{self, Ctx, Millis, Op, Record, Reply, State};
 use super::{Backend, BoxFuture, Key, Watch};
+use crate::os::futex;
 use crate::owner::Owner;
-use crate::shm::sys;
 use crate::shm::{AtomicBlock, Mutex, MutexOptions, Region, RegionOptions};
 use crate::{Error, Result};
 
@@ -577,7 +577,7 @@ impl Shared {
     fn ring(&self, slot: u32, ticket: u64) {
         let bell = self.bell(slot, ticket);
         bell.fetch_add(1, Ordering::SeqCst);
-        sys::futex_wake(bell, u32::MAX, true);
+        futex::wake(bell, u32::MAX, true);
     }
 
     fn ringers(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Arc<Ringer>>> {
@@ -1039,7 +1039,7 @@ impl Shared {
     fn notify(&self, s: &RawSlot, n: u32) {
         s.seq.fetch_add(1, Ordering::SeqCst);
         if s.watchers.load(Ordering::SeqCst) != 0 {
-            sys::futex_wake(&s.seq, n, true);
+            futex::wake(&s.seq, n, true);
         }
     }
 
@@ -1178,7 +1178,7 @@ fn ring_loop(shared: &Shared, at: usize, ringer: &Ringer, seen: u32) {
     let word = shared.word_at(at);
     let mut last = seen;
     loop {
-        sys::futex_wait(word, last, Some(shared.poll), true);
+        futex::wait(word, last, Some(shared.poll), true);
         // Notify after every change seen since the last notification, and at every
         // poll interval (the waiters' retry tick).
         last = word.load(Ordering::Acquire);
@@ -1348,7 +1348,7 @@ impl ShmWatch {
         if timeout.is_zero() {
             return;
         }
-        sys::futex_wait(word, value, Some(timeout), true);
+        futex::wait(word, value, Some(timeout), true);
     }
 
     /// A queued waiter's sleep on its bell as an io_uring request, which wakes the

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::sys::{self, Deadline, Liveness};
 use super::{AtomicBlock, Header, Kind, Place, Placed, FLAG_SHARED};
+use crate::os::futex;
 use crate::{Error, Result};
 
 const NAME: &str = "shm::Barrier";
@@ -168,7 +169,7 @@ impl<'a> Barrier<'a> {
     }
 
     fn wake_all(&self) {
-        sys::futex_wake(&self.raw.state, u32::MAX, self.shared());
+        futex::wake(&self.raw.state, u32::MAX, self.shared());
     }
 
     fn broken() -> Error {
@@ -237,7 +238,7 @@ impl<'a> Barrier<'a> {
                     return Err(Barrier::broken());
                 }
                 let slice = deadline.slice(Duration::from_millis(50));
-                sys::futex_wait(&raw.state, w, Some(slice), self.shared());
+                futex::wait(&raw.state, w, Some(slice), self.shared());
                 w = raw.state.load(Ordering::Acquire);
                 continue;
             }
@@ -334,7 +335,7 @@ impl<'a> Barrier<'a> {
                 }
                 continue;
             }
-            sys::futex_wait(&raw.state, w, Some(deadline.slice(interval)), self.shared());
+            futex::wait(&raw.state, w, Some(deadline.slice(interval)), self.shared());
         }
     }
 
@@ -412,8 +413,8 @@ impl<'a> Barrier<'a> {
     pub fn destroy(&self) -> Result<()> {
         self.raw.header.destroy(Kind::Barrier)?;
         self.raw.state.fetch_or(BROKEN, Ordering::AcqRel);
-        sys::futex_wake(&self.raw.state, u32::MAX, true);
-        sys::futex_wake(&self.raw.state, u32::MAX, false);
+        futex::wake(&self.raw.state, u32::MAX, true);
+        futex::wake(&self.raw.state, u32::MAX, false);
         Ok(())
     }
 }

@@ -3,8 +3,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::sys::{self, Deadline, Wake};
+use super::sys::Deadline;
 use super::{AtomicBlock, Header, Kind, MutexGuard, Place, Placed, FLAG_SHARED};
+use crate::os::futex::{self, Wake};
 use crate::Result;
 
 /// The shared-memory block of a [`Condition`]: see its "Shared-memory layout" section.
@@ -118,7 +119,7 @@ impl<'a> Condition<'a> {
             }
             // Slices of one second notice a destroy made through another futex flag.
             let slice = deadline.slice(Duration::from_secs(1));
-            match sys::futex_wait(&raw.seq, seq, Some(slice), shared) {
+            match futex::wait(&raw.seq, seq, Some(slice), shared) {
                 Wake::Maybe => {
                     if raw.seq.load(Ordering::SeqCst) != seq {
                         break true;
@@ -164,7 +165,7 @@ impl<'a> Condition<'a> {
         }
         raw.seq.fetch_add(1, Ordering::SeqCst);
         if raw.waiters.load(Ordering::SeqCst) > 0 {
-            sys::futex_wake(&raw.seq, n, raw.header.flags() & FLAG_SHARED != 0);
+            futex::wake(&raw.seq, n, raw.header.flags() & FLAG_SHARED != 0);
         }
         Ok(())
     }
@@ -178,8 +179,8 @@ impl<'a> Condition<'a> {
     pub fn destroy(&self) -> Result<()> {
         self.raw.header.destroy(Kind::Condition)?;
         self.raw.seq.fetch_add(1, Ordering::SeqCst);
-        sys::futex_wake(&self.raw.seq, u32::MAX, true);
-        sys::futex_wake(&self.raw.seq, u32::MAX, false);
+        futex::wake(&self.raw.seq, u32::MAX, true);
+        futex::wake(&self.raw.seq, u32::MAX, false);
         Ok(())
     }
 }

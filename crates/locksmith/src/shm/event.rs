@@ -3,8 +3,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::sys::{self, Deadline, Wake};
+use super::sys::Deadline;
 use super::{AtomicBlock, Header, Kind, Place, Placed, FLAG_SHARED};
+use crate::os::futex::{self, Wake};
 use crate::{Error, Result};
 
 const SET: u32 = 1;
@@ -118,7 +119,7 @@ impl<'a> Event<'a> {
             }
         }
         if raw.waiters.load(Ordering::SeqCst) > 0 {
-            sys::futex_wake(&raw.state, u32::MAX, self.shared());
+            futex::wake(&raw.state, u32::MAX, self.shared());
         }
         Ok(())
     }
@@ -155,7 +156,7 @@ impl<'a> Event<'a> {
             }
             // Wake up now and then to notice a destroy made through a private futex.
             let slice = deadline.slice(Duration::from_secs(1));
-            if sys::futex_wait(&raw.state, now, Some(slice), shared) == Wake::TimedOut
+            if futex::wait(&raw.state, now, Some(slice), shared) == Wake::TimedOut
                 && deadline.passed()
             {
                 let last = raw.state.load(Ordering::SeqCst);
@@ -171,7 +172,7 @@ impl<'a> Event<'a> {
         self.raw.header.destroy(Kind::Event)?;
         // Change the word so sleepers wake and see the header.
         self.raw.state.fetch_xor(1 << 31, Ordering::SeqCst);
-        sys::futex_wake(&self.raw.state, u32::MAX, self.shared());
+        futex::wake(&self.raw.state, u32::MAX, self.shared());
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::sys::{self, Deadline, Liveness, Watch};
 use super::{AtomicBlock, Header, Kind, Place, Placed, FLAG_RECURSIVE, FLAG_SHARED};
+use crate::os::futex;
 use crate::{Error, Result};
 
 const NAME: &str = "shm::Mutex";
@@ -345,7 +346,7 @@ impl<'a> Mutex<'a> {
             {
                 continue;
             }
-            sys::futex_wait(
+            futex::wait(
                 &raw.state,
                 w | WAITERS,
                 Some(deadline.slice(interval)),
@@ -407,7 +408,7 @@ impl<'a> Mutex<'a> {
         }
         let prev = raw.state.swap(0, Ordering::Release);
         if prev & WAITERS != 0 {
-            sys::futex_wake(&raw.state, 1, raw.header.flags() & FLAG_SHARED != 0);
+            futex::wake(&raw.state, 1, raw.header.flags() & FLAG_SHARED != 0);
         }
         Ok(())
     }
@@ -452,8 +453,8 @@ impl<'a> Mutex<'a> {
         let raw = self.raw;
         raw.header.destroy(Kind::Mutex)?;
         raw.state.store(DESTROYED, Ordering::Release);
-        sys::futex_wake(&raw.state, u32::MAX, true);
-        sys::futex_wake(&raw.state, u32::MAX, false);
+        futex::wake(&raw.state, u32::MAX, true);
+        futex::wake(&raw.state, u32::MAX, false);
         Ok(())
     }
 

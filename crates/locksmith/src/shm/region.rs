@@ -4,10 +4,10 @@ use std::fs::{File, OpenOptions};
 use std::marker::PhantomData;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
-use std::ptr::NonNull;
 
 use super::{Place, Placed, ALIGN};
 use crate::backend::reserve;
+use crate::os::mmap;
 use crate::{Error, Result};
 
 /// Where named regions live.
@@ -58,16 +58,6 @@ enum Created {
     Exists,
 }
 
-#[derive(Debug)]
-enum Map {
-    /// The file is kept open to reserve its pages ([`Region::reserve`]).
-    File(memmap2::MmapRaw, File),
-    Anon {
-        ptr: NonNull<u8>,
-        len: usize,
-    },
-}
-
 /// A mapping of shared memory that primitives are placed in.
 ///
 /// - [`Region::create`] / [`Region::open`]: a named file in `/dev/shm` that unrelated
@@ -81,15 +71,11 @@ enum Map {
 /// region, so it cannot be unmapped while they are in use.
 #[derive(Debug)]
 pub struct Region {
-    map: Map,
+    map: memmap2::MmapRaw,
+    /// A named region's file, kept open to reserve its pages ([`Region::reserve`]).
+    file: Option<File>,
     path: Option<PathBuf>,
 }
-
-// SAFETY: the region is a mapping that lives until drop; it is only accessed through
-// `Place`s (atomics), which any thread may use.
-unsafe impl Send for Region {}
-// SAFETY: as above.
-unsafe impl Sync for Region {}
 
 fn shm_path(name: &str) -> Result<PathBuf> {
     let bad = name.is_empty()
@@ -231,10 +217,11 @@ impl Region {
                 path.display()
             )));
         }
-        let map = memmap2::MmapRaw::map_raw(&file)
+        let map = mmap::map_file(&file, None)
             .map_err(|e| Error::backend(format!("cannot map {}: {e}", path.display())))?;
         Ok(Region {
-            map: Map::File(map, file),
+            map,
+            file: Some(file),
             path: Some(path),
         })
     }
@@ -246,40 +233,24 @@ impl Region {
             .map_err(|e| Error::backend(format!("cannot remove {}: {e}", path.display())))
     }
 
-    /// An anonymous shared mapping (`MAP_SHARED | MAP_ANONYMOUS`) of `size` bytes,
-    /// shared with the processes this one forks afterwards.
+    /// An anonymous shared mapping of `size` bytes (an unnamed memory file, shared as
+    /// `MAP_SHARED | MAP_ANONYMOUS` memory is) with the processes this one forks
+    /// afterwards.
     pub fn anonymous(size: usize) -> Result<Region> {
         if size == 0 {
             return Err(Error::invalid("a region needs at least one byte"));
         }
-        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Error::backend(std::io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| Error::backend("mmap returned a null mapping"))?;
+        let map = mmap::map_anonymous(size).map_err(Error::backend)?;
         Ok(Region {
-            map: Map::Anon { ptr, len: size },
+            map,
+            file: None,
             path: None,
         })
     }
 
     /// The region's size in bytes.
     pub fn len(&self) -> usize {
-        match &self.map {
-            Map::File(m, _) => m.len(),
-            Map::Anon { len, .. } => *len,
-        }
+        self.map.len()
     }
 
     /// True for an empty region (never, in practice).
@@ -293,13 +264,13 @@ impl Region {
     /// `/dev/shm` is full the kernel answers with `SIGBUS`: reserve first, and a full
     /// filesystem is this error instead (`no space left on device`).
     pub fn reserve(&self, offset: usize, len: usize) -> Result<()> {
-        match &self.map {
-            Map::File(m, file) => {
-                let end = offset.checked_add(len).filter(|e| *e <= m.len());
+        match &self.file {
+            Some(file) => {
+                let end = offset.checked_add(len).filter(|e| *e <= self.len());
                 if end.is_none() {
                     return Err(Error::invalid(format!(
                         "cannot reserve {len} bytes at {offset}: the region has {} bytes",
-                        m.len()
+                        self.len()
                     )));
                 }
                 reserve(file, offset, len).map_err(|e| {
@@ -307,7 +278,7 @@ impl Region {
                     Error::backend(format!("cannot reserve memory in {}: {e}", path.display()))
                 })
             }
-            Map::Anon { .. } => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -317,10 +288,7 @@ impl Region {
     }
 
     fn base(&self) -> *mut u8 {
-        match &self.map {
-            Map::File(m, _) => m.as_mut_ptr(),
-            Map::Anon { ptr, .. } => ptr.as_ptr(),
-        }
+        self.map.as_mut_ptr()
     }
 
     /// All of the region as a [`Place`].
@@ -350,18 +318,6 @@ fn unreachable_place() -> Place<'static> {
     // A mapping is never at address 0; if it were, hand out an empty place, which every
     // primitive refuses as too small.
     Place::from(&mut [][..])
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        if let Map::Anon { ptr, len } = self.map {
-            // SAFETY: the mapping was made by `anonymous` with this address and length,
-            // and no `Place` borrowing it can outlive `self`.
-            unsafe {
-                libc::munmap(ptr.as_ptr().cast(), len);
-            }
-        }
-    }
 }
 
 /// An offset in a region where a [`Layout`] put a primitive of type `T`.

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::sys::{self, Deadline, Liveness};
 use super::{AtomicBlock, Header, Kind, Place, Placed, FLAG_BOUNDED, FLAG_SHARED, FLAG_TRACK};
+use crate::os::futex;
 use crate::{Error, Result};
 
 const NAME: &str = "shm::Semaphore";
@@ -237,7 +238,7 @@ impl<'a> Semaphore<'a> {
             if deadline.passed() {
                 break Ok(false);
             }
-            sys::futex_wait(&raw.count, 0, Some(deadline.slice(interval)), shared);
+            futex::wait(&raw.count, 0, Some(deadline.slice(interval)), shared);
         };
         raw.waiters.fetch_sub(1, Ordering::SeqCst);
         if got? {
@@ -356,7 +357,7 @@ impl<'a> Semaphore<'a> {
             }
         }
         if raw.waiters.load(Ordering::SeqCst) > 0 {
-            sys::futex_wake(&raw.count, n, raw.header.flags() & FLAG_SHARED != 0);
+            futex::wake(&raw.count, n, raw.header.flags() & FLAG_SHARED != 0);
         }
     }
 
@@ -391,7 +392,7 @@ impl<'a> Semaphore<'a> {
             }
         }
         if raw.waiters.load(Ordering::SeqCst) > 0 {
-            sys::futex_wake(&raw.count, 1, flags & FLAG_SHARED != 0);
+            futex::wake(&raw.count, 1, flags & FLAG_SHARED != 0);
         }
         Ok(())
     }
@@ -430,8 +431,8 @@ impl<'a> Semaphore<'a> {
         self.raw.header.destroy(Kind::Semaphore)?;
         // No permits left: the fast path of `acquire` fails and finds the header.
         self.raw.count.store(0, Ordering::SeqCst);
-        sys::futex_wake(&self.raw.count, u32::MAX, true);
-        sys::futex_wake(&self.raw.count, u32::MAX, false);
+        futex::wake(&self.raw.count, u32::MAX, true);
+        futex::wake(&self.raw.count, u32::MAX, false);
         Ok(())
     }
 }

@@ -1,5 +1,5 @@
-//! The operating-system layer of the placed primitives: futex wait/wake, normalised
-//! timeouts, who the caller is (thread and process identities) and whether somebody
+//! The operating-system layer of the placed primitives (futex waits are
+//! [`crate::os::futex`]'s): who the caller is (thread and process identities) and whether somebody
 //! else is still alive.
 //!
 //! # How death is detected, and why this way
@@ -190,20 +190,6 @@ pub(crate) fn alive(id: u32, start: u64, mask: u64, process: bool) -> Liveness {
     liveness::judge_local(id, start, mask, task)
 }
 
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// A relative timeout as a normalised `timespec` (`0 <= tv_nsec < 1e9`, seconds clamped
-/// to what `time_t` holds), so no `tv_nsec` overflow can reach the kernel.
-pub(crate) fn timespec(d: Duration) -> libc::timespec {
-    let secs = d.as_secs().min(libc::time_t::MAX as u64) as libc::time_t;
-    libc::timespec {
-        tv_sec: secs,
-        tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
-    }
-}
-
 /// `CLOCK_MONOTONIC` in milliseconds, modulo 2^32: the same clock in every process of
 /// the host, for time stamps kept in shared memory.
 pub(crate) fn monotonic_ms() -> u32 {
@@ -216,75 +202,6 @@ pub(crate) fn monotonic_ms() -> u32 {
     (ts.tv_sec as u64)
         .wrapping_mul(1000)
         .wrapping_add(ts.tv_nsec as u64 / 1_000_000) as u32
-}
-
-/// How a futex wait ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Wake {
-    /// Woken, the word no longer held the expected value, or a signal arrived: look again.
-    Maybe,
-    /// The timeout passed.
-    TimedOut,
-}
-
-/// `FUTEX_WAIT`: sleep while `*word == expected`, at most `timeout` (relative, measured
-/// by the kernel on `CLOCK_MONOTONIC`).
-pub(crate) fn futex_wait(
-    word: &AtomicU32,
-    expected: u32,
-    timeout: Option<Duration>,
-    shared: bool,
-) -> Wake {
-    let ts = timeout.map(timespec);
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    let op = if shared {
-        libc::FUTEX_WAIT
-    } else {
-        libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG
-    };
-    // SAFETY: `word` is a valid, aligned 32-bit atomic for the duration of the call, and
-    // `ts_ptr` is null or points at a live `timespec`. FUTEX_WAIT only reads them.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            op,
-            expected,
-            ts_ptr,
-            std::ptr::null::<u32>(),
-            0u32,
-        )
-    };
-    if r == -1 && last_errno() == libc::ETIMEDOUT {
-        Wake::TimedOut
-    } else {
-        Wake::Maybe
-    }
-}
-
-/// `FUTEX_WAKE`: wake at most `n` waiters of `word`.
-pub(crate) fn futex_wake(word: &AtomicU32, n: u32, shared: bool) {
-    let op = if shared {
-        libc::FUTEX_WAKE
-    } else {
-        libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG
-    };
-    let n = n.min(i32::MAX as u32) as i32;
-    // SAFETY: `word` is a valid, aligned 32-bit atomic; FUTEX_WAKE does not access
-    // memory through the pointer other than to find its waiters.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            op,
-            n,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        );
-    }
 }
 
 /// A deadline on the monotonic clock; `None` waits for ever.
@@ -352,16 +269,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timespec_is_normalised() {
-        let t = timespec(Duration::new(3, 999_999_999));
-        assert_eq!((t.tv_sec, t.tv_nsec), (3, 999_999_999));
-        let t = timespec(Duration::MAX);
-        assert!(t.tv_nsec < 1_000_000_000 && t.tv_sec > 0);
-        let t = timespec(Duration::from_nanos(1_500_000_000));
-        assert_eq!((t.tv_sec, t.tv_nsec), (1, 500_000_000));
-    }
-
-    #[test]
     fn own_identity_is_alive_and_stable() {
         let me = thread();
         assert_eq!(thread(), me);
@@ -384,16 +291,5 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(60));
             std::thread::yield_now();
         }
-    }
-
-    #[test]
-    fn futex_wait_times_out_and_sees_changes() {
-        let w = AtomicU32::new(1);
-        assert_eq!(
-            futex_wait(&w, 1, Some(Duration::from_millis(1)), false),
-            Wake::TimedOut
-        );
-        assert_eq!(futex_wait(&w, 2, None, false), Wake::Maybe);
-        futex_wake(&w, 1, false);
     }
 }

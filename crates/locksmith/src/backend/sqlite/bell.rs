@@ -46,6 +46,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::os::{futex, mmap};
+
 /// How many futex slots a doorbell has.
 pub(crate) const SLOTS: usize = 508;
 /// Words before the slots.
@@ -59,14 +61,9 @@ const _: () = assert!(SIZE == 4096);
 /// A mapped doorbell file.
 #[derive(Debug)]
 pub(crate) struct Bell {
-    base: *const AtomicU32,
+    /// `SIZE` bytes, only ever accessed through atomics.
+    map: memmap2::MmapRaw,
 }
-
-// SAFETY: `base` points into a shared mapping that lives as long as the `Bell` and is
-// only ever accessed through atomics.
-unsafe impl Send for Bell {}
-// SAFETY: as for `Send`: every access is atomic.
-unsafe impl Sync for Bell {}
 
 /// FNV-1a, 64 bits: a hash every process computes the same way.
 pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
@@ -124,8 +121,7 @@ impl Bell {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
         let meta = file.metadata()?;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let euid = unsafe { libc::geteuid() };
+        let euid = rustix::process::geteuid().as_raw();
         if meta.uid() != euid || meta.mode() & 0o022 != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -136,24 +132,8 @@ impl Bell {
         // a page of a full filesystem that was never allocated is a SIGBUS, not an
         // error. Two processes doing it at once is harmless; a doorbell never shrinks.
         super::super::reserve(&file, 0, SIZE)?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: a fresh shared mapping of a file we opened read-write and made at
-        // least SIZE bytes long; the result is checked against MAP_FAILED.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         let bell = Bell {
-            base: ptr.cast::<AtomicU32>(),
+            map: mmap::map_file(&file, Some(SIZE))?,
         };
         match bell
             .word(0)
@@ -172,7 +152,7 @@ impl Bell {
         debug_assert!(i < SIZE / 4);
         // SAFETY: `i` is within the mapping (callers index below HEADER + 2 * SLOTS),
         // which is aligned to a page and lives as long as `self`.
-        unsafe { &*self.base.add(i) }
+        unsafe { &*self.map.as_ptr().cast::<AtomicU32>().add(i) }
     }
 
     /// The futex word that watchers of `slot` sleep on.
@@ -193,7 +173,7 @@ impl Bell {
         let seq = self.seq(slot);
         seq.fetch_add(1, Ordering::SeqCst);
         if self.waiters(slot).load(Ordering::SeqCst) > 0 {
-            futex_wake(seq);
+            futex::wake(seq, u32::MAX, true);
         }
     }
 
@@ -202,7 +182,7 @@ impl Bell {
         let seq = self.word(1);
         seq.fetch_add(1, Ordering::SeqCst);
         if self.word(2).load(Ordering::SeqCst) > 0 {
-            futex_wake(seq);
+            futex::wake(seq, u32::MAX, true);
         }
     }
 
@@ -212,7 +192,7 @@ impl Bell {
     pub(crate) fn wait_tx(&self, timeout: Duration) {
         self.word(2).fetch_add(1, Ordering::SeqCst);
         let seen = self.word(1).load(Ordering::SeqCst);
-        futex_wait(self.word(1), seen, timeout);
+        futex::wait(self.word(1), seen, Some(timeout), true);
         self.word(2).fetch_sub(1, Ordering::SeqCst);
     }
 
@@ -231,55 +211,7 @@ impl Bell {
     /// Sleeps until `slot` rings after `seen` was read, or for `timeout` at most.
     /// Returns at once if it rang already; may return early for no reason.
     pub(crate) fn wait(&self, slot: usize, seen: u32, timeout: Duration) {
-        futex_wait(self.seq(slot), seen, timeout);
-    }
-}
-
-impl Drop for Bell {
-    fn drop(&mut self) {
-        // SAFETY: `base` is the start of a SIZE-byte mapping made in `open`, and no
-        // reference into it outlives `self`.
-        unsafe {
-            libc::munmap(self.base as *mut libc::c_void, SIZE);
-        }
-    }
-}
-
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE only reads the address, which points to a live, aligned u32
-    // in a shared mapping; the kernel validates everything else.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            i32::MAX,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        );
-    }
-}
-
-fn futex_wait(word: &AtomicU32, seen: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: the address points to a live, aligned u32 in a shared mapping and `ts`
-    // outlives the call; FUTEX_WAIT returns at once (EAGAIN) if the word no longer
-    // holds `seen`, and otherwise sleeps at most `ts` (a relative, monotonic timeout).
-    // Its result needs no check: EINTR, EAGAIN and ETIMEDOUT all mean "re-check".
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            seen,
-            &ts as *const libc::timespec,
-            std::ptr::null::<u32>(),
-            0u32,
-        );
+        futex::wait(self.seq(slot), seen, Some(timeout), true);
     }
 }
 
