@@ -56,7 +56,7 @@ use redis::Value;
 
 use super::model::{Acquire, BarrierView, Holder, Millis, Op, Reply};
 use super::{Backend, BoxFuture, Grant, Key, Mode, PermitKind, Watch};
-use crate::backend::mem::now_millis;
+use crate::os::clock::now_millis;
 use crate::owner::Owner;
 use crate::{BrokenCause, Error, Result};
 

@@ -16,9 +16,9 @@ use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 
 use super::{decode, encode, script_call, MAX_LEASE};
-use crate::backend::mem::now_millis;
 use crate::backend::model::{apply, Ctx, Kind, Op, PermitKind, Record, Reply};
 use crate::backend::model_props::{case, cases, Driver, RawStep, NAMES};
+use crate::os::clock::now_millis;
 use crate::Result;
 
 /// A redis-server on a free loopback port, killed when dropped.

@@ -65,9 +65,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::mem::now_millis;
 use super::model::{self, Ctx, Millis, Op, Record, Reply, State};
 use super::{Backend, BoxFuture, Key, Watch};
+use crate::os::clock::now_millis;
 use crate::os::futex;
 use crate::owner::Owner;
 use crate::shm::{AtomicBlock, Mutex, MutexOptions, Region, RegionOptions};

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::mem::now_millis;
 use crate::backend::model::Millis;
 use crate::backend::{Key, Op, Reply};
+use crate::os::clock::now_millis;
 use crate::space::SpaceInner;
 use crate::{Error, Result};
 

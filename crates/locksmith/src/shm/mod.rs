@@ -289,7 +289,7 @@ impl Header {
     /// loop of tries on a busy primitive would read `/proc` on every try.
     pub(crate) fn try_check_due(&self) -> bool {
         let interval = self.check_interval().as_millis().min(u128::from(u32::MAX)) as u32;
-        let now = sys::monotonic_ms().max(1);
+        let now = crate::os::clock::monotonic_ms().max(1);
         let last = self.last_check.load(Ordering::Relaxed);
         if last != 0 && now.wrapping_sub(last) < interval {
             return false;

@@ -190,20 +190,6 @@ pub(crate) fn alive(id: u32, start: u64, mask: u64, process: bool) -> Liveness {
     liveness::judge_local(id, start, mask, task)
 }
 
-/// `CLOCK_MONOTONIC` in milliseconds, modulo 2^32: the same clock in every process of
-/// the host, for time stamps kept in shared memory.
-pub(crate) fn monotonic_ms() -> u32 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .wrapping_mul(1000)
-        .wrapping_add(ts.tv_nsec as u64 / 1_000_000) as u32
-}
-
 /// A deadline on the monotonic clock; `None` waits for ever.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Deadline(Option<Instant>);

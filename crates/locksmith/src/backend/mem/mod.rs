@@ -13,13 +13,14 @@ mod fast;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use event_listener::{Event, EventListener, Listener};
 
 use self::fast::{FastLock, Folded};
 use super::model::{self, Ctx, Millis, Op, Record, Reply};
 use super::{Backend, BoxFuture, FastHold, Key, Watch};
+use crate::os::clock::now_millis;
 use crate::owner::Owner;
 use crate::{Error, Result};
 
@@ -65,13 +66,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state machine never panics midway through a change, so a poisoned slot
     // still holds a consistent record.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
 }
 
 impl MemBackend {

@@ -78,9 +78,9 @@ use event_listener::{EventListener, Listener};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 use self::bell::{slot, stable_hash, Bell};
-use super::mem::now_millis;
 use super::model::{self, Ctx, Kind, Millis, Op, Record, Reply, State};
 use super::{Backend, BoxFuture, Key, Watch};
+use crate::os::clock::now_millis;
 use crate::owner::Owner;
 use crate::{Error, Result};
 
