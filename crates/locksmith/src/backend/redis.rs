@@ -54,9 +54,11 @@ use event_listener::{Event, EventListener, Listener};
 use futures_util::StreamExt;
 use redis::Value;
 
+use super::done::Done;
 use super::model::{Acquire, BarrierView, Holder, Millis, Op, Reply};
 use super::{Backend, BoxFuture, Grant, Key, Mode, PermitKind, Watch};
 use crate::os::clock::now_millis;
+use crate::os::hash::stable_hash;
 use crate::owner::Owner;
 use crate::{BrokenCause, Error, Result};
 
@@ -123,9 +125,7 @@ const SOURCE: &str = include_str!("redis.lua");
 fn function_name() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
     NAME.get_or_init(|| {
-        let hash = SOURCE.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let hash = stable_hash(SOURCE.as_bytes());
         format!("locksmith_{hash:016x}")
     })
 }
@@ -992,10 +992,7 @@ impl Inner {
             if let Err(Ok(values)) = tx.send(out) {
                 inner.undo(&resolved, undo, &values).await;
             }
-            finished
-                .flag
-                .store(true, std::sync::atomic::Ordering::Release);
-            finished.event.notify(usize::MAX);
+            finished.set();
         });
         // Dropped mid-flight, an acquisition waits (one round trip or two) until the
         // step and its undo are done, so that the caller finds the state settled: not
@@ -1031,13 +1028,6 @@ impl Inner {
     }
 }
 
-/// Whether a detached step (and its undo) finished.
-#[derive(Default)]
-struct Done {
-    flag: std::sync::atomic::AtomicBool,
-    event: Event,
-}
-
 /// Waits, when dropped while armed, until the detached step is done.
 struct Settle {
     done: Arc<Done>,
@@ -1051,16 +1041,7 @@ impl Drop for Settle {
         if !self.armed {
             return;
         }
-        let deadline = Instant::now() + self.bound;
-        loop {
-            let listener = self.done.event.listen();
-            if self.done.flag.load(std::sync::atomic::Ordering::Acquire) {
-                return;
-            }
-            if listener.wait_deadline(deadline).is_none() {
-                return;
-            }
-        }
+        self.done.wait_deadline(Instant::now() + self.bound);
     }
 }
 

@@ -69,6 +69,7 @@ use super::model::{self, Ctx, Millis, Op, Record, Reply, State};
 use super::{Backend, BoxFuture, Key, Watch};
 use crate::os::clock::now_millis;
 use crate::os::futex;
+use crate::os::hash::stable_hash;
 use crate::owner::Owner;
 use crate::shm::{AtomicBlock, Mutex, MutexOptions, Region, RegionOptions};
 use crate::{Error, Result};
@@ -319,11 +320,9 @@ fn parse_bytes(v: &str) -> Option<u64> {
     digits.parse::<u64>().ok()?.checked_mul(unit)
 }
 
+/// A name's hash in the slot table, never 0 (an empty slot's).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    h.max(1)
+    stable_hash(bytes).max(1)
 }
 
 fn class_of(len: usize) -> Option<usize> {

@@ -25,6 +25,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::hash::stable_hash;
+
 /// What this process can tell about another process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -96,13 +98,13 @@ fn read_process() -> Process {
         .ok()
         .map(|b| b.trim().to_owned())
         .filter(|b| !b.is_empty())
-        .map_or(0, |b| nonzero(stable_hash(&b)));
+        .map_or(0, |b| nonzero(stable_hash(b.as_bytes())));
     let machine = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
         .iter()
         .find_map(|path| {
             let id = std::fs::read_to_string(path).ok()?;
             let id = id.trim();
-            (!id.is_empty()).then(|| nonzero(stable_hash(id)))
+            (!id.is_empty()).then(|| nonzero(stable_hash(id.as_bytes())))
         })
         .unwrap_or(NO_MACHINE_ID);
     let pid = pid();
@@ -119,13 +121,6 @@ fn read_process() -> Process {
 /// Keeps 0 (and [`NO_MACHINE_ID`]) free to mean "not recorded" (and "none").
 fn nonzero(h: u64) -> u64 {
     h.max(2)
-}
-
-/// FNV-1a: stable across processes and builds, unlike std's randomly keyed hasher.
-fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// The inode of this process's PID namespace, or 0 when `/proc` cannot tell: if

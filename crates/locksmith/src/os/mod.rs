@@ -5,6 +5,7 @@ pub(crate) mod clock;
 #[cfg(target_os = "linux")]
 #[cfg_attr(not(any(feature = "shm", feature = "sqlite")), allow(dead_code))]
 pub(crate) mod futex;
+pub(crate) mod hash;
 pub(crate) mod liveness;
 #[cfg_attr(not(any(feature = "shm", feature = "sqlite")), allow(dead_code))]
 pub(crate) mod mmap;

@@ -65,13 +65,6 @@ pub(crate) struct Bell {
     map: memmap2::MmapRaw,
 }
 
-/// FNV-1a, 64 bits: a hash every process computes the same way.
-pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// The slot that watchers of a name with hash `hash` (and, for a queued waiter,
 /// `ticket`) use.
 pub(crate) fn slot(hash: u64, ticket: Option<u64>) -> usize {
@@ -228,7 +221,7 @@ mod tests {
         let path = dir.join("t.bell");
         let bell = Arc::new(Bell::open(&path).unwrap());
         let other = Bell::open(&path).unwrap();
-        let s = slot(stable_hash(b"x"), None);
+        let s = slot(crate::os::hash::stable_hash(b"x"), None);
         // Rung between watch and wait: the wait returns at once.
         let seen = bell.watch(s);
         other.ring(s);

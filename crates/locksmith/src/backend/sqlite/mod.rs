@@ -69,7 +69,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -77,10 +77,12 @@ use std::time::{Duration, Instant};
 use event_listener::{EventListener, Listener};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use self::bell::{slot, stable_hash, Bell};
+use self::bell::{slot, Bell};
+use super::done::Done;
 use super::model::{self, Ctx, Kind, Millis, Op, Record, Reply, State};
 use super::{Backend, BoxFuture, Key, Watch};
 use crate::os::clock::now_millis;
+use crate::os::hash::stable_hash;
 use crate::owner::Owner;
 use crate::{Error, Result};
 
@@ -1256,8 +1258,7 @@ type SleeperMap = HashMap<(usize, usize), Arc<Sleeper>>;
 #[derive(Debug)]
 struct Sleeper {
     seen: u32,
-    done: AtomicBool,
-    event: event_listener::Event,
+    done: Done,
 }
 
 impl Sleepers {
@@ -1279,14 +1280,13 @@ impl Sleepers {
         let key = (Arc::as_ptr(bell) as usize, slot);
         let mut map = self.lock();
         if let Some(s) = map.get(&key) {
-            if s.seen == seen && !s.done.load(Ordering::Acquire) {
+            if s.seen == seen && !s.done.is_set() {
                 return s.clone();
             }
         }
         let sleeper = Arc::new(Sleeper {
             seen,
-            done: AtomicBool::new(false),
-            event: event_listener::Event::new(),
+            done: Done::default(),
         });
         map.insert(key, sleeper.clone());
         drop(map);
@@ -1299,8 +1299,7 @@ impl Sleepers {
                     map.remove(&key);
                 }
             }
-            me.done.store(true, Ordering::Release);
-            me.event.notify(usize::MAX);
+            me.done.set();
         }));
         sleeper
     }
@@ -1424,18 +1423,15 @@ impl Watch for SqliteWatch {
             let sleeper = this
                 .sleepers
                 .join(&reg.bell, reg.slot, reg.seen, this.poll, &rt);
-            let listener = sleeper.event.listen();
             return Box::pin(async move {
                 // The registration stays while the watcher waits, so rings reach the
                 // sleeping thread.
                 let _registered = this;
-                if !sleeper.done.load(Ordering::Acquire) {
-                    match deadline {
-                        Some(d) => {
-                            let _ = tokio::time::timeout_at(d.into(), listener).await;
-                        }
-                        None => listener.await,
+                match deadline {
+                    Some(d) => {
+                        let _ = tokio::time::timeout_at(d.into(), sleeper.done.wait()).await;
                     }
+                    None => sleeper.done.wait().await,
                 }
                 Ok(())
             });
@@ -1445,14 +1441,12 @@ impl Watch for SqliteWatch {
         // completes this future through an event. If the future is dropped first, the
         // sleeper is rung awake so that it frees its thread at once.
         let done = Arc::new(Done::default());
-        let listener = done.event.listen();
         let ring = this.reg.as_ref().map(|r| (r.bell.clone(), r.slot));
         let task = {
             let done = done.clone();
             move || {
                 this.sleep(deadline);
-                done.flag.store(true, Ordering::Release);
-                done.event.notify(usize::MAX);
+                done.set();
             }
         };
         let spawned = match tokio::runtime::Handle::try_current() {
@@ -1476,24 +1470,11 @@ impl Watch for SqliteWatch {
                 done: done.clone(),
                 ring,
             };
-            let mut listener = listener;
-            loop {
-                if done.flag.load(Ordering::Acquire) {
-                    break;
-                }
-                listener.await;
-                listener = done.event.listen();
-            }
+            done.wait().await;
             drop(cancel);
             Ok(())
         })
     }
-}
-
-#[derive(Default)]
-struct Done {
-    flag: AtomicBool,
-    event: event_listener::Event,
 }
 
 /// Wakes an abandoned sleeper so that its thread returns to the pool.
@@ -1504,7 +1485,7 @@ struct CancelOnDrop {
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if !self.done.flag.load(Ordering::Acquire) {
+        if !self.done.is_set() {
             if let Some((bell, slot)) = &self.ring {
                 bell.ring(*slot);
             }
