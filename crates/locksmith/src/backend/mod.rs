@@ -18,6 +18,11 @@ pub(crate) mod mem;
 pub(crate) mod model;
 #[cfg(test)]
 pub(crate) mod model_props;
+#[cfg_attr(
+    not(any(feature = "shm", feature = "sqlite", feature = "redis")),
+    allow(dead_code)
+)]
+pub(crate) mod options;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 #[cfg(all(target_os = "linux", feature = "shm"))]

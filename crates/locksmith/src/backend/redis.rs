@@ -56,6 +56,7 @@ use redis::Value;
 
 use super::done::Done;
 use super::model::{Acquire, BarrierView, Holder, Millis, Op, Reply};
+use super::options;
 use super::{Backend, BoxFuture, Grant, Key, Mode, PermitKind, Watch};
 use crate::os::clock::now_millis;
 use crate::os::hash::stable_hash;
@@ -391,14 +392,16 @@ fn split_url(url: &str) -> Result<Url> {
     let mut prefix = None;
     let mut parsed = Url::default();
     let mut rest = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("prefix", v)) => prefix = Some(percent_decode(v)?),
-            Some(("cacert", v)) => parsed.cacert = Some(percent_decode(v)?),
-            Some(("cert", v)) => parsed.cert = Some(percent_decode(v)?),
-            Some(("key", v)) => parsed.key = Some(percent_decode(v)?),
-            Some(("timeout", v)) => parsed.timeout = Some(parse_timeout(&percent_decode(v)?)?),
-            _ => rest.push(pair),
+    for opt in options::parse(query) {
+        match opt.key {
+            // Without a value, it is not one of ours: the redis crate reads it.
+            _ if !opt.pair.contains('=') => rest.push(opt.pair),
+            "prefix" => prefix = Some(opt.value()?),
+            "cacert" => parsed.cacert = Some(opt.value()?),
+            "cert" => parsed.cert = Some(opt.value()?),
+            "key" => parsed.key = Some(opt.value()?),
+            "timeout" => parsed.timeout = Some(parse_timeout(&opt.value()?)?),
+            _ => rest.push(opt.pair),
         }
     }
     let mut out = base.to_owned();
@@ -524,33 +527,6 @@ fn parse_timeout(s: &str) -> Result<Duration> {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(secs))
-}
-
-fn percent_decode(s: &str) -> Result<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = s
-                    .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| Error::invalid(format!("bad percent escape in '{s}'")))?;
-                out.push(hex);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| Error::invalid(format!("'{s}' is not UTF-8")))
 }
 
 /// The URL with any password hidden, for messages and `Debug`.

@@ -66,6 +66,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::model::{self, Ctx, Millis, Op, Record, Reply, State};
+use super::options;
 use super::{Backend, BoxFuture, Key, Watch};
 use crate::os::clock::now_millis;
 use crate::os::futex;
@@ -254,8 +255,9 @@ impl ShmOptions {
             queue: DEFAULT_QUEUE,
             uring: true,
         };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        for opt in options::parse(query) {
+            let (k, v) = (opt.key, opt.value()?);
+            let v = v.as_str();
             let bad = |what: &str| Error::invalid(format!("shm:{spec}: option {k}={v:?}: {what}"));
             match k {
                 "capacity" => {
@@ -288,11 +290,8 @@ impl ShmOptions {
                     opts.queue = n;
                 }
                 "uring" => {
-                    opts.uring = match v {
-                        "on" | "1" => true,
-                        "off" | "0" => false,
-                        _ => return Err(bad("use uring=on or uring=off")),
-                    };
+                    opts.uring =
+                        options::on_off(v).ok_or_else(|| bad("use uring=on or uring=off"))?;
                 }
                 "check_ms" => {
                     let ms: u64 = v.parse().map_err(|_| bad("not a whole number"))?;

@@ -80,6 +80,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 use self::bell::{slot, Bell};
 use super::done::Done;
 use super::model::{self, Ctx, Kind, Millis, Op, Record, Reply, State};
+use super::options;
 use super::{Backend, BoxFuture, Key, Watch};
 use crate::os::clock::now_millis;
 use crate::os::hash::stable_hash;
@@ -148,11 +149,9 @@ impl Options {
             bell: true,
             uring: true,
         };
-        for pair in query.into_iter().flat_map(|q| q.split('&')) {
-            if pair.is_empty() {
-                continue;
-            }
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        for opt in options::parse(query.unwrap_or("")) {
+            let (k, v) = (opt.key, opt.value()?);
+            let v = v.as_str();
             let number = |max: u64| -> Result<u64> {
                 match v.parse::<u64>() {
                     Ok(n) if n >= 1 && n <= max => Ok(n),
@@ -176,26 +175,14 @@ impl Options {
                         }
                     }
                 }
-                "bell" => {
-                    opts.bell = match v {
-                        "1" | "on" => true,
-                        "0" | "off" => false,
-                        _ => {
-                            return Err(Error::invalid(format!(
-                                "'bell={v}' in '{url}': use bell=on or bell=off"
-                            )))
-                        }
-                    }
-                }
-                "uring" => {
-                    opts.uring = match v {
-                        "1" | "on" => true,
-                        "0" | "off" => false,
-                        _ => {
-                            return Err(Error::invalid(format!(
-                                "'uring={v}' in '{url}': use uring=on or uring=off"
-                            )))
-                        }
+                "bell" | "uring" => {
+                    let on = options::on_off(v).ok_or_else(|| {
+                        Error::invalid(format!("'{k}={v}' in '{url}': use {k}=on or {k}=off"))
+                    })?;
+                    if k == "bell" {
+                        opts.bell = on;
+                    } else {
+                        opts.uring = on;
                     }
                 }
                 _ => {
