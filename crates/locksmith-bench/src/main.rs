@@ -12,93 +12,80 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
 
 use locksmith_bench::harness::Ctx;
 use locksmith_bench::record;
 use locksmith_bench::report::{self, Machine};
 
-const USAGE: &str = "usage:
-  locksmith-bench run    [--quick] [--out DIR] [--only PATTERN]... [--redis URL]
-      measure locksmith's rows and the Rust peers; writes DIR/rust.jsonl (DIR: bench/out)
-      --only: keep rows whose `scenario/system` contains PATTERN (repeatable)
-      --redis: Redis URL (default: $LOCKSMITH_REDIS_URL, else redis://127.0.0.1:6379/)
-  locksmith-bench report [--quick] [--out DIR] [--results FILE] [--svg FILE]
-      read DIR/*.jsonl; write FILE (bench/RESULTS.md) and the hand-off chart
-      (default: handoff.svg beside FILE)
-  locksmith-bench machine
-      print the machine line the report uses";
-
-fn main() -> ExitCode {
-    match run() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("locksmith-bench: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+/// Runs the Rust side of the comparison and writes the report.
+#[derive(Debug, Parser)]
+#[command(name = "locksmith-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-/// Parsed command-line options shared by the subcommands.
-#[derive(Debug, Default)]
-struct Opts {
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure locksmith's rows and the Rust peers; writes DIR/rust.jsonl.
+    Run(RunArgs),
+    /// Read DIR/*.jsonl; write the results file and the hand-off chart.
+    Report(ReportArgs),
+    /// Print the machine line the report uses.
+    Machine,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Fewer, shorter samples.
+    #[arg(long)]
     quick: bool,
-    out: Option<PathBuf>,
+    /// Where the results go.
+    #[arg(long, value_name = "DIR", default_value = "bench/out")]
+    out: PathBuf,
+    /// Keep only rows whose `scenario/system` contains PATTERN (repeatable).
+    #[arg(long, value_name = "PATTERN")]
     only: Vec<String>,
+    /// The Redis URL (default: $LOCKSMITH_REDIS_URL, else redis://127.0.0.1:6379/).
+    #[arg(long, value_name = "URL")]
     redis: Option<String>,
-    results: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// The results came from a quick run.
+    #[arg(long)]
+    quick: bool,
+    /// Where the results are.
+    #[arg(long, value_name = "DIR", default_value = "bench/out")]
+    out: PathBuf,
+    /// The report to write.
+    #[arg(long, value_name = "FILE", default_value = "bench/RESULTS.md")]
+    results: PathBuf,
+    /// The hand-off chart to write (default: handoff.svg beside the report).
+    #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
 }
 
-fn parse(args: &[String]) -> Result<Opts> {
-    let mut o = Opts::default();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| -> Result<String> {
-            it.next()
-                .cloned()
-                .with_context(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        match a.as_str() {
-            "--quick" => o.quick = true,
-            "--out" => o.out = Some(value("--out")?.into()),
-            "--only" => o.only.push(value("--only")?),
-            "--redis" => o.redis = Some(value("--redis")?),
-            "--results" => o.results = Some(value("--results")?.into()),
-            "--svg" => o.svg = Some(value("--svg")?.into()),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
-        }
-    }
-    Ok(o)
-}
-
-fn run() -> Result<ExitCode> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("{USAGE}");
-        return Ok(ExitCode::from(2));
-    };
-    match cmd.as_str() {
-        "run" => cmd_run(parse(rest)?),
-        "report" => cmd_report(parse(rest)?),
-        "machine" => {
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Run(a) => cmd_run(a),
+        Command::Report(a) => cmd_report(a),
+        Command::Machine => {
             let m = Machine::here();
             println!("{} CPUs ({}), {}, {}", m.nproc, m.cpu, m.kernel, m.date);
             Ok(ExitCode::SUCCESS)
         }
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
-        }
-        other => bail!("unknown subcommand {other:?}\n{USAGE}"),
-    }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("locksmith-bench: {e:#}");
+        ExitCode::from(2)
+    })
 }
 
-fn cmd_run(o: Opts) -> Result<ExitCode> {
-    let out = o.out.unwrap_or_else(|| "bench/out".into());
+fn cmd_run(o: RunArgs) -> Result<ExitCode> {
+    let out = o.out;
     let scratch = out.join("scratch");
     fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
     // When and under what load the run started: the report quotes these, not its own time.
@@ -138,9 +125,8 @@ fn cmd_run(o: Opts) -> Result<ExitCode> {
     })
 }
 
-fn cmd_report(o: Opts) -> Result<ExitCode> {
-    let out = o.out.unwrap_or_else(|| "bench/out".into());
-    let results = o.results.unwrap_or_else(|| "bench/RESULTS.md".into());
+fn cmd_report(o: ReportArgs) -> Result<ExitCode> {
+    let (out, results) = (o.out, o.results);
     let svg = o
         .svg
         .unwrap_or_else(|| results.with_file_name("handoff.svg"));

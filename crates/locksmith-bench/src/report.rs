@@ -243,31 +243,14 @@ fn kernel() -> String {
 
 /// The current UTC time as `YYYY-MM-DD HH:MM UTC`.
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        sod / 3600,
-        sod % 3600 / 60
-    )
+    utc(std::time::SystemTime::now())
 }
 
-/// Gregorian date of a day count since 1970-01-01 (proleptic calendar, 400-year eras).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// `t` as `YYYY-MM-DD HH:MM UTC`.
+fn utc(t: std::time::SystemTime) -> String {
+    // RFC 3339 is `YYYY-MM-DDTHH:MM:SSZ`.
+    let rfc = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{} {} UTC", &rfc[..10], &rfc[11..16])
 }
 
 /// Number with about three significant digits.
@@ -635,9 +618,10 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(utc(UNIX_EPOCH), "1970-01-01 00:00 UTC");
+        let t = UNIX_EPOCH + Duration::from_secs(19_723 * 86_400 + 13 * 3600 + 5 * 60 + 59);
+        assert_eq!(utc(t), "2024-01-01 13:05 UTC");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! The binary is thin: argument parsing here, one module per group of subcommands,
 //! all the synchronization in the `locksmith` library. Exit codes are in
-//! [`error`]; the README of this crate is the manual.
+//! [`error`]; the manual is the section "The `locksmith` command" of the project's
+//! README.
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod args;
@@ -22,25 +23,14 @@ use crate::args::{Cli, Command};
 use crate::error::{Failure, Outcome};
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(code) => code,
-        Err(e) => {
-            let (code, message) = match e.downcast::<Failure>() {
-                Ok(f) => (f.code, f.message),
-                Err(e) => (error::STORE, format!("{e:#}")),
-            };
-            eprintln!("locksmith: {message}");
-            ExitCode::from(code)
-        }
-    }
-}
-
-fn run() -> anyhow::Result<ExitCode> {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => return Ok(args::report_clap_error(e)),
+    let outcome = match Cli::try_parse() {
+        Ok(cli) => dispatch(cli),
+        Err(e) => Ok(args::report_clap_error(e)),
     };
-    Ok(dispatch(cli)?)
+    outcome.unwrap_or_else(|f| {
+        eprintln!("locksmith: {}", f.message);
+        ExitCode::from(f.code)
+    })
 }
 
 fn dispatch(cli: Cli) -> Outcome {

@@ -1,5 +1,6 @@
-//! The conformance suite: every behaviour of SEMANTICS.md that applies, written once
-//! against the public API and run against every backend.
+//! The conformance suite: every behaviour the README promises (its sections "The
+//! primitives" and "Semantics, where the seed systems differ") that a store can show,
+//! written once against the public API and run against every backend.
 //!
 //! Adding a backend is one line in [`stores`]. Each test gets a fresh store from the
 //! backend's `fresh_url`. Tests marked cross-process run only on stores that other
