@@ -501,7 +501,10 @@ pub fn results_md(
          Issue 13's rows are Python's paired ratios instead (table {}): `measured` is ours / \
          the peer's time (below 1: ours is faster), the median of the per-pair ratios, and \
          `at p10` their 10th percentile.\n",
-        scenario::ALL.iter().position(|s| s.id == PY).map_or(0, |i| i + 1)
+        scenario::ALL
+            .iter()
+            .position(|s| s.id == PY)
+            .map_or(0, |i| i + 1)
     );
 
     // Scenario tables.
@@ -744,5 +747,36 @@ mod tests {
         assert!(md.contains(
             "| 3 | shm Lock uncontended within 1.5× of parking_lot::Mutex | 2.00× | 2.00× | ≥ 0.67× | met |"
         ));
+    }
+
+    #[test]
+    fn python_ratio_targets() {
+        let m = Machine {
+            nproc: 2,
+            cpu: "cpu".into(),
+            kernel: "Linux".into(),
+            date: "d".into(),
+            load: "0 0 0".into(),
+        };
+        let ratio = |system: &str, median: f64| Record {
+            unit: RATIO.into(),
+            lang: "python".into(),
+            ..rec(PY, system, median)
+        };
+        let recs = vec![
+            ratio("locksmith.threading.Lock acquire()+release()", 1.4),
+            ratio("locksmith.twisted.DeferredLock.run", 0.5),
+            ratio("locksmith.sync.Mutex with", 0.5),
+        ];
+        let md = results_md(&recs, &[], &m, true, "h.svg");
+        assert!(md.contains(
+            "| 13 | locksmith.threading.Lock acquire()+release() within 1.5× of threading.Lock | 1.40× | 1.26× | ≤ 1.50× | met |"
+        ), "{md}");
+        assert!(md.contains(
+            "| 13 | DeferredLock.run at least 3× faster than Twisted's | 0.50× | 0.45× | ≤ 0.33× | **not met** |"
+        ), "{md}");
+        assert!(md.contains("pending: no `locksmith redis: Lock` row yet"));
+        // A ratio table has no cross columns: each row is its own comparison.
+        assert!(!md.contains("× locksmith.sync.Mutex with"), "{md}");
     }
 }
