@@ -68,6 +68,7 @@ UNITS = {
     "primitives": "ns/op",
     "open": "ns/op",
     "names": "ns/op",
+    "python": "×",
 }
 LATENCY = {"handoff", "pingpong", "barrier"}
 
@@ -124,6 +125,29 @@ class Out:
         self.f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         self.f.flush()
         print(f"  {scenario:<12} {system:<44} skipped: {why}", file=sys.stderr)
+
+    def pair(self, system, primitive, peer, unit, fn):
+        """A paired row (scenario `python`): fn() -> paired()'s triple; the row's numbers
+        are the per-pair ratios ours/peer, the note gives both sides' medians."""
+
+        def ratio():
+            r, ours, theirs = fn()
+            r["note"] = (
+                f"vs {peer}: {ours['median']:.4g} vs {theirs['median']:.4g} {unit} "
+                f"(medians); {r['n']} pairs of interleaved batches"
+            )
+            return r
+
+        if not self.wants("python", system):
+            return
+        try:
+            st = ratio()
+        except Exception as e:  # noqa: BLE001 - any failure becomes a visible row
+            self.failures += 1
+            traceback.print_exc()
+            self.skip("python", system, primitive, f"failed: {type(e).__name__}: {e}")
+            return
+        self.emit("python", system, primitive, st, st["note"])
 
     def measure(self, scenario, system, primitive, note, fn):
         """Runs fn() -> stats if wanted; a failure becomes a skipped row with the error."""
@@ -286,3 +310,136 @@ def main(run):
     out = Out(a.out, a.only)
     run(out, Budget(a.quick), a.scratch)
     sys.exit(1 if out.failures else 0)
+
+
+# --- Paired ratios ----------------------------------------------------------------------
+# A loaded machine moves a row's nanoseconds by more than the differences the issue's
+# targets ask about, and it moves them slowly (another build starts, a core gets busy).
+# A paired measurement times ours and the peer in alternating short batches of the same
+# length, takes the ratio of each adjacent pair, and reports the median of those ratios:
+# both halves of a pair saw the same machine, so the load cancels out of the ratio.
+
+
+class Pairs:
+    """How many interleaved pairs, and how long each batch is."""
+
+    def __init__(self, budget):
+        self.pairs = 9 if budget.quick else 201
+        self.batch_time = 0.001 if budget.quick else 0.002
+
+
+def _calibrate(run, batch_time):
+    """A batch size that takes about batch_time seconds with run(n) -> elapsed ns."""
+    n = 1
+    while True:
+        el = run(n)
+        if el >= batch_time * 1e9 / 4 or n >= 1 << 22:
+            return max(1, int(n * batch_time * 1e9 / max(el, 1)))
+        n *= 4
+
+
+def paired(budget, ours, peer):
+    """ours(n) and peer(n) each run n operations and return the elapsed ns. Returns
+    (ratio stats of ours/peer per pair, ns per op of ours, ns per op of peer)."""
+    p = Pairs(budget)
+    n = _calibrate(peer, p.batch_time)
+    ours(n)  # warm both
+    peer(n)
+    ratios, ns_ours, ns_peer = [], [], []
+    for i in range(p.pairs):
+        # Alternate which goes first, so a drift in the load does not favour either.
+        if i % 2:
+            a = ours(n)
+            b = peer(n)
+        else:
+            b = peer(n)
+            a = ours(n)
+        ratios.append(a / max(b, 1))
+        ns_ours.append(a / n)
+        ns_peer.append(b / n)
+    return stats(ratios), stats(ns_ours), stats(ns_peer)
+
+
+def acquire_release(lock):
+    """n times `lock.acquire(); lock.release()`, timed: the batch of a paired row."""
+
+    def run(n):
+        t = time.perf_counter_ns()
+        for _ in range(n):
+            lock.acquire()
+            lock.release()
+        return time.perf_counter_ns() - t
+
+    return run
+
+
+def with_block(lock):
+    """n times `with lock: pass`, timed."""
+
+    def run(n):
+        t = time.perf_counter_ns()
+        for _ in range(n):
+            with lock:
+                pass
+        return time.perf_counter_ns() - t
+
+    return run
+
+
+def paired_ping_pong(budget, ours, peer):
+    """Ping-pong round trips between this process and a forked child, ours and the
+    peer's in alternating batches (one child each, alive throughout). ours and peer are
+    (open_pair, post, wait) as for ping_pong. Returns paired()'s triple, per round trip
+    in µs instead of ns per op."""
+    p = Pairs(budget)
+    per_batch = 10 if budget.quick else 25
+    warm = 10
+    total = warm + p.pairs * per_batch
+    ctx = multiprocessing.get_context("fork")
+    children = []
+
+    def child(open_pair, post, wait):
+        ping, pong = open_pair()
+        for _ in range(total):
+            wait(ping)
+            post(pong)
+
+    sides = []
+    try:
+        for open_pair, post, wait in (ours, peer):
+            c = ctx.Process(target=child, args=(open_pair, post, wait), daemon=True)
+            c.start()
+            children.append(c)
+            ping, pong = open_pair()
+            for _ in range(warm):
+                post(ping)
+                wait(pong)
+
+            def batch(ping=ping, pong=pong, post=post, wait=wait):
+                t = now_ns()
+                for _ in range(per_batch):
+                    post(ping)
+                    wait(pong)
+                return now_ns() - t
+
+            sides.append(batch)
+        ratios, a_us, b_us = [], [], []
+        for i in range(p.pairs):
+            if i % 2:
+                a = sides[0]()
+                b = sides[1]()
+            else:
+                b = sides[1]()
+                a = sides[0]()
+            ratios.append(a / max(b, 1))
+            a_us.append(a / per_batch / 1000.0)
+            b_us.append(b / per_batch / 1000.0)
+    finally:
+        for c in children:
+            c.join(60)
+            if c.is_alive():
+                c.kill()
+    for c in children:
+        if c.exitcode != 0:
+            raise RuntimeError(f"ping-pong partner exited with {c.exitcode}")
+    return stats(ratios), stats(a_us), stats(b_us)

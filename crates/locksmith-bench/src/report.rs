@@ -46,8 +46,15 @@ const fn t(
 
 use scenario::UNCONTENDED as U;
 use scenario::{ASYNC as A, CONTENTION as C, HANDOFF as H, NAMES as N, PINGPONG as P};
+use scenario::{PYTHON as PY, RATIO};
 
-/// Every speed target of issues 3, 4, 7 and 8, by the exact system names rows must use.
+/// A Python target (issue 13): a paired row's ratio ours / peer must be at most `most`.
+const fn py(text: &'static str, row: &'static str, most: f64) -> Target {
+    t(13, text, (PY, row), None, 1.0, most)
+}
+
+/// Every speed target of issues 3, 4, 7, 8 and 13, by the exact system names rows must
+/// use.
 pub const TARGETS: &[Target] = &[
     t(
         3,
@@ -177,7 +184,76 @@ pub const TARGETS: &[Target] = &[
         1.0,
         1.0 / 1.25,
     ),
+    py(
+        "locksmith.sync.Mutex acquire()+release() at most multiprocessing.Lock's",
+        "locksmith.sync.Mutex acquire()+release()",
+        1.0,
+    ),
+    py(
+        "locksmith.sync.Mutex `with` at most 0.6× multiprocessing.Lock's `with`",
+        "locksmith.sync.Mutex with",
+        0.6,
+    ),
+    py(
+        "the multiprocessing Lock's acquire()+release() at most multiprocessing.Lock's",
+        "locksmith.multiprocessing Lock acquire()+release()",
+        1.0,
+    ),
+    py(
+        "the multiprocessing Lock's `with` at most 0.6× multiprocessing.Lock's `with`",
+        "locksmith.multiprocessing Lock with",
+        0.6,
+    ),
+    py(
+        "locksmith.threading.Lock acquire()+release() within 1.5× of threading.Lock",
+        "locksmith.threading.Lock acquire()+release()",
+        1.5,
+    ),
+    py(
+        "locksmith.threading.Lock `with` within 1.5× of threading.Lock",
+        "locksmith.threading.Lock with",
+        1.5,
+    ),
+    py(
+        "`async with locksmith.asyncio.Lock()` at most asyncio.Lock's",
+        "locksmith.asyncio.Lock async with",
+        1.0,
+    ),
+    py(
+        "a named shm: Lock within 2× of multiprocessing.Lock",
+        "locksmith shm: Lock (named) acquire()+release()",
+        2.0,
+    ),
+    py(
+        "a sqlite: Lock at least 5× faster than diskcache.Lock",
+        "locksmith sqlite: Lock",
+        1.0 / 5.0,
+    ),
+    py(
+        "a redis: Lock at least 1.5× faster than redis-py's Lock",
+        "locksmith redis: Lock",
+        1.0 / 1.5,
+    ),
+    py(
+        "DeferredLock.run at least 3× faster than Twisted's",
+        "locksmith.twisted.DeferredLock.run",
+        1.0 / 3.0,
+    ),
+    py(
+        "placed Semaphore ping-pong within 1.2× of multiprocessing.Semaphore's",
+        "locksmith.sync.Semaphore ping-pong",
+        1.2,
+    ),
 ];
+
+/// A value with its unit (a ratio as `0.52×`).
+fn with_unit(v: f64, unit: &str) -> String {
+    if unit == RATIO {
+        format!("{}×", num(v))
+    } else {
+        format!("{} {unit}", num(v))
+    }
+}
 
 /// The machine and moment a report describes.
 #[derive(Debug, Clone)]
@@ -356,9 +432,9 @@ pub fn results_md(
                     Better::Higher => o.median >= tg.need,
                 };
                 (
-                    format!("{} {}", num(o.median), o.unit),
+                    with_unit(o.median, &o.unit),
                     o.p10
-                        .map(|v| format!("{} {}", num(v), o.unit))
+                        .map(|v| with_unit(v, &o.unit))
                         .unwrap_or_else(|| "—".into()),
                     need_text(tg, better),
                     verdict(ok),
@@ -404,7 +480,14 @@ pub fn results_md(
         "\n`measured` is the speed factor of the first row over the second (above 1: faster), \
          from medians; the verdict uses it. `at p10` is the same factor from the 10th \
          percentiles (for a rate, the slower runs), the least disturbed samples on a busy \
-         machine: where the two disagree, the machine's load decided, not the systems.\n"
+         machine: where the two disagree, the machine's load decided, not the systems. \
+         Issue 13's rows are Python's paired ratios instead (table {}): `measured` is ours / \
+         the peer's time (below 1: ours is faster), the median of the per-pair ratios, and \
+         `at p10` their 10th percentile.\n",
+        scenario::ALL
+            .iter()
+            .position(|s| s.id == PY)
+            .map_or(0, |i| i + 1)
     );
 
     // Scenario tables.
@@ -443,6 +526,7 @@ fn verdict(ok: bool) -> String {
 
 fn need_text(tg: &Target, better: Better) -> String {
     match (tg.peer, better) {
+        (None, Better::Lower) if tg.ours.0 == PY => format!("≤ {:.2}×", tg.need),
         (None, Better::Lower) => format!("≤ {}", num(tg.need)),
         (None, Better::Higher) => format!("≥ {}", num(tg.need)),
         (Some(_), _) => format!("≥ {:.2}×", tg.need),
@@ -456,12 +540,14 @@ fn table(s: &mut String, idx: usize, sc: &Scenario, rows: &[&Record]) {
     };
     let _ = writeln!(s, "## {idx}. {} ({}, {dir})\n", sc.title, sc.unit);
     let _ = writeln!(s, "{}.\n", sc.what);
+    // Ratio rows are each their own comparison: no cross columns.
+    let ratios = sc.unit == RATIO;
     let ours: Vec<&Record> = rows
         .iter()
         .copied()
-        .filter(|r| r.is_locksmith() && !r.skipped)
+        .filter(|r| r.is_locksmith() && !r.skipped && !ratios)
         .collect();
-    if ours.is_empty() {
+    if ours.is_empty() && !ratios {
         let _ = writeln!(
             s,
             "_locksmith rows pending: no locksmith backend reports this scenario yet; peers only._\n"
@@ -645,5 +731,36 @@ mod tests {
         assert!(md.contains(
             "| 3 | shm Lock uncontended within 1.5× of parking_lot::Mutex | 2.00× | 2.00× | ≥ 0.67× | met |"
         ));
+    }
+
+    #[test]
+    fn python_ratio_targets() {
+        let m = Machine {
+            nproc: 2,
+            cpu: "cpu".into(),
+            kernel: "Linux".into(),
+            date: "d".into(),
+            load: "0 0 0".into(),
+        };
+        let ratio = |system: &str, median: f64| Record {
+            unit: RATIO.into(),
+            lang: "python".into(),
+            ..rec(PY, system, median)
+        };
+        let recs = vec![
+            ratio("locksmith.threading.Lock acquire()+release()", 1.4),
+            ratio("locksmith.twisted.DeferredLock.run", 0.5),
+            ratio("locksmith.sync.Mutex with", 0.5),
+        ];
+        let md = results_md(&recs, &[], &m, true, "h.svg");
+        assert!(md.contains(
+            "| 13 | locksmith.threading.Lock acquire()+release() within 1.5× of threading.Lock | 1.40× | 1.26× | ≤ 1.50× | met |"
+        ), "{md}");
+        assert!(md.contains(
+            "| 13 | DeferredLock.run at least 3× faster than Twisted's | 0.50× | 0.45× | ≤ 0.33× | **not met** |"
+        ), "{md}");
+        assert!(md.contains("pending: no `locksmith redis: Lock` row yet"));
+        // A ratio table has no cross columns: each row is its own comparison.
+        assert!(!md.contains("× locksmith.sync.Mutex with"), "{md}");
     }
 }

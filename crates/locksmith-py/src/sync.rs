@@ -4,6 +4,7 @@
 //! went away first).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use locksmith::shm::{
@@ -101,57 +102,88 @@ pub struct PlacedMutex {
     shared: bool,
     recursive: bool,
     died: AtomicBool,
+    /// The mutex, once a call found it initialised: later calls skip the header check,
+    /// since the core's fast paths fail on a destroyed mutex and its slow paths check
+    /// the header again (so `destroy()` still makes every call EINVAL).
+    attached: OnceLock<Mutex<'static>>,
     _memory: Memory,
 }
 
 impl PlacedMutex {
-    fn place(&self) -> Place<'_> {
+    /// The mutex's bytes, for as long as the caller chooses: every caller keeps the
+    /// place (and what it makes of it) inside `self`, which keeps the memory.
+    fn place<'a>(&self) -> Place<'a> {
         // SAFETY: `ptr` is the start of at least `Mutex::SIZE` writable bytes that
         // `_memory` keeps mapped and in place (a held buffer export, or our own
-        // mapping) for as long as `self`, which the returned place borrows. Rust code
-        // touches those bytes only through the placed primitive's atomics; other
-        // processes (and Python code) writing them is the shared-memory contract every
-        // placed primitive has.
+        // mapping) for as long as `self`; the place and the mutex made of it stay in
+        // `self` (or in a borrow of it). Rust code touches those bytes only through the
+        // placed primitive's atomics; other processes (and Python code) writing them is
+        // the shared-memory contract every placed primitive has.
         let place = unsafe { Place::from_raw(self.ptr as *mut u8, Mutex::SIZE) };
         place.unwrap_or_else(|_| Place::from(&mut [][..]))
     }
 
+    #[inline]
     fn mutex(&self, py: Python<'_>) -> PyResult<Mutex<'_>> {
-        Mutex::attach(self.place()).map_err(|e| from_core(py, e, false))
+        if let Some(m) = self.attached.get() {
+            return Ok(*m);
+        }
+        let m = Mutex::attach(self.place()).map_err(|e| from_core(py, e, false))?;
+        Ok(*self.attached.get_or_init(|| m))
     }
 
+    /// Acquires with runtime.sync's `timeout` (seconds; `None`: for ever; `0`: try).
+    /// The free mutex is taken before the timeout is converted: only a wait needs it.
+    #[inline]
     fn acquire_impl(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
+        if let Some(t) = timeout {
+            if t.is_nan() || t < 0.0 || t.is_infinite() {
+                // The core's message for a bad timeout; nothing is tried.
+                let e = locksmith::shm::timeout_from_secs(t).err();
+                return Err(from_core(py, e.unwrap_or(locksmith::Error::Timeout), false));
+            }
+        }
+        let mutex = self.mutex(py)?;
+        match mutex.acquire(Some(Duration::ZERO)) {
+            Ok(got) => {
+                self.died
+                    .store(got.previous_owner_died(), Ordering::Relaxed);
+                Ok(())
+            }
+            Err(locksmith::Error::Timeout) if timeout != Some(0.0) => {
+                self.acquire_wait(py, mutex, timeout)
+            }
+            Err(e) => Err(from_core(py, e, true)),
+        }
+    }
+
+    /// The contended acquisition: waits in slices without the GIL, running signal
+    /// handlers between them.
+    #[cold]
+    fn acquire_wait(&self, py: Python<'_>, mutex: Mutex<'_>, timeout: Option<f64>) -> PyResult<()> {
         let timeout = match timeout {
             None => None,
             Some(t) => {
                 Some(locksmith::shm::timeout_from_secs(t).map_err(|e| from_core(py, e, false))?)
             }
         };
-        let mutex = self.mutex(py)?;
-        let first = match mutex.acquire(Some(Duration::ZERO)) {
-            Err(locksmith::Error::Timeout) if timeout != Some(Duration::ZERO) => None,
-            Err(e) => return Err(from_core(py, e, true)),
-            Ok(got) => Some(got),
-        };
-        let got = match first {
-            Some(got) => got,
-            None => {
-                let deadline = timeout.map(|t| Instant::now() + t);
-                loop {
-                    let slice = match deadline {
-                        None => SLICE,
-                        Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
-                    };
-                    match py.detach(|| mutex.acquire(Some(slice))) {
-                        Ok(got) => break got,
-                        Err(locksmith::Error::Timeout)
-                            if deadline.is_none_or(|d| Instant::now() < d) => {}
-                        Err(e) => return Err(from_core(py, e, false)),
-                    }
-                    // Nothing is held here: a signal handler that raises leaves cleanly.
-                    py.check_signals()?;
-                }
+        if timeout == Some(Duration::ZERO) {
+            // Below a nanosecond: only a try, which found it held.
+            return Err(from_core(py, locksmith::Error::Timeout, true));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let got = loop {
+            let slice = match deadline {
+                None => SLICE,
+                Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
+            };
+            match py.detach(|| mutex.acquire(Some(slice))) {
+                Ok(got) => break got,
+                Err(locksmith::Error::Timeout) if deadline.is_none_or(|d| Instant::now() < d) => {}
+                Err(e) => return Err(from_core(py, e, false)),
             }
+            // Nothing is held here: a signal handler that raises leaves cleanly.
+            py.check_signals()?;
         };
         self.died
             .store(got.previous_owner_died(), Ordering::Relaxed);
@@ -182,6 +214,7 @@ impl PlacedMutex {
             shared,
             recursive,
             died: AtomicBool::new(false),
+            attached: OnceLock::new(),
             _memory: memory,
         })
     }

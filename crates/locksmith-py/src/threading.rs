@@ -220,12 +220,11 @@ impl TLock {
         let wait = lock_wait(py, blocking, timeout)?;
         let core = self.core.get().raise_py(py)?;
         let core: &locksmith::Lock = &core;
-        let got = acquire_with(
-            py,
-            wait,
-            || core.try_acquire(),
-            |slice| core.acquire_timeout(slice),
-        )?;
+        // The free lock: one try, with the GIL, before anything a wait needs.
+        let got = match core.try_acquire().raise_py(py)? {
+            Some(guard) => Some(guard),
+            None => acquire_with(py, wait, || Ok(None), |slice| core.acquire_timeout(slice))?,
+        };
         match got {
             Some(guard) => {
                 let old = lock(&self.held).replace(Held {
