@@ -75,6 +75,8 @@ pub(crate) struct SpaceInner {
     pub detached: crate::primitives::detached::Detached,
     /// Told of every release on drop that failed ([`Space::on_drop_error`]).
     pub drop_hooks: std::sync::RwLock<Vec<DropHook>>,
+    /// Runs what async callers and drops must not wait for (see [`Backend::steps_wait`]).
+    pub offload: crate::offload::Offload,
 }
 
 /// A hook of [`Space::on_drop_error`].
@@ -243,6 +245,7 @@ impl Space {
                 keeper: Keeper::new(),
                 detached: Default::default(),
                 drop_hooks: Default::default(),
+                offload: Default::default(),
             }),
         })
     }
@@ -289,6 +292,25 @@ impl Space {
     /// are none; `sqlite:` and Redis only when asked.
     pub fn reclaim_idle(&self) -> Result<usize> {
         self.inner.backend.reclaim_idle()
+    }
+
+    /// Async [`Space::reclaim_idle`]: on a store whose steps wait on I/O (`sqlite:`,
+    /// Redis) the work runs on the space's helper thread, never on the executor's.
+    pub async fn reclaim_idle_async(&self) -> Result<usize> {
+        self.off_executor(|backend| backend.reclaim_idle()).await
+    }
+
+    /// Runs whole-store work `f` for an async caller: in place on a store whose steps
+    /// only touch memory, else on the space's helper thread.
+    async fn off_executor<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let backend = self.inner.backend.clone();
+        if !backend.steps_wait() {
+            return f(&*backend);
+        }
+        self.inner.offload.call(move || f(&*backend)).await
     }
 
     /// How full the store is, for stores that hold a fixed number of names (`shm:`);
@@ -451,6 +473,13 @@ impl Space {
         self.inner.backend.evict_tag(tag)
     }
 
+    /// Async [`Space::evict_tag`], run as [`Space::reclaim_idle_async`] is.
+    pub async fn evict_tag_async(&self, tag: &str) -> Result<usize> {
+        let tag = tag.to_owned();
+        self.off_executor(move |backend| backend.evict_tag(&tag))
+            .await
+    }
+
     /// Calls `hook(name, error)` whenever dropping a guard of this space fails to
     /// release its hold: most often [`Error::LeaseLost`] (the lease lapsed, or the hold
     /// was force-released or evicted, so the section may not have been exclusive), or a
@@ -506,6 +535,11 @@ impl Space {
     /// The names this space has state or fencing counters for, sorted.
     pub fn names(&self) -> Result<Vec<String>> {
         self.inner.backend.names()
+    }
+
+    /// Async [`Space::names`], run as [`Space::reclaim_idle_async`] is.
+    pub async fn names_async(&self) -> Result<Vec<String>> {
+        self.off_executor(|backend| backend.names()).await
     }
 }
 

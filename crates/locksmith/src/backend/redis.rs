@@ -971,7 +971,8 @@ impl Inner {
 
     /// [`Inner::eval_async`], from any executor, and safe to cancel: if the caller
     /// goes away while the step is on the wire, a grant it would have received is
-    /// given back and a queue place it would have kept is left.
+    /// given back and a queue place it would have kept is left, by the Redis runtime
+    /// once the answer comes (the dropped caller never waits for it).
     async fn eval_detached(
         self: &Arc<Self>,
         resolved: &Arc<Resolved>,
@@ -982,8 +983,6 @@ impl Inner {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let inner = self.clone();
         let resolved = resolved.clone();
-        let done = Arc::new(Done::default());
-        let finished = done.clone();
         runtime()?.spawn(async move {
             let out = {
                 let gone = || tx.is_closed();
@@ -992,22 +991,9 @@ impl Inner {
             if let Err(Ok(values)) = tx.send(out) {
                 inner.undo(&resolved, undo, &values).await;
             }
-            finished
-                .flag
-                .store(true, std::sync::atomic::Ordering::Release);
-            finished.event.notify(usize::MAX);
         });
-        // Dropped mid-flight, an acquisition waits (one round trip or two) until the
-        // step and its undo are done, so that the caller finds the state settled: not
-        // queued, not holding.
-        let mut settle = Settle {
-            done,
-            armed: matches!(undo, Undo::Acquire(_)),
-            bound: 2 * self.timeout + POLL,
-        };
-        let out = rx.await;
-        settle.armed = false;
-        out.map_err(|_| backend_err("the redis runtime stopped"))?
+        rx.await
+            .map_err(|_| backend_err("the redis runtime stopped"))?
     }
 
     async fn undo(&self, resolved: &Resolved, undo: Undo, values: &[Value]) {
@@ -1022,44 +1008,13 @@ impl Inner {
             _ => return,
         };
         let never = || false;
-        if let Err(e) = self
-            .eval_async(&resolved.keys, &args, Allow::once(true), &never)
-            .await
-        {
+        // Patient: it rides out a server that is away for a while.
+        let allow = Allow {
+            patient: true,
+            ..Allow::once(true)
+        };
+        if let Err(e) = self.eval_async(&resolved.keys, &args, allow, &never).await {
             tracing::warn!(error = %e, "could not undo a cancelled acquisition");
-        }
-    }
-}
-
-/// Whether a detached step (and its undo) finished.
-#[derive(Default)]
-struct Done {
-    flag: std::sync::atomic::AtomicBool,
-    event: Event,
-}
-
-/// Waits, when dropped while armed, until the detached step is done.
-struct Settle {
-    done: Arc<Done>,
-    armed: bool,
-    /// The longest it waits.
-    bound: Duration,
-}
-
-impl Drop for Settle {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let deadline = Instant::now() + self.bound;
-        loop {
-            let listener = self.done.event.listen();
-            if self.done.flag.load(std::sync::atomic::Ordering::Acquire) {
-                return;
-            }
-            if listener.wait_deadline(deadline).is_none() {
-                return;
-            }
         }
     }
 }

@@ -1272,6 +1272,10 @@ impl Backend for ShmBackend {
         Ok(names)
     }
 
+    fn steps_wait(&self) -> bool {
+        false
+    }
+
     fn reclaim_idle(&self) -> Result<usize> {
         let m = self.shared.alloc_mutex()?;
         let _guard = m.lock()?;

@@ -186,15 +186,16 @@ pub(crate) async fn acquire_grant_async(
         return Ok(None);
     };
     let ticket = fresh_id();
-    let leave = OnDrop::new(handle, Op::Dequeue { ticket });
+    let leave = OnDrop::new_async(handle, Op::Dequeue { ticket });
     let op = || acquire_op(handle, kind, mode, &owner, Some(ticket));
     let grant = handle
         .wait_on(Some(ticket), deadline, &op, &mut judge)
-        .await?;
-    if grant.is_some() {
-        leave.disarm();
+        .await;
+    match grant {
+        Ok(Some(_)) => leave.disarm(),
+        _ => leave.run_async().await,
     }
-    Ok(grant)
+    grant
 }
 
 /// Gives back `n` permits of a semaphore, all or nothing: each the calling thread's
@@ -233,6 +234,41 @@ pub(crate) fn release_detached(handle: &Handle, kind: PermitKind) -> Result<()> 
     match handle.step(Op::Holders)? {
         Reply::Holders { holders, .. } if holders.is_empty() => Err(Error::NotHeld { name }),
         // Another owner's, or the caller's own hold that a live guard owns.
+        Reply::Holders { .. } => Err(Error::NotOwner { name }),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Async [`release_owned`].
+pub(crate) async fn release_owned_async(handle: &Handle, kind: PermitKind, n: u32) -> Result<()> {
+    handle.check()?;
+    if n == 0 {
+        return Err(Error::invalid("a release gives back at least 1 permit"));
+    }
+    let op = Op::ReleaseOwned {
+        kind,
+        owner: Owner::current_thread(),
+        n,
+    };
+    handle.step_async(op).await?;
+    Ok(())
+}
+
+/// Async [`release_detached`].
+pub(crate) async fn release_detached_async(handle: &Handle, kind: PermitKind) -> Result<()> {
+    handle.check()?;
+    let any_thread = by_acquisition(handle, kind);
+    let detached = &handle.space.detached;
+    if let Some(token) = detached.take(handle.name(), thread_number(), any_thread) {
+        return match handle.step_async(Op::Release { token }).await {
+            Ok(_) => Ok(()),
+            Err(Error::NotHeld { name }) => Err(Error::LeaseLost { name }),
+            Err(e) => Err(e),
+        };
+    }
+    let name = handle.name().to_owned();
+    match handle.step_async(Op::Holders).await? {
+        Reply::Holders { holders, .. } if holders.is_empty() => Err(Error::NotHeld { name }),
         Reply::Holders { .. } => Err(Error::NotOwner { name }),
         other => Err(unexpected(other)),
     }
@@ -308,6 +344,21 @@ pub(crate) fn value(handle: &Handle, kind: PermitKind) -> Result<u32> {
 pub(crate) fn depth(handle: &Handle) -> Result<u32> {
     handle.check()?;
     match handle.step(Op::Holders)? {
+        Reply::Holders { holders, .. } => {
+            let me = Owner::current_thread();
+            Ok(holders
+                .iter()
+                .find(|h| h.owner == me)
+                .map_or(0, |h| h.count))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Async [`depth`].
+pub(crate) async fn depth_async(handle: &Handle) -> Result<u32> {
+    handle.check()?;
+    match handle.step_async(Op::Holders).await? {
         Reply::Holders { holders, .. } => {
             let me = Owner::current_thread();
             Ok(holders

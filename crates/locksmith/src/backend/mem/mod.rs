@@ -202,6 +202,10 @@ impl Backend for MemBackend {
         Ok(names)
     }
 
+    fn steps_wait(&self) -> bool {
+        false
+    }
+
     fn reclaim_idle(&self) -> Result<usize> {
         // Asked for: every idle name goes, kind and all.
         Ok(sweep_pass(&mut lock(&self.slots), true))
