@@ -380,7 +380,7 @@ impl Condition {
                 Ok((ticket, levels.clamp(1, u64::from(u32::MAX)) as u32))
             }
             Ok(other) => Err(unexpected(other)),
-            Err(Error::NotHeld { name }) => Err(Error::LeaseLost { name }),
+            Err(Error::NotHeld { .. }) => Err(guard.handle().hold_lost()),
             Err(e) => Err(e),
         }
     }

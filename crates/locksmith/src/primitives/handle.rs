@@ -141,6 +141,20 @@ impl Handle {
             .map(|d| d.as_millis().min(u128::from(u64::MAX)) as Millis)
     }
 
+    /// [`Error::LeaseLost`] for a hold taken through this handle, saying what may
+    /// have ended it.
+    pub(crate) fn hold_lost(&self) -> Error {
+        let why = if self.lease().is_some() {
+            "its lease lapsed, or it was force-released or evicted"
+        } else {
+            "it was force-released or evicted"
+        };
+        Error::LeaseLost {
+            name: self.name().to_owned(),
+            why: why.to_owned(),
+        }
+    }
+
     pub(crate) fn step(&self, op: Op) -> Result<Reply> {
         self.space.backend.step(&self.key, op)
     }

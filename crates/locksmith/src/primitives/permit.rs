@@ -137,6 +137,11 @@ pub(crate) fn acquire_grant(
     let Wait::Until(deadline) = wait else {
         return Ok(None);
     };
+    if on_current_thread_runtime() && held_by_a_task_here(handle)? {
+        return Err(Error::RuntimeDeadlock {
+            name: handle.name().to_owned(),
+        });
+    }
     let ticket = fresh_id();
     let leave = OnDrop::new(handle, Op::Dequeue { ticket });
     let op = || acquire_op(handle, kind, mode, &owner, Some(ticket));
@@ -145,6 +150,29 @@ pub(crate) fn acquire_grant(
         leave.disarm();
     }
     Ok(grant)
+}
+
+/// Whether the calling thread is in the context of a current-thread tokio runtime:
+/// while it blocks, none of that runtime's tasks run. (Tokio does not tell the
+/// runtime's own thread from the threads of its `spawn_blocking` pool, so those count
+/// too.)
+fn on_current_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+}
+
+/// Whether an async task's or an acquisition's hold of this process holds the
+/// primitive: one that a task of the caller's runtime may be the one to give back.
+fn held_by_a_task_here(handle: &Handle) -> Result<bool> {
+    match handle.step(Op::Holders)? {
+        Reply::Holders { holders, .. } => {
+            let me = Owner::current_thread();
+            Ok(holders
+                .iter()
+                .any(|h| h.owner.is_task() && h.owner.same_process(&me)))
+        }
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Takes a permit for a new async owner, waiting as `wait` allows.
@@ -225,7 +253,7 @@ pub(crate) fn release_detached(handle: &Handle, kind: PermitKind) -> Result<()> 
         return match handle.step(Op::Release { token }) {
             Ok(_) => Ok(()),
             // It ended while detached: lapsed, force-released or evicted.
-            Err(Error::NotHeld { name }) => Err(Error::LeaseLost { name }),
+            Err(Error::NotHeld { .. }) => Err(handle.hold_lost()),
             Err(e) => Err(e),
         };
     }
@@ -262,7 +290,7 @@ pub(crate) async fn release_detached_async(handle: &Handle, kind: PermitKind) ->
     if let Some(token) = detached.take(handle.name(), thread_number(), any_thread) {
         return match handle.step_async(Op::Release { token }).await {
             Ok(_) => Ok(()),
-            Err(Error::NotHeld { name }) => Err(Error::LeaseLost { name }),
+            Err(Error::NotHeld { .. }) => Err(handle.hold_lost()),
             Err(e) => Err(e),
         };
     }
@@ -413,7 +441,10 @@ macro_rules! acquire_methods {
         /// [`crate::Error::WouldDeadlock`] if the calling thread already holds a
         /// non-recursive lock; [`crate::Error::InvalidArgument`] for a bad name or
         /// option; [`crate::Error::Mismatch`] if the name is another kind of primitive;
-        /// store errors.
+        /// [`crate::Error::RuntimeDeadlock`] if it would wait on the thread of a
+        /// current-thread async runtime (tokio's, or a thread of its `spawn_blocking`
+        /// pool) while an async task or an acquisition-owned hold of this process
+        /// holds it (the same for the `_timeout` form); store errors.
         pub fn acquire(&self) -> crate::Result<crate::Guard> {
             let wait = crate::primitives::permit::Wait::Until(None);
             crate::primitives::handle::forever(crate::primitives::permit::acquire(

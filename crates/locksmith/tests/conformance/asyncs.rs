@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use locksmith::Space;
+use locksmith::{Error, Space};
 
 use crate::{eventually, Store, Test};
 
@@ -36,7 +36,67 @@ pub fn tests() -> Vec<Test> {
             "async::a_dropped_wait_leaves_and_passes_on_a_grant_on_a_current_thread_runtime",
             dropped_waits,
         ),
+        (
+            "async::a_blocking_wait_that_would_deadlock_its_runtime_is_refused",
+            blocking_wait_in_runtime,
+        ),
     ]
+}
+
+/// Issue 19 item 4: on a current-thread runtime, a blocking acquisition of what a task
+/// of this process holds could never end (the task cannot run to release it): it is
+/// `RuntimeDeadlock`, at once, changing nothing. Held by another thread, the same wait
+/// is sound, and waits.
+fn blocking_wait_in_runtime(store: &Store) {
+    let space = store.open();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lock = space.lock("l");
+    let sem = space.semaphore("s", 1);
+    rt.block_on(async {
+        let held = lock.acquire_async().await.unwrap();
+        let permit = sem.acquire_async().await.unwrap();
+        // From the block_on future and from a task of the runtime.
+        assert!(matches!(lock.acquire(), Err(Error::RuntimeDeadlock { .. })));
+        let timed = tokio::spawn({
+            let lock = lock.clone();
+            async move {
+                lock.acquire_timeout(Duration::from_secs(120))
+                    .map(|g| g.is_some())
+            }
+        });
+        let e = timed.await.unwrap().unwrap_err();
+        assert!(matches!(e, Error::RuntimeDeadlock { .. }), "{e}");
+        assert_eq!(e.errno(), libc::EDEADLK);
+        assert!(matches!(
+            sem.acquire_timeout(Duration::from_secs(120)),
+            Err(Error::RuntimeDeadlock { .. })
+        ));
+        // A try never waits, so it is answered as ever.
+        assert!(lock.try_acquire().unwrap().is_none());
+        assert_eq!(space.waiting_async("l").await.unwrap(), 0, "nothing queued");
+        drop(held);
+        drop(permit);
+    });
+    // Held by another thread: it can release while the runtime's thread blocks.
+    let (took, token) = std::sync::mpsc::channel();
+    let releaser = std::thread::spawn({
+        let space = space.clone();
+        move || {
+            let guard = space.lock("l").acquire().unwrap();
+            took.send(guard.token()).unwrap();
+            eventually("the blocked runtime queues", || {
+                space.waiting("l").unwrap() == 1
+            });
+            drop(guard);
+        }
+    });
+    let token = token.recv().unwrap();
+    let next = rt.block_on(async { lock.acquire().map(|g| g.token()) });
+    assert!(next.unwrap() > token);
+    releaser.join().unwrap();
 }
 
 /// Issue 19 item 5: dropped async waits on a current-thread runtime (whose one thread
