@@ -532,6 +532,63 @@ impl Space {
         }
     }
 
+    /// Removes the store at `url` (`locksmith destroy URL`): a `shm:` region, a
+    /// `sqlite:` database with its `-wal`, `-shm` and `-bell` files (every shard's,
+    /// and the shard directory if that leaves it empty), a Redis prefix's keys, a
+    /// `mem:NAME` space. Answers whether there was a store to remove; a store that
+    /// does not exist is not created for it.
+    ///
+    /// Refused with [`Error::Busy`], changing nothing, while a name of the store is
+    /// held by a process that is not provably dead, or waited for, unless `force`.
+    /// Fencing counters go with the store: a store created again at the URL counts
+    /// tokens from 1. Processes that still have the store open keep using what they
+    /// opened (on `shm:` and `sqlite:`, the removed files; `mem:NAME`, its old
+    /// space), unseen by those that open the URL afterwards: remove a store only
+    /// when its users are done with it.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] as above; [`Error::Unsupported`] for a store that cannot be
+    /// removed this way; store errors.
+    pub fn destroy(url: &str, force: bool) -> Result<bool> {
+        if !store_exists(url)? {
+            return Ok(false);
+        }
+        let space = Space::open(url)?;
+        if !force {
+            for name in space.names()? {
+                let (holders, waiting) = space.inspect(&name)?;
+                if waiting > 0 || holders.iter().any(|h| h.process != Liveness::Dead) {
+                    return Err(Error::Busy { name });
+                }
+            }
+        }
+        let files = space.inner.backend.destroy()?;
+        if let Some(("mem", name)) = url.split_once(':') {
+            MemBackend::forget(name);
+        }
+        drop(space);
+        for file in files {
+            let removed = if file.is_dir() {
+                // Only if empty: a directory holds only what the store put there.
+                std::fs::remove_dir(&file)
+            } else {
+                std::fs::remove_file(&file)
+            };
+            match removed {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) if file.is_dir() => {}
+                Err(e) => {
+                    return Err(Error::backend(format!(
+                        "cannot remove {}: {e}",
+                        file.display()
+                    )))
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// The names this space has state or fencing counters for, sorted.
     pub fn names(&self) -> Result<Vec<String>> {
         self.inner.backend.names()
@@ -540,6 +597,24 @@ impl Space {
     /// Async [`Space::names`], run as [`Space::reclaim_idle_async`] is.
     pub async fn names_async(&self) -> Result<Vec<String>> {
         self.off_executor(|backend| backend.names()).await
+    }
+}
+
+/// Whether there is a store at `url` to remove (without creating one).
+fn store_exists(url: &str) -> Result<bool> {
+    match url.split_once(':') {
+        Some(("mem", name)) => Ok(!name.is_empty() && MemBackend::exists(name)),
+        #[cfg(all(unix, feature = "sqlite"))]
+        Some(("sqlite", rest)) => {
+            let opts = crate::backend::sqlite::Options::parse(rest, url)?;
+            Ok(opts.path.exists())
+        }
+        Some(("shm", spec)) => {
+            let name = spec.split_once('?').map_or(spec, |(n, _)| n);
+            Ok(std::path::Path::new("/dev/shm").join(name).exists())
+        }
+        // A server store: its keys are looked for when it is opened.
+        _ => Ok(true),
     }
 }
 

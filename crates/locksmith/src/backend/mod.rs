@@ -178,6 +178,15 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         true
     }
 
+    /// Removes the store ([`crate::Space::destroy`]): deletes what lives on a server
+    /// (Redis keys) and answers the files to delete once this process's handles of
+    /// the store are closed (a directory last, removed if empty).
+    fn destroy(&self) -> Result<Vec<std::path::PathBuf>> {
+        Err(crate::Error::Unsupported(
+            "this store cannot be removed through locksmith".into(),
+        ))
+    }
+
     /// How full the store is, if it holds a fixed number of names.
     fn usage(&self) -> Option<crate::Usage> {
         None

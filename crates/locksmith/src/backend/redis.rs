@@ -1170,6 +1170,34 @@ impl Backend for RedisBackend {
     fn default_lease(&self) -> Option<Duration> {
         Some(DEFAULT_LEASE)
     }
+
+    fn destroy(&self) -> Result<Vec<std::path::PathBuf>> {
+        let prefix = self.inner.prefix.as_str();
+        // The names' keys (`{P}{name}` and its `:q`, `:d`, `:i`), then the floor.
+        let pattern = format!("{}{{*}}*", glob_escape(prefix));
+        let floor = format!("{prefix}token-floor");
+        self.inner.with_conn(Allow::once(true), &|c| {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)?;
+                if !batch.is_empty() {
+                    redis::cmd("DEL").arg(&batch).query::<()>(c)?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            redis::cmd("DEL").arg(&floor).query::<()>(c)
+        })?;
+        Ok(Vec::new())
+    }
 }
 
 // Encoding ops and decoding replies ------------------------------------------------------
