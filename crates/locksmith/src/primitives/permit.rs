@@ -177,7 +177,8 @@ fn held_by_a_task_here(handle: &Handle) -> Result<bool> {
 
 /// Takes a permit for a new async owner, waiting as `wait` allows.
 ///
-/// Cancel safe: a dropped future leaves the queue at once and holds nothing.
+/// Cancel safe: a dropped future leaves the queue (through the space's helper thread
+/// on stores whose steps wait on I/O) and holds nothing.
 pub(crate) async fn acquire_async(
     handle: &Handle,
     kind: PermitKind,
@@ -486,8 +487,10 @@ macro_rules! acquire_methods {
         /// first-served.
         ///
         /// # Cancel safety
-        /// Cancel safe: a dropped future leaves the queue at once, never holds, and
-        /// passes on any wake-up it was given.
+        /// Cancel safe: a dropped future leaves the queue, never holds, and passes on
+        /// any wake-up or grant it was given. The drop never waits for the store: on
+        /// `sqlite:` and Redis the space's helper thread leaves the queue for it
+        /// moments later (until then `waiting()` still counts it).
         pub async fn acquire_async(&self) -> crate::Result<crate::Guard> {
             let (kind, mode) = (self.kind()?, crate::backend::Mode::Exclusive);
             if let Some(guard) = crate::primitives::permit::acquire_fast(&self.handle, kind, mode, 0) {
