@@ -68,6 +68,17 @@ Exit status: the command's own (128+N if it died of signal N); on timeout the
     Break(BreakArgs),
     /// Drop every primitive tagged TAG: holders lose their holds, waiters wake.
     Evict(EvictArgs),
+    /// Remove a store: a shm: region, a sqlite: database with its -wal, -shm and
+    /// -bell files, a Redis prefix's keys. Refused while a name is held or waited for,
+    /// unless --force.
+    #[command(after_help = "\
+Examples:
+  locksmith destroy shm:jobs
+  locksmith destroy sqlite:/tmp/locks.sqlite --force
+
+Exit status: 0 removed (or nothing there); 1 in use (without --force); 2 bad input;
+3 store error.")]
+    Destroy(DestroyArgs),
     /// Run every primitive across N real processes, check the results, print a table.
     Demo(DemoArgs),
     /// One process of the demo (internal).
@@ -233,6 +244,18 @@ pub struct BreakArgs {
     /// The lock's name.
     pub name: String,
     /// Break it even if a holder is alive or cannot be checked.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `destroy`.
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// The store to remove (default: --store, or $LOCKSMITH_STORE; never the embedded
+    /// default unless named).
+    #[arg(value_name = "URL")]
+    pub url: Option<String>,
+    /// Remove it even while names are held or waited for: their holders lose them.
     #[arg(long)]
     pub force: bool,
 }

@@ -60,7 +60,7 @@ impl From<locksmith::Error> for Failure {
             E::InvalidArgument(_) | E::Unsupported(_) | E::Mismatch { .. } | E::Overflow { .. } => {
                 USAGE
             }
-            E::Timeout | E::BrokenBarrier { .. } => CONFLICT,
+            E::Timeout | E::BrokenBarrier { .. } | E::Busy { .. } => CONFLICT,
             _ => STORE,
         };
         Failure::new(code, e.to_string())

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use locksmith::{Liveness, Space};
 use serde_json::json;
 
-use crate::args::{BreakArgs, EvictArgs, StatusArgs};
+use crate::args::{BreakArgs, DestroyArgs, EvictArgs, StatusArgs};
 use crate::error::{self, Failure, Outcome};
 
 /// Whether `name` matches `pattern`: `*` any run of characters, `?` any one.
@@ -262,6 +262,21 @@ pub fn evict(space: &Space, a: EvictArgs) -> Outcome {
     }
     let n = space.evict_tag(&tag)?;
     println!("evicted {n} primitive(s) tagged '{}'", escape(&tag));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `locksmith destroy [URL] [--force]`.
+pub fn destroy(store: Option<&str>, a: DestroyArgs) -> Outcome {
+    let Some(url) = a.url.as_deref().or(store) else {
+        return Err(Failure::usage(
+            "name the store to remove: locksmith destroy URL (or --store URL)",
+        ));
+    };
+    if Space::destroy(url, a.force)? {
+        println!("removed {url}");
+    } else {
+        println!("no store at {url}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

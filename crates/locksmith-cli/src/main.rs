@@ -41,6 +41,8 @@ fn dispatch(cli: Cli) -> Outcome {
     // opens the store itself (see run.rs).
     let command = match cli.command {
         Command::Run(a) => return run::run(store, a),
+        // It opens (and removes) the store itself.
+        Command::Destroy(a) => return inspect::destroy(store, a),
         other => other,
     };
     let space = args::open(store, warn)?;
@@ -52,6 +54,7 @@ fn dispatch(cli: Cli) -> Outcome {
         Command::Status(a) => inspect::status(&space, a),
         Command::Break(a) => inspect::break_(&space, a),
         Command::Evict(a) => inspect::evict(&space, a),
+        Command::Destroy(_) => Err(Failure::usage("destroy was dispatched twice")),
         Command::Demo(a) => demo::demo(&space, a),
         Command::DemoWorker(a) => demo::worker(&space, a),
     }

@@ -357,3 +357,42 @@ fn status_never_panics_on_a_lease_past_year_9999() {
     assert_eq!(holder["lease_until"], "after 9999-12-31T23:59:59.999Z");
     assert!(holder["lease_until_ms"].as_u64().unwrap() > 253_402_300_799_999);
 }
+
+/// Issue 19 item 14: `locksmith destroy` removes a sqlite store and its side files,
+/// refusing (exit 1) while a lock of it is held unless `--force`.
+#[test]
+fn destroy_removes_a_store_unless_in_use() {
+    let dir = TempDir::new();
+    let db = dir.path().join("locks.sqlite");
+    let url = format!("sqlite:{}", db.display());
+    let space = locksmith::Space::open(&url).unwrap();
+    let held = space.lock("deploy").acquire().unwrap();
+    let out = cmd().args(["destroy", &url]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_error_line(&out.stderr).contains("'deploy' is in use"));
+    assert!(db.exists(), "refused: nothing removed");
+    drop(held);
+    // Through --store (or $LOCKSMITH_STORE), as every other command names its store.
+    cmd()
+        .args(["--store", &url, "destroy"])
+        .assert()
+        .success()
+        .stdout(format!("removed {url}\n"));
+    for suffix in ["", "-wal", "-shm", "-bell"] {
+        let f = format!("{}{suffix}", db.display());
+        assert!(!std::path::Path::new(&f).exists(), "{f} is left");
+    }
+    cmd()
+        .args(["destroy", &url])
+        .assert()
+        .success()
+        .stdout(format!("no store at {url}\n"));
+    // Held, but forced.
+    let space = locksmith::Space::open(&url).unwrap();
+    let _held = space.lock("deploy").acquire().unwrap();
+    cmd().args(["destroy", &url, "--force"]).assert().success();
+    assert!(!db.exists());
+    // Naming no store is bad input: the default store is never removed by accident.
+    let out = cmd().arg("destroy").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -27,6 +27,20 @@ pub enum Error {
         name: String,
     },
 
+    /// A blocking wait on the thread of a current-thread async runtime, for a
+    /// primitive that an async task (or an acquisition-owned hold) of this process
+    /// holds: the task could give it back only on the thread the wait blocks, so the
+    /// wait would never end (`EDEADLK`). Nothing changes; use the `_async` form.
+    #[error(
+        "'{name}' is held by an async task of this process, and a blocking wait on the \
+         thread of a current-thread async runtime would stop the tasks that must release it: \
+         use the _async form"
+    )]
+    RuntimeDeadlock {
+        /// The primitive's name.
+        name: String,
+    },
+
     /// Release of something that is not held (`EPERM`).
     #[error("'{name}' is not held")]
     NotHeld {
@@ -57,12 +71,17 @@ pub enum Error {
         cause: BrokenCause,
     },
 
-    /// The holder's lease lapsed (or an operator broke the hold) before it was released;
-    /// somebody else may have held it since (`ENOLCK`).
-    #[error("the lease on '{name}' was lost before release")]
+    /// The hold ended before it was released: its lease lapsed, or it was
+    /// force-released ([`Space::force_release`](crate::Space::force_release)) or evicted
+    /// ([`Space::evict_tag`](crate::Space::evict_tag)); somebody else may have held it
+    /// since (`ENOLCK`).
+    #[error("the hold of '{name}' ended before its release ({why}): somebody else may have held it since")]
     LeaseLost {
         /// The primitive's name.
         name: String,
+        /// What ended it, as far as this process can tell: a hold without a lease was
+        /// force-released or evicted; one with a lease may also have lapsed.
+        why: String,
     },
 
     /// A name is already used by a primitive of another kind or with other parameters
@@ -133,7 +152,7 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::Timeout => libc::ETIMEDOUT,
-            Error::WouldDeadlock { .. } => libc::EDEADLK,
+            Error::WouldDeadlock { .. } | Error::RuntimeDeadlock { .. } => libc::EDEADLK,
             Error::NotHeld { .. } | Error::NotOwner { .. } => libc::EPERM,
             Error::TooManyReleases { .. } => libc::EOVERFLOW,
             Error::BrokenBarrier { .. } => libc::EPIPE,

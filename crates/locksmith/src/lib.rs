@@ -24,6 +24,7 @@
 mod backend;
 mod error;
 mod lease;
+mod offload;
 mod os;
 mod owner;
 mod primitives;

@@ -75,6 +75,8 @@ pub(crate) struct SpaceInner {
     pub detached: crate::primitives::detached::Detached,
     /// Told of every release on drop that failed ([`Space::on_drop_error`]).
     pub drop_hooks: std::sync::RwLock<Vec<DropHook>>,
+    /// Runs what async callers and drops must not wait for (see [`Backend::steps_wait`]).
+    pub offload: crate::offload::Offload,
 }
 
 /// A hook of [`Space::on_drop_error`].
@@ -243,6 +245,7 @@ impl Space {
                 keeper: Keeper::new(),
                 detached: Default::default(),
                 drop_hooks: Default::default(),
+                offload: Default::default(),
             }),
         })
     }
@@ -289,6 +292,25 @@ impl Space {
     /// are none; `sqlite:` and Redis only when asked.
     pub fn reclaim_idle(&self) -> Result<usize> {
         self.inner.backend.reclaim_idle()
+    }
+
+    /// Async [`Space::reclaim_idle`]: on a store whose steps wait on I/O (`sqlite:`,
+    /// Redis) the work runs on the space's helper thread, never on the executor's.
+    pub async fn reclaim_idle_async(&self) -> Result<usize> {
+        self.off_executor(|backend| backend.reclaim_idle()).await
+    }
+
+    /// Runs whole-store work `f` for an async caller: in place on a store whose steps
+    /// only touch memory, else on the space's helper thread.
+    async fn off_executor<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let backend = self.inner.backend.clone();
+        if !backend.steps_wait() {
+            return f(&*backend);
+        }
+        self.inner.offload.call(move || f(&*backend)).await
     }
 
     /// How full the store is, for stores that hold a fixed number of names (`shm:`);
@@ -451,6 +473,13 @@ impl Space {
         self.inner.backend.evict_tag(tag)
     }
 
+    /// Async [`Space::evict_tag`], run as [`Space::reclaim_idle_async`] is.
+    pub async fn evict_tag_async(&self, tag: &str) -> Result<usize> {
+        let tag = tag.to_owned();
+        self.off_executor(move |backend| backend.evict_tag(&tag))
+            .await
+    }
+
     /// Calls `hook(name, error)` whenever dropping a guard of this space fails to
     /// release its hold: most often [`Error::LeaseLost`] (the lease lapsed, or the hold
     /// was force-released or evicted, so the section may not have been exclusive), or a
@@ -503,9 +532,89 @@ impl Space {
         }
     }
 
+    /// Removes the store at `url` (`locksmith destroy URL`): a `shm:` region, a
+    /// `sqlite:` database with its `-wal`, `-shm` and `-bell` files (every shard's,
+    /// and the shard directory if that leaves it empty), a Redis prefix's keys, a
+    /// `mem:NAME` space. Answers whether there was a store to remove; a store that
+    /// does not exist is not created for it.
+    ///
+    /// Refused with [`Error::Busy`], changing nothing, while a name of the store is
+    /// held by a process that is not provably dead, or waited for, unless `force`.
+    /// Fencing counters go with the store: a store created again at the URL counts
+    /// tokens from 1. Processes that still have the store open keep using what they
+    /// opened (on `shm:` and `sqlite:`, the removed files; `mem:NAME`, its old
+    /// space), unseen by those that open the URL afterwards: remove a store only
+    /// when its users are done with it.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] as above; [`Error::Unsupported`] for a store that cannot be
+    /// removed this way; store errors.
+    pub fn destroy(url: &str, force: bool) -> Result<bool> {
+        if !store_exists(url)? {
+            return Ok(false);
+        }
+        let space = Space::open(url)?;
+        if !force {
+            for name in space.names()? {
+                let (holders, waiting) = space.inspect(&name)?;
+                if waiting > 0 || holders.iter().any(|h| h.process != Liveness::Dead) {
+                    return Err(Error::Busy { name });
+                }
+            }
+        }
+        let files = space.inner.backend.destroy()?;
+        if let Some(("mem", name)) = url.split_once(':') {
+            MemBackend::forget(name);
+        }
+        drop(space);
+        for file in files {
+            let removed = if file.is_dir() {
+                // Only if empty: a directory holds only what the store put there.
+                std::fs::remove_dir(&file)
+            } else {
+                std::fs::remove_file(&file)
+            };
+            match removed {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) if file.is_dir() => {}
+                Err(e) => {
+                    return Err(Error::backend(format!(
+                        "cannot remove {}: {e}",
+                        file.display()
+                    )))
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// The names this space has state or fencing counters for, sorted.
     pub fn names(&self) -> Result<Vec<String>> {
         self.inner.backend.names()
+    }
+
+    /// Async [`Space::names`], run as [`Space::reclaim_idle_async`] is.
+    pub async fn names_async(&self) -> Result<Vec<String>> {
+        self.off_executor(|backend| backend.names()).await
+    }
+}
+
+/// Whether there is a store at `url` to remove (without creating one).
+fn store_exists(url: &str) -> Result<bool> {
+    match url.split_once(':') {
+        Some(("mem", name)) => Ok(!name.is_empty() && MemBackend::exists(name)),
+        #[cfg(all(unix, feature = "sqlite"))]
+        Some(("sqlite", rest)) => {
+            let opts = crate::backend::sqlite::Options::parse(rest, url)?;
+            Ok(opts.path.exists())
+        }
+        Some(("shm", spec)) => {
+            let name = spec.split_once('?').map_or(spec, |(n, _)| n);
+            Ok(std::path::Path::new("/dev/shm").join(name).exists())
+        }
+        // A server store: its keys are looked for when it is opened.
+        _ => Ok(true),
     }
 }
 

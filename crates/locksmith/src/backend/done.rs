@@ -2,9 +2,8 @@
 //! waited for by whoever depends on it finishing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
-use event_listener::{Event, Listener};
+use event_listener::Event;
 
 /// Whether a piece of work finished; starts unset.
 #[derive(Debug, Default)]
@@ -36,19 +35,6 @@ impl Done {
             listener.await;
         }
     }
-
-    /// Blocks until it is set or `deadline` passes; whether it is set.
-    pub(crate) fn wait_deadline(&self, deadline: Instant) -> bool {
-        loop {
-            let listener = self.event.listen();
-            if self.is_set() {
-                return true;
-            }
-            if listener.wait_deadline(deadline).is_none() {
-                return self.is_set();
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -56,17 +42,6 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::Duration;
-
-    #[test]
-    fn a_blocking_wait_ends_when_another_thread_sets_it() {
-        let done = Arc::new(Done::default());
-        assert!(!done.wait_deadline(Instant::now()), "unset until set");
-        let d = done.clone();
-        let setter = std::thread::spawn(move || d.set());
-        // A generous hang guard: the set comes at once.
-        assert!(done.wait_deadline(Instant::now() + Duration::from_secs(60)));
-        setter.join().unwrap();
-    }
 
     #[test]
     fn an_async_wait_ends_when_another_thread_sets_it() {

@@ -175,6 +175,25 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// a name created again still gets larger tokens; answers how many went.
     fn reclaim_idle(&self) -> Result<usize>;
 
+    /// Whether a step may wait on I/O or on another process for long: a round trip to
+    /// a server, a transaction another process holds up. On such a store, the async
+    /// forms of whole-store work (names, eviction, reclaiming) run on the space's
+    /// helper thread, and so does the step that undoes a dropped async wait (leaving a
+    /// queue), so that neither blocks an executor thread. `false`: steps only touch
+    /// memory, and run in place.
+    fn steps_wait(&self) -> bool {
+        true
+    }
+
+    /// Removes the store ([`crate::Space::destroy`]): deletes what lives on a server
+    /// (Redis keys) and answers the files to delete once this process's handles of
+    /// the store are closed (a directory last, removed if empty).
+    fn destroy(&self) -> Result<Vec<std::path::PathBuf>> {
+        Err(crate::Error::Unsupported(
+            "this store cannot be removed through locksmith".into(),
+        ))
+    }
+
     /// How full the store is, if it holds a fixed number of names.
     fn usage(&self) -> Option<crate::Usage> {
         None

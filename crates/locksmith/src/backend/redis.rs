@@ -54,7 +54,6 @@ use event_listener::{Event, EventListener, Listener};
 use futures_util::StreamExt;
 use redis::Value;
 
-use super::done::Done;
 use super::model::{Acquire, BarrierView, Holder, Millis, Op, Reply};
 use super::options;
 use super::{Backend, BoxFuture, Grant, Key, Mode, PermitKind, Watch};
@@ -947,7 +946,8 @@ impl Inner {
 
     /// [`Inner::eval_async`], from any executor, and safe to cancel: if the caller
     /// goes away while the step is on the wire, a grant it would have received is
-    /// given back and a queue place it would have kept is left.
+    /// given back and a queue place it would have kept is left, by the Redis runtime
+    /// once the answer comes (the dropped caller never waits for it).
     async fn eval_detached(
         self: &Arc<Self>,
         resolved: &Arc<Resolved>,
@@ -958,8 +958,6 @@ impl Inner {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let inner = self.clone();
         let resolved = resolved.clone();
-        let done = Arc::new(Done::default());
-        let finished = done.clone();
         runtime()?.spawn(async move {
             let out = {
                 let gone = || tx.is_closed();
@@ -968,19 +966,9 @@ impl Inner {
             if let Err(Ok(values)) = tx.send(out) {
                 inner.undo(&resolved, undo, &values).await;
             }
-            finished.set();
         });
-        // Dropped mid-flight, an acquisition waits (one round trip or two) until the
-        // step and its undo are done, so that the caller finds the state settled: not
-        // queued, not holding.
-        let mut settle = Settle {
-            done,
-            armed: matches!(undo, Undo::Acquire(_)),
-            bound: 2 * self.timeout + POLL,
-        };
-        let out = rx.await;
-        settle.armed = false;
-        out.map_err(|_| backend_err("the redis runtime stopped"))?
+        rx.await
+            .map_err(|_| backend_err("the redis runtime stopped"))?
     }
 
     async fn undo(&self, resolved: &Resolved, undo: Undo, values: &[Value]) {
@@ -995,29 +983,14 @@ impl Inner {
             _ => return,
         };
         let never = || false;
-        if let Err(e) = self
-            .eval_async(&resolved.keys, &args, Allow::once(true), &never)
-            .await
-        {
+        // Patient: it rides out a server that is away for a while.
+        let allow = Allow {
+            patient: true,
+            ..Allow::once(true)
+        };
+        if let Err(e) = self.eval_async(&resolved.keys, &args, allow, &never).await {
             tracing::warn!(error = %e, "could not undo a cancelled acquisition");
         }
-    }
-}
-
-/// Waits, when dropped while armed, until the detached step is done.
-struct Settle {
-    done: Arc<Done>,
-    armed: bool,
-    /// The longest it waits.
-    bound: Duration,
-}
-
-impl Drop for Settle {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        self.done.wait_deadline(Instant::now() + self.bound);
     }
 }
 
@@ -1171,6 +1144,34 @@ impl Backend for RedisBackend {
 
     fn default_lease(&self) -> Option<Duration> {
         Some(DEFAULT_LEASE)
+    }
+
+    fn destroy(&self) -> Result<Vec<std::path::PathBuf>> {
+        let prefix = self.inner.prefix.as_str();
+        // The names' keys (`{P}{name}` and its `:q`, `:d`, `:i`), then the floor.
+        let pattern = format!("{}{{*}}*", glob_escape(prefix));
+        let floor = format!("{prefix}token-floor");
+        self.inner.with_conn(Allow::once(true), &|c| {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)?;
+                if !batch.is_empty() {
+                    redis::cmd("DEL").arg(&batch).query::<()>(c)?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            redis::cmd("DEL").arg(&floor).query::<()>(c)
+        })?;
+        Ok(Vec::new())
     }
 }
 

@@ -1270,6 +1270,16 @@ impl Backend for ShmBackend {
         Ok(names)
     }
 
+    fn steps_wait(&self) -> bool {
+        false
+    }
+
+    fn destroy(&self) -> Result<Vec<std::path::PathBuf>> {
+        Ok(vec![
+            std::path::Path::new("/dev/shm").join(&self.shared.url_name)
+        ])
+    }
+
     fn reclaim_idle(&self) -> Result<usize> {
         let m = self.shared.alloc_mutex()?;
         let _guard = m.lock()?;

@@ -360,7 +360,7 @@ impl Barrier {
         }
         // Dropped before the generation passes: break it rather than leave the others
         // waiting for a party that is gone.
-        let abort = crate::primitives::handle::OnDrop::new(
+        let abort = crate::primitives::handle::OnDrop::new_async(
             &self.handle,
             Op::BarrierAbort {
                 parties: self.parties,

@@ -380,7 +380,7 @@ impl Condition {
                 Ok((ticket, levels.clamp(1, u64::from(u32::MAX)) as u32))
             }
             Ok(other) => Err(unexpected(other)),
-            Err(Error::NotHeld { name }) => Err(Error::LeaseLost { name }),
+            Err(Error::NotHeld { .. }) => Err(guard.handle().hold_lost()),
             Err(e) => Err(e),
         }
     }
@@ -466,7 +466,7 @@ impl Condition {
     async fn wait_until_async(&self, guard: &mut Guard, deadline: Option<Instant>) -> Result<bool> {
         // Async holds are each their own owner, so they have one level.
         let (ticket, _) = self.start_sleeping(guard)?;
-        let stop = OnDrop::new(&self.sleepers, Op::CondCancel { ticket });
+        let stop = OnDrop::new_async(&self.sleepers, Op::CondCancel { ticket });
         let woken = self
             .sleepers
             .wait_on(

@@ -326,9 +326,7 @@ impl Guard {
     }
 
     fn lease_lost_error(&self) -> Error {
-        Error::LeaseLost {
-            name: self.handle.name().to_owned(),
-        }
+        self.handle.hold_lost()
     }
 
     pub(crate) fn handle(&self) -> &Handle {

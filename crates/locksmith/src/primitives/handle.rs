@@ -141,6 +141,20 @@ impl Handle {
             .map(|d| d.as_millis().min(u128::from(u64::MAX)) as Millis)
     }
 
+    /// [`Error::LeaseLost`] for a hold taken through this handle, saying what may
+    /// have ended it.
+    pub(crate) fn hold_lost(&self) -> Error {
+        let why = if self.lease().is_some() {
+            "its lease lapsed, or it was force-released or evicted"
+        } else {
+            "it was force-released or evicted"
+        };
+        Error::LeaseLost {
+            name: self.name().to_owned(),
+            why: why.to_owned(),
+        }
+    }
+
     pub(crate) fn step(&self, op: Op) -> Result<Reply> {
         self.space.backend.step(&self.key, op)
     }
@@ -237,27 +251,72 @@ pub(crate) fn forever<T>(r: Result<Option<T>>) -> Result<T> {
 pub(crate) struct OnDrop<'a> {
     handle: &'a Handle,
     op: Option<Op>,
+    /// Whether the wait is async: its drop then never waits for the store.
+    in_async: bool,
 }
+
+/// How long the helper thread keeps trying to undo a dropped async wait while the
+/// store cannot be reached (a Redis server restarting). A place left behind after
+/// that expires on its own (Redis), or is reaped with its dead owner.
+const UNDO_PATIENCE: Duration = Duration::from_secs(30);
 
 impl<'a> OnDrop<'a> {
     pub(crate) fn new(handle: &'a Handle, op: Op) -> OnDrop<'a> {
         OnDrop {
             handle,
             op: Some(op),
+            in_async: false,
+        }
+    }
+
+    /// [`OnDrop::new`] for an async wait: dropped while armed (the future was
+    /// cancelled), it hands the step to the space's helper thread on a store whose
+    /// steps wait on I/O, rather than blocking the executor thread for it. The place
+    /// it undoes is kept meanwhile, and a grant that reaches it is passed on by the
+    /// step, as if the waiter had left at once.
+    pub(crate) fn new_async(handle: &'a Handle, op: Op) -> OnDrop<'a> {
+        OnDrop {
+            handle,
+            op: Some(op),
+            in_async: true,
         }
     }
 
     pub(crate) fn disarm(mut self) {
         self.op = None;
     }
+
+    /// Runs the step now, from async code: a wait that ended (timed out or failed)
+    /// rather than being dropped leaves before it returns.
+    pub(crate) async fn run_async(mut self) {
+        if let Some(op) = self.op.take() {
+            if let Err(e) = self.handle.step_async(op).await {
+                tracing::warn!(name = self.handle.name(), error = %e, "could not leave the wait queue");
+            }
+        }
+    }
 }
 
 impl Drop for OnDrop<'_> {
     fn drop(&mut self) {
-        if let Some(op) = self.op.take() {
-            if let Err(e) = self.handle.step(op) {
+        let Some(op) = self.op.take() else {
+            return;
+        };
+        if self.in_async && self.handle.space.backend.steps_wait() {
+            let handle = self.handle.clone();
+            let undo = Box::new(move || {
+                let deadline = Instant::now() + UNDO_PATIENCE;
+                if let Err(e) = handle.wait_step(op, Some(deadline)) {
+                    tracing::warn!(name = handle.name(), error = %e, "could not leave the wait queue");
+                }
+            });
+            if let Err(e) = self.handle.space.offload.spawn(undo) {
                 tracing::warn!(name = self.handle.name(), error = %e, "could not leave the wait queue");
             }
+            return;
+        }
+        if let Err(e) = self.handle.step(op) {
+            tracing::warn!(name = self.handle.name(), error = %e, "could not leave the wait queue");
         }
     }
 }

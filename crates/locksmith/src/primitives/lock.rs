@@ -116,6 +116,11 @@ impl Lock {
         permit::release_detached(&self.handle, self.kind()?)
     }
 
+    /// Async [`Self::release`]: never blocks the executor thread on a network store.
+    pub async fn release_async(&self) -> Result<()> {
+        permit::release_detached_async(&self.handle, self.kind()?).await
+    }
+
     /// Whether anyone holds the lock now (diskcache's `locked()`).
     pub fn is_locked(&self) -> Result<bool> {
         permit::is_held(&self.handle)

@@ -137,6 +137,11 @@ pub(crate) fn acquire_grant(
     let Wait::Until(deadline) = wait else {
         return Ok(None);
     };
+    if on_current_thread_runtime() && held_by_a_task_here(handle)? {
+        return Err(Error::RuntimeDeadlock {
+            name: handle.name().to_owned(),
+        });
+    }
     let ticket = fresh_id();
     let leave = OnDrop::new(handle, Op::Dequeue { ticket });
     let op = || acquire_op(handle, kind, mode, &owner, Some(ticket));
@@ -147,9 +152,33 @@ pub(crate) fn acquire_grant(
     Ok(grant)
 }
 
+/// Whether the calling thread is in the context of a current-thread tokio runtime:
+/// while it blocks, none of that runtime's tasks run. (Tokio does not tell the
+/// runtime's own thread from the threads of its `spawn_blocking` pool, so those count
+/// too.)
+fn on_current_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+}
+
+/// Whether an async task's or an acquisition's hold of this process holds the
+/// primitive: one that a task of the caller's runtime may be the one to give back.
+fn held_by_a_task_here(handle: &Handle) -> Result<bool> {
+    match handle.step(Op::Holders)? {
+        Reply::Holders { holders, .. } => {
+            let me = Owner::current_thread();
+            Ok(holders
+                .iter()
+                .any(|h| h.owner.is_task() && h.owner.same_process(&me)))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 /// Takes a permit for a new async owner, waiting as `wait` allows.
 ///
-/// Cancel safe: a dropped future leaves the queue at once and holds nothing.
+/// Cancel safe: a dropped future leaves the queue (through the space's helper thread
+/// on stores whose steps wait on I/O) and holds nothing.
 pub(crate) async fn acquire_async(
     handle: &Handle,
     kind: PermitKind,
@@ -186,15 +215,16 @@ pub(crate) async fn acquire_grant_async(
         return Ok(None);
     };
     let ticket = fresh_id();
-    let leave = OnDrop::new(handle, Op::Dequeue { ticket });
+    let leave = OnDrop::new_async(handle, Op::Dequeue { ticket });
     let op = || acquire_op(handle, kind, mode, &owner, Some(ticket));
     let grant = handle
         .wait_on(Some(ticket), deadline, &op, &mut judge)
-        .await?;
-    if grant.is_some() {
-        leave.disarm();
+        .await;
+    match grant {
+        Ok(Some(_)) => leave.disarm(),
+        _ => leave.run_async().await,
     }
-    Ok(grant)
+    grant
 }
 
 /// Gives back `n` permits of a semaphore, all or nothing: each the calling thread's
@@ -224,7 +254,7 @@ pub(crate) fn release_detached(handle: &Handle, kind: PermitKind) -> Result<()> 
         return match handle.step(Op::Release { token }) {
             Ok(_) => Ok(()),
             // It ended while detached: lapsed, force-released or evicted.
-            Err(Error::NotHeld { name }) => Err(Error::LeaseLost { name }),
+            Err(Error::NotHeld { .. }) => Err(handle.hold_lost()),
             Err(e) => Err(e),
         };
     }
@@ -233,6 +263,41 @@ pub(crate) fn release_detached(handle: &Handle, kind: PermitKind) -> Result<()> 
     match handle.step(Op::Holders)? {
         Reply::Holders { holders, .. } if holders.is_empty() => Err(Error::NotHeld { name }),
         // Another owner's, or the caller's own hold that a live guard owns.
+        Reply::Holders { .. } => Err(Error::NotOwner { name }),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Async [`release_owned`].
+pub(crate) async fn release_owned_async(handle: &Handle, kind: PermitKind, n: u32) -> Result<()> {
+    handle.check()?;
+    if n == 0 {
+        return Err(Error::invalid("a release gives back at least 1 permit"));
+    }
+    let op = Op::ReleaseOwned {
+        kind,
+        owner: Owner::current_thread(),
+        n,
+    };
+    handle.step_async(op).await?;
+    Ok(())
+}
+
+/// Async [`release_detached`].
+pub(crate) async fn release_detached_async(handle: &Handle, kind: PermitKind) -> Result<()> {
+    handle.check()?;
+    let any_thread = by_acquisition(handle, kind);
+    let detached = &handle.space.detached;
+    if let Some(token) = detached.take(handle.name(), thread_number(), any_thread) {
+        return match handle.step_async(Op::Release { token }).await {
+            Ok(_) => Ok(()),
+            Err(Error::NotHeld { .. }) => Err(handle.hold_lost()),
+            Err(e) => Err(e),
+        };
+    }
+    let name = handle.name().to_owned();
+    match handle.step_async(Op::Holders).await? {
+        Reply::Holders { holders, .. } if holders.is_empty() => Err(Error::NotHeld { name }),
         Reply::Holders { .. } => Err(Error::NotOwner { name }),
         other => Err(unexpected(other)),
     }
@@ -319,6 +384,21 @@ pub(crate) fn depth(handle: &Handle) -> Result<u32> {
     }
 }
 
+/// Async [`depth`].
+pub(crate) async fn depth_async(handle: &Handle) -> Result<u32> {
+    handle.check()?;
+    match handle.step_async(Op::Holders).await? {
+        Reply::Holders { holders, .. } => {
+            let me = Owner::current_thread();
+            Ok(holders
+                .iter()
+                .find(|h| h.owner == me)
+                .map_or(0, |h| h.count))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 /// Acquires (waiting until `deadline`), runs the future `f` returns, and releases
 /// whatever happens to it; `None` if the permit did not come by the deadline (`f`
 /// then never runs).
@@ -362,7 +442,10 @@ macro_rules! acquire_methods {
         /// [`crate::Error::WouldDeadlock`] if the calling thread already holds a
         /// non-recursive lock; [`crate::Error::InvalidArgument`] for a bad name or
         /// option; [`crate::Error::Mismatch`] if the name is another kind of primitive;
-        /// store errors.
+        /// [`crate::Error::RuntimeDeadlock`] if it would wait on the thread of a
+        /// current-thread async runtime (tokio's, or a thread of its `spawn_blocking`
+        /// pool) while an async task or an acquisition-owned hold of this process
+        /// holds it (the same for the `_timeout` form); store errors.
         pub fn acquire(&self) -> crate::Result<crate::Guard> {
             let wait = crate::primitives::permit::Wait::Until(None);
             crate::primitives::handle::forever(crate::primitives::permit::acquire(
@@ -404,8 +487,10 @@ macro_rules! acquire_methods {
         /// first-served.
         ///
         /// # Cancel safety
-        /// Cancel safe: a dropped future leaves the queue at once, never holds, and
-        /// passes on any wake-up it was given.
+        /// Cancel safe: a dropped future leaves the queue, never holds, and passes on
+        /// any wake-up or grant it was given. The drop never waits for the store: on
+        /// `sqlite:` and Redis the space's helper thread leaves the queue for it
+        /// moments later (until then `waiting()` still counts it).
         pub async fn acquire_async(&self) -> crate::Result<crate::Guard> {
             let (kind, mode) = (self.kind()?, crate::backend::Mode::Exclusive);
             if let Some(guard) = crate::primitives::permit::acquire_fast(&self.handle, kind, mode, 0) {

@@ -69,6 +69,21 @@ impl RLock {
         permit::depth(&self.handle)
     }
 
+    /// Async [`Self::release`]: never blocks the executor thread on a network store.
+    pub async fn release_async(&self) -> Result<()> {
+        permit::release_detached_async(&self.handle, self.kind()?).await
+    }
+
+    /// Async [`Self::is_owned`].
+    pub async fn is_owned_async(&self) -> Result<bool> {
+        Ok(permit::depth_async(&self.handle).await? > 0)
+    }
+
+    /// Async [`Self::recursion_count`].
+    pub async fn recursion_count_async(&self) -> Result<u32> {
+        permit::depth_async(&self.handle).await
+    }
+
     /// Whether anyone holds the lock now.
     pub fn is_locked(&self) -> Result<bool> {
         permit::is_held(&self.handle)

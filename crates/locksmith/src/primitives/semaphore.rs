@@ -73,6 +73,21 @@ impl Semaphore {
         permit::value(&self.handle, self.kind()?)
     }
 
+    /// Async [`Self::release`]: never blocks the executor thread on a network store.
+    pub async fn release_async(&self) -> Result<()> {
+        permit::release_owned_async(&self.handle, self.kind()?, 1).await
+    }
+
+    /// Async [`Self::release_n`].
+    pub async fn release_n_async(&self, n: u32) -> Result<()> {
+        permit::release_owned_async(&self.handle, self.kind()?, n).await
+    }
+
+    /// Async [`Self::value`].
+    pub async fn value_async(&self) -> Result<u32> {
+        permit::value_async(&self.handle, self.kind()?).await
+    }
+
     /// Whether no permit is free now, so that an acquisition would wait.
     pub fn is_locked(&self) -> Result<bool> {
         Ok(self.value()? == 0)

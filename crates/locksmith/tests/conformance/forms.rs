@@ -85,6 +85,60 @@ fn store_steps_async(store: &Store) {
         assert!(bar.is_broken_async().await.unwrap());
         bar.reset_async().await.unwrap();
         assert!(!bar.is_broken_async().await.unwrap());
+
+        // Releases through the handles, and the queries that go with them.
+        let s = space.semaphore("sig", 0);
+        s.release_async().await.unwrap();
+        s.release_n_async(2).await.unwrap();
+        assert_eq!(s.value_async().await.unwrap(), 3);
+        assert_eq!(b.value_async().await.unwrap(), 1);
+        assert!(matches!(
+            b.release_async().await,
+            Err(Error::TooManyReleases { .. })
+        ));
+        let l = space.lock("detached");
+        l.acquire_async().await.unwrap().detach();
+        assert!(
+            matches!(l.release_async().await, Err(Error::NotOwner { .. })),
+            "an async hold is its own owner, not the thread's"
+        );
+        // Owned by the acquisition, any thread of the process gives it back.
+        let l = l.ownership(locksmith::Ownership::Acquisition);
+        l.release_async().await.unwrap();
+        assert!(matches!(
+            l.release_async().await,
+            Err(Error::NotHeld { .. })
+        ));
+        let r = space.rlock("rl");
+        let outer = r.acquire().unwrap();
+        let inner = r.acquire().unwrap();
+        assert!(r.is_owned_async().await.unwrap());
+        assert_eq!(r.recursion_count_async().await.unwrap(), 2);
+        inner.detach();
+        r.release_async().await.unwrap();
+        assert_eq!(r.recursion_count_async().await.unwrap(), 1);
+        drop(outer);
+        assert!(!r.is_owned_async().await.unwrap());
+
+        // Whole-store work.
+        let names = space.names_async().await.unwrap();
+        assert!(names.contains(&"sig".to_owned()), "{names:?}");
+        let tagged = space.lock("tagged").tag("t");
+        let g = tagged.acquire_async().await.unwrap();
+        assert_eq!(space.evict_tag_async("t").await.unwrap(), 1);
+        assert!(matches!(
+            g.release_async().await,
+            Err(Error::LeaseLost { .. })
+        ));
+        drop(tagged.acquire_async().await.unwrap());
+        assert!(space.remove_async("tagged").await.unwrap());
+        drop(tagged);
+        assert!(space.reclaim_idle_async().await.unwrap() >= 1);
+        assert!(!space
+            .names_async()
+            .await
+            .unwrap()
+            .contains(&"tagged".to_owned()));
     });
 }
 

@@ -16,7 +16,53 @@ pub fn tests() -> Vec<Test> {
             "lease_loss::an_evicted_hold_is_reported_at_once",
             evicted_hold_reported,
         ),
+        (
+            "lease_loss::the_error_says_what_may_have_ended_the_hold",
+            lost_message,
+        ),
     ]
+}
+
+/// Issue 19 item 2: `LeaseLost` names what can have ended the hold, and claims no lease
+/// the hold never had.
+fn lost_message(store: &Store) {
+    let space = store.open();
+    // Redis gives every hold a lease (30 s, renewed while the holder lives).
+    let store_lease = store.name.starts_with("redis");
+    for (lease, tag) in [(None, "a"), (Some(LONG_LEASE), "b")] {
+        let mut lock = space.lock(tag).tag(tag);
+        if let Some(lease) = lease {
+            lock = lock.lease(lease);
+        }
+        // A detached hold, force-released, then one evicted: `lock.release()`.
+        for evict in [false, true] {
+            lock.acquire().unwrap().detach();
+            let broken = if evict {
+                space.evict_tag(tag).unwrap()
+            } else {
+                space.force_release(tag).unwrap()
+            };
+            assert_eq!(broken, 1);
+            check_lost(
+                &lock.release().unwrap_err(),
+                tag,
+                lease.is_some() || store_lease,
+            );
+        }
+        // Through a guard.
+        let guard = lock.acquire().unwrap();
+        space.force_release(tag).unwrap();
+        let e = guard.release().unwrap_err();
+        check_lost(&e, tag, lease.is_some() || store_lease);
+    }
+}
+
+fn check_lost(e: &locksmith::Error, name: &str, leased: bool) {
+    assert!(matches!(e, locksmith::Error::LeaseLost { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(&format!("'{name}'")), "{msg}");
+    assert!(msg.contains("force-released or evicted"), "{msg}");
+    assert_eq!(msg.contains("its lease lapsed"), leased, "{msg}");
 }
 
 /// A lease so long that the keeper's first renewal (a third of it) comes long after

@@ -11,6 +11,7 @@ mod acquirables;
 mod asyncs;
 mod barriers;
 mod conditions;
+mod destroy;
 mod events;
 mod forms;
 mod inputs;
@@ -192,6 +193,7 @@ fn main() {
             tests.extend(seeds::tests());
             tests.extend(reclaim::tests());
             tests.extend(lease_loss::tests());
+            tests.extend(destroy::tests());
         }
         tests.extend(asyncs::tests());
         if store.cross_process {

@@ -58,6 +58,10 @@ pub fn tests() -> Vec<Test> {
             "redis::item13_a_foreign_server_error_is_one_line",
             foreign_server,
         ),
+        (
+            "redis::issue19_item5_a_dropped_async_wait_does_not_wait_for_a_paused_server",
+            dropped_wait_paused_server,
+        ),
     ]
 }
 
@@ -1041,4 +1045,93 @@ fn foreign_server(_: &Store) {
         !msg.contains('\n') && !msg.contains('\r'),
         "not one line: {msg:?}"
     );
+}
+
+/// Stops a server (SIGSTOP) until dropped (SIGCONT).
+struct Paused(u32);
+
+impl Paused {
+    fn new(pid: u32) -> Paused {
+        // SAFETY: kill(2) with a pid this process started; no memory is touched.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGSTOP);
+        }
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: as in `Paused::new`.
+        unsafe {
+            libc::kill(self.0 as i32, libc::SIGCONT);
+        }
+    }
+}
+
+/// Issue 19 item 5: dropping an async wait, on a current-thread runtime, while the
+/// server does not answer, returns at once (a blocking leave would take its 1 s cap,
+/// and a step on the wire two step timeouts, 10 s here): the leaving is done in the
+/// background once the server answers again, and a grant that reached the dropped
+/// waiter meanwhile is given back.
+fn dropped_wait_paused_server(_: &Store) {
+    // A private server: this test stops it.
+    let port = free_port();
+    let pid = start_server(port).unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("redis://127.0.0.1:{port}/0?prefix=paused:&timeout=5s");
+    let space = Space::open(&url).unwrap();
+    let lock = space.lock("x");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Far below either wait, far above a drop that only hands the leaving on.
+    let prompt = Duration::from_millis(700);
+    rt.block_on(async {
+        // A queued waiter, dropped while the server is stopped.
+        let held = lock.acquire_async().await.unwrap();
+        let waiter = tokio::spawn({
+            let lock = lock.clone();
+            async move { lock.acquire_async().await.map(|g| g.token()) }
+        });
+        while space.waiting_async("x").await.unwrap() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let paused = Paused::new(pid);
+        let start = Instant::now();
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        let took = start.elapsed();
+        drop(paused);
+        assert!(took < prompt, "dropping the queued waiter took {took:?}");
+        while space.waiting_async("x").await.unwrap() != 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        assert!(!lock.is_locked_async().await.unwrap());
+
+        // An acquisition whose step is on the wire, dropped by its timeout: the lock
+        // is free, so the server grants it when it answers, and the grant is given
+        // back.
+        let paused = Paused::new(pid);
+        let start = Instant::now();
+        let cut = tokio::time::timeout(Duration::from_millis(100), lock.acquire_async()).await;
+        let took = start.elapsed();
+        drop(paused);
+        assert!(cut.is_err(), "the server was stopped");
+        assert!(
+            took < Duration::from_millis(100) + prompt,
+            "the drop took {took:?}"
+        );
+        loop {
+            let holders = space.holders_async("x").await.unwrap();
+            if holders.is_empty() && space.waiting_async("x").await.unwrap() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let g = lock.acquire_timeout_async(Duration::from_secs(60)).await;
+        assert!(g.unwrap().is_some(), "nobody kept the lock");
+    });
+    kill(pid);
 }

@@ -68,10 +68,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The process-wide named backends (`mem:NAME`).
+static NAMED: Mutex<Vec<(String, Weak<MemBackend>)>> = Mutex::new(Vec::new());
+
 impl MemBackend {
+    /// Whether a space `mem:NAME` is open in this process.
+    pub(crate) fn exists(name: &str) -> bool {
+        lock(&NAMED)
+            .iter()
+            .any(|(n, w)| n == name && w.strong_count() > 0)
+    }
+
     /// The process-wide backend called `name`, created on first use.
     pub(crate) fn named(name: &str) -> Arc<MemBackend> {
-        static NAMED: Mutex<Vec<(String, Weak<MemBackend>)>> = Mutex::new(Vec::new());
         let mut named = lock(&NAMED);
         named.retain(|(_, w)| w.strong_count() > 0);
         if let Some(b) = named
@@ -84,6 +93,12 @@ impl MemBackend {
         let b = Arc::new(MemBackend::default());
         named.push((name.to_owned(), Arc::downgrade(&b)));
         b
+    }
+
+    /// Forgets the process-wide backend called `name`: the next open of it starts
+    /// empty (spaces open now keep the one they have).
+    pub(crate) fn forget(name: &str) {
+        lock(&NAMED).retain(|(n, _)| n != name);
     }
 
     /// Runs `f` on the slot of `key`, through the key's cache when it has one (no
@@ -194,6 +209,15 @@ impl Backend for MemBackend {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    fn steps_wait(&self) -> bool {
+        false
+    }
+
+    fn destroy(&self) -> Result<Vec<std::path::PathBuf>> {
+        // (The space's name is forgotten by `Space::destroy`.)
+        Ok(Vec::new())
     }
 
     fn reclaim_idle(&self) -> Result<usize> {

@@ -208,6 +208,8 @@ pub(crate) struct SqliteBackend {
     /// Whether async waiters may sleep on the doorbell through io_uring.
     uring: bool,
     checkpointer: Checkpointer,
+    /// The directory of a sharded store (`?shards=N`).
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -316,6 +318,7 @@ impl SqliteBackend {
             sleepers: Sleepers::default(),
             uring: opts.uring,
             checkpointer,
+            dir: opts.shards.map(|_| opts.path.clone()),
         })
     }
 
@@ -920,6 +923,24 @@ impl Backend for SqliteBackend {
         }
         names.sort();
         Ok(names)
+    }
+
+    fn destroy(&self) -> Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        for shard in &self.shards {
+            // SQLite's -wal and -shm files and the doorbell live beside the canonical
+            // path (a symlink's target).
+            let db = std::fs::canonicalize(&shard.path).unwrap_or_else(|_| shard.path.clone());
+            for suffix in ["-wal", "-shm"] {
+                let mut name = db.as_os_str().to_owned();
+                name.push(suffix);
+                files.push(PathBuf::from(name));
+            }
+            files.push(Bell::path_for(&db));
+            files.push(db);
+        }
+        files.extend(self.dir.clone());
+        Ok(files)
     }
 
     fn warnings(&self) -> Vec<String> {
