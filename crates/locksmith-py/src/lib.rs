@@ -14,6 +14,8 @@ mod rwlock;
 mod semaphore;
 mod space;
 mod sync;
+mod sync_barrier;
+mod sync_condition;
 mod threading;
 mod wait;
 
@@ -36,6 +38,8 @@ fn _locksmith(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sync::PlacedMutex>()?;
     m.add_class::<sync::PlacedSemaphore>()?;
     m.add_class::<sync::PlacedEvent>()?;
+    m.add_class::<sync_condition::PlacedCondition>()?;
+    m.add_class::<sync_barrier::PlacedBarrier>()?;
     m.add_class::<averager::Averager>()?;
     m.add_class::<event::Event>()?;
     m.add_class::<barrier::Barrier>()?;

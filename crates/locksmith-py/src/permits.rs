@@ -17,7 +17,10 @@ pub(crate) trait Acquire: Clone + Send + Sync + 'static {
     fn try_acquire(&self) -> locksmith::Result<Option<locksmith::Guard>>;
     fn acquire_timeout(&self, d: Duration) -> locksmith::Result<Option<locksmith::Guard>>;
     /// Acquires, waiting at most `timeout` (`None`: as long as it takes).
-    fn acquire_for(&self, timeout: Option<Duration>) -> locksmith::Result<Option<locksmith::Guard>> {
+    fn acquire_for(
+        &self,
+        timeout: Option<Duration>,
+    ) -> locksmith::Result<Option<locksmith::Guard>> {
         match timeout {
             Some(d) => self.acquire_timeout(d),
             None => self.acquire_forever().map(Some),

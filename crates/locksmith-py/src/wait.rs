@@ -174,19 +174,7 @@ where
                 Some(left)
             }
         };
-        let mut raised: Option<PyErr> = None;
-        let (got, _) = py.detach(|| {
-            let mut stop = || {
-                Python::attach(|py| match py.check_signals() {
-                    Ok(()) => false,
-                    Err(e) => {
-                        raised = Some(e);
-                        true
-                    }
-                })
-            };
-            locksmith::interrupt::checked(slice_len, &mut stop, || attempt(left))
-        });
+        let (got, raised) = detached_checked(py, slice_len, || attempt(left));
         if let Some(e) = raised {
             // A grant that came all the same is given back (dropping it releases).
             drop(got);
@@ -196,6 +184,30 @@ where
             return Ok(Some(got));
         }
     }
+}
+
+/// Runs `f` without the GIL under [`locksmith::interrupt::checked`]: every `slice_len`
+/// of a wait in `f`, signal handlers run; the exception of one that raised is the second
+/// answer, and it made the wait give up (see `checked` for how each wait does).
+pub(crate) fn detached_checked<R: Send>(
+    py: Python<'_>,
+    slice_len: Duration,
+    f: impl FnOnce() -> R + Send,
+) -> (R, Option<PyErr>) {
+    let mut raised: Option<PyErr> = None;
+    let (out, _) = py.detach(|| {
+        let mut stop = || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => false,
+                Err(e) => {
+                    raised = Some(e);
+                    true
+                }
+            })
+        };
+        locksmith::interrupt::checked(slice_len, &mut stop, f)
+    });
+    (out, raised)
 }
 
 static FORKS: AtomicU64 = AtomicU64::new(0);

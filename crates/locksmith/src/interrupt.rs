@@ -18,11 +18,14 @@ thread_local! {
     static CHECK: RefCell<*mut Check<'static>> = const { RefCell::new(std::ptr::null_mut()) };
 }
 
-/// Runs `f` so that every blocking acquisition of a Lock, RLock, Semaphore,
-/// BoundedSemaphore, RwLock side or Condition's lock that `f` makes on this thread
-/// calls `stop` at least every `every` while it waits; when `stop` answers `true`, the
-/// wait gives up as though its time had run out (it leaves the queue, and a grant
-/// that raced the stop is passed on).
+/// Runs `f` so that the waits `f` makes on this thread call `stop` at least every
+/// `every` while they wait; when `stop` answers `true`, the wait gives up as though its
+/// time had run out. The waits that do: a blocking acquisition of a Lock, RLock,
+/// Semaphore, BoundedSemaphore, RwLock side or Condition's lock (it leaves the queue,
+/// and a grant that raced the stop is passed on), and the placed
+/// [`shm::Condition`](crate::shm::Condition)'s wait (which takes its mutex back) and
+/// [`shm::Barrier`](crate::shm::Barrier)'s (which breaks the barrier, as a timeout
+/// does).
 ///
 /// Whether `stop` stopped a wait is [`checked`]'s second answer. `stop` runs on the
 /// calling thread, between a wait's sleeps, never while a store step is under way.
@@ -42,7 +45,11 @@ thread_local! {
 /// drop(held);
 /// # Ok::<(), locksmith::Error>(())
 /// ```
-pub fn checked<R>(every: Duration, stop: &mut dyn FnMut() -> bool, f: impl FnOnce() -> R) -> (R, bool) {
+pub fn checked<R>(
+    every: Duration,
+    stop: &mut dyn FnMut() -> bool,
+    f: impl FnOnce() -> R,
+) -> (R, bool) {
     let mut check = Check {
         every: every.max(Duration::from_millis(1)),
         stop,
@@ -78,6 +85,17 @@ pub(crate) fn sleep_until(until: Option<Instant>) -> Option<Instant> {
         (Some(every), None) => Some(Instant::now() + every),
         (Some(every), Some(until)) => Some(until.min(Instant::now() + every)),
     }
+}
+
+/// How long a placed primitive's futex wait may sleep: `slice`, or less under
+/// [`checked`].
+pub(crate) fn slice(slice: Duration) -> Duration {
+    let every = CHECK.with(|c| {
+        let p = *c.borrow();
+        // SAFETY: as in `sleep_until`.
+        (!p.is_null()).then(|| unsafe { (*p).every })
+    });
+    every.map_or(slice, |every| slice.min(every))
 }
 
 /// Whether the wait of this thread should give up: asks the `stop` of the enclosing

@@ -322,7 +322,9 @@ impl<'a> Barrier<'a> {
             } else {
                 false
             };
-            if dead || deadline.passed() {
+            // A caller that stops the wait (`interrupt::checked`) leaves as a timeout
+            // does: the party will not come, so the barrier breaks.
+            if dead || deadline.passed() || crate::interrupt::stop() {
                 // Break this generation, unless it was released meanwhile.
                 if raw
                     .state
@@ -334,7 +336,8 @@ impl<'a> Barrier<'a> {
                 }
                 continue;
             }
-            sys::futex_wait(&raw.state, w, Some(deadline.slice(interval)), self.shared());
+            let slice = crate::interrupt::slice(deadline.slice(interval));
+            sys::futex_wait(&raw.state, w, Some(slice), self.shared());
         }
     }
 
