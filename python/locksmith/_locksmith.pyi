@@ -384,6 +384,17 @@ class _ThreadingConditionLock(_ThreadingLockBase):
     def _wait(self, timeout: float | None = None) -> bool: ...
     def _notify(self, n: int = 1) -> int: ...
 
+@final
+class _ConditionOverLock:
+    def __new__(cls, name: str, lock_name: str, rlock: bool, store: str) -> Self: ...
+    def _wait(
+        self,
+        release: Callable[[], Any],
+        restore: Callable[[Any], Any],
+        timeout: float | None = None,
+    ) -> bool: ...
+    def _notify(self, n: int) -> int: ...
+
 @disjoint_base
 class _ThreadingSemaphore:
     def __new__(

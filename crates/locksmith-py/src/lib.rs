@@ -5,6 +5,7 @@ mod aio;
 mod averager;
 mod barrier;
 mod condition;
+mod condition_lock;
 mod errors;
 mod event;
 mod guard;
@@ -35,6 +36,7 @@ fn _locksmith(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<semaphore::Semaphore>()?;
     m.add_class::<semaphore::BoundedSemaphore>()?;
     m.add_class::<condition::Condition>()?;
+    m.add_class::<condition_lock::ConditionOverLock>()?;
     m.add_class::<sync::PlacedMutex>()?;
     m.add_class::<sync::PlacedSemaphore>()?;
     m.add_class::<sync::PlacedEvent>()?;
