@@ -234,20 +234,44 @@ class Event(_asyncio.Event):
 
 
 class _NamedEvent(Event):
+    """A named ``Event``: the store's flag. This loop's waiters also wait in a local
+    queue that ``set()`` here completes at once (asyncio's timing); a ``set()`` from
+    another process reaches them through the native wait."""
+
     def __init__(self, *, name: Optional[str] = None, store: Optional[str] = None) -> None:
         super().__init__()
         assert name is not None
-        self._native = _locksmith.Event(name, _space(store))
+        space = _space(store)
+        self._native = _locksmith.Event(name, space)
+        self._key = ("Event", space.url, name)
 
     @property
     def name(self) -> str:
         return str(self._native.name)
+
+    @property  # type: ignore[override]
+    def _waiters(self) -> Any:
+        try:
+            return _gate(self._key, _deque)
+        except RuntimeError:  # no running loop: nobody waits, but code may look
+            return self.__dict__.setdefault("_idle_waiters", _deque())
+
+    @_waiters.setter
+    def _waiters(self, value: Any) -> None:
+        pass  # asyncio.Event.__init__ sets it; each loop has its own
 
     def is_set(self) -> bool:
         return bool(self._native.is_set())
 
     def set(self) -> None:
         self._native.set()
+        try:
+            waiters = _gate(self._key, _deque)
+        except RuntimeError:
+            return
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(True)
 
     def clear(self) -> None:
         self._native.clear()
@@ -255,18 +279,34 @@ class _NamedEvent(Event):
     async def wait(self) -> bool:
         if self._native.is_set():
             return True
-        return bool(await self._native.wait_async())
+        waiters = _gate(self._key, _deque)
+        fut = _asyncio.get_running_loop().create_future()
+        waiters.append(fut)
+        native = self._native.wait_async()
+
+        def woken(done: Any) -> None:
+            if not fut.done() and not done.cancelled() and done.exception() is None:
+                fut.set_result(True)
+
+        native.add_done_callback(woken)
+        try:
+            return bool(await fut)
+        finally:
+            waiters.remove(fut)
+            native.cancel()
 
     def __repr__(self) -> str:
-        state = "set" if self.is_set() else "unset"
-        return f"<locksmith.asyncio.Event object at {id(self):#x} name={self.name!r} [{state}]>"
+        extra = "set" if self.is_set() else "unset"
+        if self._waiters:
+            extra = f"{extra}, waiters:{len(self._waiters)}"
+        return f"<locksmith.asyncio.Event object at {id(self):#x} name={self.name!r} [{extra}]>"
 
 
 class Semaphore(_asyncio.Semaphore):
     """asyncio's ``Semaphore(value=1)``: ``await acquire()``, ``release()``,
     ``locked()``, ``async with``. With ``name=``, the store's semaphore of that name
     (whose value is fixed by its first user): ``release()`` gives back an acquisition
-    made through this object, and a ``RuntimeError`` when there is none."""
+    made through this object, or when there is none raises the count, as asyncio's."""
 
     def __new__(cls, *args: Any, name: Optional[str] = None, store: Optional[str] = None,
                 **kwargs: Any) -> Any:
@@ -282,8 +322,8 @@ class Semaphore(_asyncio.Semaphore):
 
 class BoundedSemaphore(Semaphore, _asyncio.BoundedSemaphore):
     """asyncio's ``BoundedSemaphore``: a release past the initial value raises
-    ``ValueError``. A named one is bounded by construction (only acquisitions are
-    released)."""
+    ``ValueError`` (a named one: the store's bounded semaphore, which refuses it in
+    every process)."""
 
     def __init__(self, value: int = 1, *, name: Optional[str] = None,
                  store: Optional[str] = None) -> None:
@@ -296,7 +336,9 @@ class _NamedSemaphore(Semaphore):
         super().__init__(value)
         assert name is not None
         self._space = _space(store)
-        self._native = _locksmith.Semaphore(name, value, self._space)
+        native = (_locksmith.BoundedSemaphore if isinstance(self, BoundedSemaphore)
+                  else _locksmith.Semaphore)
+        self._native = native(name, value, self._space)
         self._key = ("Semaphore", self._space.url, name)
         self._remote = _remote(self._space)
         self._guards: Deque[Any] = _deque()  # (guard, the gate it passed)
@@ -305,21 +347,57 @@ class _NamedSemaphore(Semaphore):
     def name(self) -> str:
         return str(self._native.name)
 
-    def _held(self) -> int:
-        return sum(h.count for h in self._space.holders(self._native.name))
+    def _gate(self) -> Any:
+        value = self._native.initial_value
+        return _gate(self._key, lambda: _asyncio.Semaphore(value))
+
+    @property  # type: ignore[override]
+    def _waiters(self) -> Any:
+        # The queue of this loop's gate: asyncio's own, so code that reads it works.
+        try:
+            return self._gate()._waiters
+        except RuntimeError:  # no running loop
+            return None
+
+    @_waiters.setter
+    def _waiters(self, value: Any) -> None:
+        if "_native" not in self.__dict__:
+            return  # asyncio.Semaphore.__init__ sets it; each loop's gate has its own
+        try:
+            self._gate()._waiters = value
+        except RuntimeError:
+            pass
+
+    @property  # type: ignore[override]
+    def _value(self) -> Any:
+        try:
+            return self._gate()._value
+        except RuntimeError:  # no running loop
+            return self._native.value()
+
+    @_value.setter
+    def _value(self, value: Any) -> None:
+        pass  # asyncio.Semaphore.__init__ sets it; each loop's gate has its own
 
     def locked(self) -> bool:
-        return self._held() >= self._native.initial_value
+        return bool(self._native.value() == 0)
 
     async def acquire(self) -> bool:
-        value = self._native.initial_value
-        gate = _gate(self._key, lambda: _asyncio.Semaphore(value))
+        gate = self._gate()
         self._guards.append((await _acquire_gated(self._native, gate), gate))
         return True
 
     def release(self) -> None:
         if not self._guards:
-            raise RuntimeError("no acquisition through this object to release")
+            # asyncio's signalling release: one more permit in the store (a bounded
+            # semaphore refuses past its initial value: ValueError, nothing changed),
+            # and one more at this loop's gate.
+            self._native.release()
+            try:
+                self._gate().release()
+            except RuntimeError:  # no running loop: no gate to open
+                pass
+            return
         guard, gate = self._guards.popleft()
         try:
             guard.release()
@@ -331,7 +409,8 @@ class _NamedSemaphore(Semaphore):
 
     async def __aexit__(self, *exc: Any) -> None:
         if not self._guards:
-            raise RuntimeError("no acquisition through this object to release")
+            self.release()
+            return
         guard, gate = self._guards.popleft()
         try:
             if self._remote:
@@ -342,11 +421,13 @@ class _NamedSemaphore(Semaphore):
             gate.release()
 
     def __repr__(self) -> str:
-        value = self._native.initial_value - self._held()
+        value = self._native.value()
         kind = "BoundedSemaphore" if isinstance(self, BoundedSemaphore) else "Semaphore"
-        state = "locked" if value <= 0 else "unlocked"
+        extra = "locked" if value == 0 else f"unlocked, value:{value}"
+        if self._waiters:
+            extra = f"{extra}, waiters:{len(self._waiters)}"
         return (f"<locksmith.asyncio.{kind} object at {id(self):#x} name={self.name!r} "
-                f"[{state}, value:{value}]>")
+                f"[{extra}]>")
 
 
 class _NamedBoundedSemaphore(_NamedSemaphore, BoundedSemaphore):

@@ -214,7 +214,7 @@ def test_named_semaphore_and_event(store):
         url = store
         sem = la.BoundedSemaphore(2, name="slots", store=url)
         assert isinstance(sem, la.BoundedSemaphore)
-        twin = la.Semaphore(2, name="slots", store=url)
+        twin = la.BoundedSemaphore(2, name="slots", store=url)
         async with sem:
             await twin.acquire()
             assert sem.locked() and twin.locked()
@@ -225,8 +225,16 @@ def test_named_semaphore_and_event(store):
             assert await asyncio.wait_for(blocked, 30)
             sem.release()
         assert not sem.locked()
-        with pytest.raises(RuntimeError):
-            twin.release()  # nothing acquired through it
+        with pytest.raises(ValueError):
+            twin.release()  # nothing acquired through it, and the bound is reached
+        assert twin._native.value() == 2
+        plain = la.Semaphore(0, name="signals", store=url)
+        plain.release()  # asyncio's signalling release: one more permit
+        assert not plain.locked() and plain._native.value() == 1
+        other = la.Semaphore(0, name="signals", store=url)
+        await other.acquire()
+        assert plain.locked()
+        other.release()
 
         ev = la.Event(name="go", store=url)
         waiter = asyncio.create_task(la.Event(name="go", store=url).wait())

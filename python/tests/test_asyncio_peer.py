@@ -71,10 +71,33 @@ class _NamedLocksIn(_AimedAtLocksmith):
                     return la.Lock(*args, **kwargs)  # type: ignore[arg-type]
                 return la.Lock(name=f"peer-{next(_names)}", store=store)
 
+        class Event(la.Event):
+            def __new__(cls, *args: object, **kwargs: object) -> la.Event:  # type: ignore[misc]
+                if args or kwargs:
+                    return la.Event(*args, **kwargs)  # type: ignore[arg-type]
+                return la.Event(name=f"peer-{next(_names)}", store=store)
+
+        class Semaphore(la.Semaphore):
+            def __new__(cls, value: int = 1, *args: object,  # type: ignore[misc]
+                        **kwargs: object) -> la.Semaphore:
+                if args or kwargs or not isinstance(value, int) or value < 0:
+                    return la.Semaphore(value, *args, **kwargs)  # type: ignore[arg-type]
+                return la.Semaphore(value, name=f"peer-{next(_names)}", store=store)
+
+        class BoundedSemaphore(la.BoundedSemaphore):
+            def __new__(cls, value: int = 1, *args: object,  # type: ignore[misc]
+                        **kwargs: object) -> la.BoundedSemaphore:
+                if args or kwargs or not isinstance(value, int) or value < 0:
+                    return la.BoundedSemaphore(value, *args, **kwargs)  # type: ignore[arg-type]
+                return la.BoundedSemaphore(value, name=f"peer-{next(_names)}", store=store)
+
         module = _Ours("asyncio")
         for name in la.__all__:
             setattr(module, name, getattr(la, name))
         module.Lock = Lock  # type: ignore[attr-defined]
+        module.Event = Event  # type: ignore[attr-defined]
+        module.Semaphore = Semaphore  # type: ignore[attr-defined]
+        module.BoundedSemaphore = BoundedSemaphore  # type: ignore[attr-defined]
         return module
 
 
@@ -97,6 +120,14 @@ class TestNamedLockPeerSqlite(_NamedLocksIn, peer.LockTests):
 
 class TestEventPeer(_AimedAtLocksmith, peer.EventTests):
     pass
+
+
+class TestNamedEventPeerMem(_NamedLocksIn, peer.EventTests):
+    store = "mem:asyncio-peer"
+
+
+class TestNamedSemaphorePeerMem(_NamedLocksIn, peer.SemaphoreTests):
+    store = "mem:asyncio-peer"
 
 
 class TestConditionPeer(_AimedAtLocksmith, peer.ConditionTests):
