@@ -4,9 +4,10 @@ derives from CPython's and, for each test, points the name ``asyncio`` in CPytho
 module at a module whose ``Lock``, ``Event``, ``Condition``, ``Semaphore``,
 ``BoundedSemaphore`` and ``Barrier`` are ours (everything else is asyncio's).
 
-All five classes run against the anonymous objects; ``LockTests`` also runs against
-named locks (each ``asyncio.Lock()`` of a test is a lock of a new name) on ``mem:`` and
-on ``sqlite:``, a store shared by processes. Skipped tests (each reaches into
+All five classes run against the anonymous objects; ``LockTests``, ``EventTests`` and
+``SemaphoreTests`` also run against named objects (each ``asyncio.Lock()``,
+``Event()``, ``Semaphore(n)`` or ``BoundedSemaphore(n)`` of a test is one of a new name)
+on ``mem:`` and on ``sqlite:``, a store shared by processes. Skipped tests (each reaches into
 CPython-private state) would be listed in ``SKIPS`` with their reasons: none is.
 """
 
@@ -128,6 +129,23 @@ class TestNamedEventPeerMem(_NamedLocksIn, peer.EventTests):
 
 class TestNamedSemaphorePeerMem(_NamedLocksIn, peer.SemaphoreTests):
     store = "mem:asyncio-peer"
+
+
+class _InSqlite:
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()  # type: ignore[misc]
+        directory = tempfile.TemporaryDirectory()
+        cls.addClassCleanup(directory.cleanup)  # type: ignore[attr-defined]
+        cls.store = f"sqlite:{directory.name}/peer.sqlite"
+
+
+class TestNamedEventPeerSqlite(_InSqlite, _NamedLocksIn, peer.EventTests):
+    pass
+
+
+class TestNamedSemaphorePeerSqlite(_InSqlite, _NamedLocksIn, peer.SemaphoreTests):
+    pass
 
 
 class TestConditionPeer(_AimedAtLocksmith, peer.ConditionTests):
