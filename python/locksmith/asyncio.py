@@ -24,10 +24,15 @@ On a network store (``redis://``) ``async with`` releases with the guard's async
 or Semaphore) before the store, so among themselves they keep asyncio's order and
 hand-off timing; the gate's holders meet other processes in the store's order.
 
-``Condition`` and ``Barrier`` are anonymous only: the native ones wait by blocking a
-thread, which an event loop must not do. A ``Condition`` may use a named ``Lock``
-(``Condition(Lock(name=...))``): mutual exclusion then spans processes, but ``notify``
-wakes only this loop's waiters.
+A named ``Condition`` (``Condition(name=..., store=...)``) keeps its lock and its
+sleepers in the store, so ``notify`` wakes waiters of every process; its waits are the
+native async waits (the loop never blocks), and a cancelled ``wait`` takes the lock
+again before the cancellation propagates, as asyncio's. Its ``notify`` and ``release``
+(like the named Lock's ``release``) are synchronous store steps. A named ``Barrier``
+(CPython 3.11 and later) waits likewise; a cancelled wait breaks it for every party (an
+arrival cannot be taken back), as a timeout does. An anonymous ``Condition`` may use a
+named ``Lock`` (``Condition(Lock(name=...))``): mutual exclusion then spans processes,
+but ``notify`` wakes only this loop's waiters.
 """
 
 from __future__ import annotations
@@ -442,16 +447,200 @@ for _cls, _public in ((_NamedLock, "Lock"), (_NamedEvent, "Event"),
 
 
 class Condition(_asyncio.Condition):
-    """asyncio's ``Condition(lock=None)`` over this module's ``Lock`` by default. Anonymous
-    only (``notify`` wakes this loop's waiters), though its lock may be a named one."""
+    """asyncio's ``Condition(lock=None)`` over this module's ``Lock`` by default.
+    ``Condition(name=..., store=...)`` is the store's condition of that name: its lock
+    and its sleepers live in the store, so ``notify`` wakes waiters of every process."""
 
-    def __init__(self, lock: Any = None) -> None:
+    def __new__(cls, *args: Any, name: Optional[str] = None, store: Optional[str] = None,
+                **kwargs: Any) -> Any:
+        if cls is Condition and _named(cls, name, store):
+            return object.__new__(_NamedCondition)
+        return object.__new__(cls)
+
+    def __init__(self, lock: Any = None, *, name: Optional[str] = None,
+                 store: Optional[str] = None) -> None:
         super().__init__(Lock() if lock is None else lock)
+
+
+async def _take_back(acquire: Any) -> None:
+    """Takes a condition's lock again after a wait ended by cancellation, as asyncio's
+    does: cancellations meanwhile are held back until the lock is held."""
+    cancelled = False
+    while True:
+        try:
+            await acquire()
+            break
+        except _asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise _asyncio.CancelledError
+
+
+class _NamedCondition(Condition):
+    """A named ``Condition``: the store's condition, whose lock is held through guards
+    of this object (one task at a time: async holds are each their own owner)."""
+
+    def __init__(self, lock: Any = None, *, name: Optional[str] = None,
+                 store: Optional[str] = None) -> None:
+        if lock is not None:
+            raise ValueError("a Condition shared by name brings its own lock: "
+                             "give a lock or a name, not both")
+        assert name is not None
+        space = _space(store)
+        self._native = _locksmith.Condition(name, space)
+        self._remote = _remote(space)
+        self._guards: Deque[Any] = _deque()
+        self._waiters = _deque()  # asyncio's attribute; the sleepers are in the store
+
+    @property
+    def name(self) -> str:
+        return str(self._native.name)
+
+    def locked(self) -> bool:
+        return bool(self._guards)
+
+    async def acquire(self) -> bool:
+        future = self._native.acquire_async()
+        try:
+            guard = await future
+        except _asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                raced = future.result()
+                if raced is not None:
+                    raced.release()
+            raise
+        self._guards.append(guard)
+        return True
+
+    def release(self) -> None:
+        if not self._guards:
+            raise RuntimeError("Lock is not acquired.")
+        self._guards.popleft().release()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if not self._guards:
+            raise RuntimeError("Lock is not acquired.")
+        guard = self._guards.popleft()
+        if self._remote:
+            await guard.release_async()
+        else:
+            guard.release()
+
+    async def wait(self) -> bool:
+        """Releases the lock, sleeps until notified (by any process), and takes the lock
+        again, also when cancelled (as asyncio's)."""
+        if not self._guards:
+            raise RuntimeError("cannot wait on un-acquired lock")
+        guard = self._guards[0]
+        future = self._native.wait_async(guard)
+        try:
+            await future
+            return True
+        except _asyncio.CancelledError:
+            # The lock again, unless the wait took it back just before the cancel.
+            if not guard.is_held():
+                self._guards.remove(guard)
+                guard.release()  # ended: this only marks the guard released
+                await _take_back(self.acquire)
+            raise
+        except BaseException:
+            if not guard.is_held():
+                self._guards.remove(guard)
+                guard.release()
+                await _take_back(self.acquire)
+            raise
+
+    async def wait_for(self, predicate: Any) -> Any:
+        result = predicate()
+        while not result:
+            await self.wait()
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        if not self._guards:
+            raise RuntimeError("cannot notify on un-acquired lock")
+        if n > 0:
+            self._native.notify(n)
+
+    def notify_all(self) -> None:
+        if not self._guards:
+            raise RuntimeError("cannot notify on un-acquired lock")
+        self._native.notify_all()
+
+    def __repr__(self) -> str:
+        state = "locked" if self.locked() else "unlocked"
+        return (f"<locksmith.asyncio.Condition object at {id(self):#x} "
+                f"name={self.name!r} [{state}]>")
+
+
+_NamedCondition.__name__ = _NamedCondition.__qualname__ = "Condition"
 
 
 if hasattr(_asyncio, "Barrier"):  # CPython 3.11 and later
 
     class Barrier(_asyncio.Barrier):
         """asyncio's ``Barrier(parties)``: ``await wait()``, ``reset()``, ``abort()``,
-        ``parties``, ``n_waiting``, ``broken``. Anonymous only (CPython 3.11 and
-        later, as asyncio's)."""
+        ``parties``, ``n_waiting``, ``broken`` (CPython 3.11 and later, as asyncio's).
+        ``Barrier(parties, name=..., store=...)`` is the store's barrier of that name,
+        whose parties may be tasks of several processes."""
+
+        def __new__(cls, *args: Any, name: Optional[str] = None,
+                    store: Optional[str] = None, **kwargs: Any) -> Any:
+            if cls is Barrier and _named(cls, name, store):
+                return object.__new__(_NamedBarrier)
+            return object.__new__(cls)
+
+        def __init__(self, parties: int, *, name: Optional[str] = None,
+                     store: Optional[str] = None) -> None:
+            super().__init__(parties)
+
+    class _NamedBarrier(Barrier):
+        """A named ``Barrier``. A wait's arrival cannot be taken back: cancelling it
+        breaks the barrier for every party, as a timeout does."""
+
+        def __init__(self, parties: int, *, name: Optional[str] = None,
+                     store: Optional[str] = None) -> None:
+            if parties < 1:
+                raise ValueError("parties must be > 0")
+            assert name is not None
+            self._native = _locksmith.Barrier(name, parties, _space(store))
+
+        @property
+        def name(self) -> str:
+            return str(self._native.name)
+
+        async def wait(self) -> int:
+            try:
+                return int(await self._native.wait_async())
+            except _locksmith.BrokenBarrier as e:
+                raise _asyncio.BrokenBarrierError(str(e)) from e
+
+        async def reset(self) -> None:
+            self._native.reset()
+
+        async def abort(self) -> None:
+            self._native.abort()
+
+        @property
+        def parties(self) -> int:
+            return int(self._native.parties)
+
+        @property
+        def n_waiting(self) -> int:
+            return int(self._native.n_waiting)
+
+        @property
+        def broken(self) -> bool:
+            return bool(self._native.broken)
+
+        def __repr__(self) -> str:
+            state = "broken" if self.broken else "filling"
+            return (f"<locksmith.asyncio.Barrier object at {id(self):#x} "
+                    f"name={self.name!r} [{state}, waiters:{self.n_waiting}/"
+                    f"{self.parties}]>")
+
+    _NamedBarrier.__name__ = _NamedBarrier.__qualname__ = "Barrier"
