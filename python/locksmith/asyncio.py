@@ -534,24 +534,22 @@ class _NamedCondition(Condition):
         again, also when cancelled (as asyncio's)."""
         if not self._guards:
             raise RuntimeError("cannot wait on un-acquired lock")
-        guard = self._guards[0]
+        # Out of the holds while it sleeps: another task may take the lock meanwhile.
+        guard = self._guards.popleft()
         future = self._native.wait_async(guard)
         try:
             await future
-            return True
-        except _asyncio.CancelledError:
-            # The lock again, unless the wait took it back just before the cancel.
-            if not guard.is_held():
-                self._guards.remove(guard)
+        except BaseException:
+            # Cancelled (or failed): the lock again, unless the wait took it back just
+            # before the cancel.
+            if guard.is_held():
+                self._guards.append(guard)
+            else:
                 guard.release()  # ended: this only marks the guard released
                 await _take_back(self.acquire)
             raise
-        except BaseException:
-            if not guard.is_held():
-                self._guards.remove(guard)
-                guard.release()
-                await _take_back(self.acquire)
-            raise
+        self._guards.append(guard)
+        return True
 
     async def wait_for(self, predicate: Any) -> Any:
         result = predicate()
@@ -618,6 +616,13 @@ if hasattr(_asyncio, "Barrier"):  # CPython 3.11 and later
                 return int(await self._native.wait_async())
             except _locksmith.BrokenBarrier as e:
                 raise _asyncio.BrokenBarrierError(str(e)) from e
+            except _asyncio.CancelledError:
+                # The core breaks the barrier when a wait is dropped after its arrival
+                # step answered; an arrival whose answer was still on its way (a
+                # network store) is broken here.
+                if not self._native.broken:
+                    self._native.abort()
+                raise
 
         async def reset(self) -> None:
             self._native.reset()
