@@ -38,8 +38,10 @@ impl ConditionOverLock {
             let with = if rlock {
                 cond.clone().with_lock(&s.rlock(&lock_name))
             } else {
-                cond.clone()
-                    .with_lock(&s.lock(&lock_name).ownership(locksmith::Ownership::Acquisition))
+                cond.clone().with_lock(
+                    &s.lock(&lock_name)
+                        .ownership(locksmith::Ownership::Acquisition),
+                )
             };
             // One space for both: `with_lock` refuses only a lock of another store.
             with.unwrap_or(cond)
