@@ -101,15 +101,19 @@ pub(crate) fn slice(slice: Duration) -> Duration {
 /// Whether the wait of this thread should give up: asks the `stop` of the enclosing
 /// [`checked`] call (once it said yes, the answer stays yes); `false` outside one.
 pub(crate) fn stop() -> bool {
-    let p = CHECK.with(|c| *c.borrow());
+    // Withdrawn while `stop` runs: a wait that `stop` itself makes (a Python signal
+    // handler that takes a lock) then runs unchecked instead of calling it again.
+    let p = CHECK.with(|c| c.replace(std::ptr::null_mut()));
     if p.is_null() {
         return false;
     }
-    // SAFETY: as in `sleep_until`; the RefCell is not borrowed while `stop` runs, so a
-    // `checked` call inside it publishes and withdraws its own check cleanly.
+    // SAFETY: as in `sleep_until`; with the pointer withdrawn, nothing else reaches
+    // the check while this reference lives.
     let check = unsafe { &mut *p };
     if !check.stopped {
         check.stopped = (check.stop)();
     }
-    check.stopped
+    let stopped = check.stopped;
+    CHECK.with(|c| *c.borrow_mut() = p);
+    stopped
 }
