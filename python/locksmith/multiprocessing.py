@@ -30,8 +30,10 @@ import multiprocessing as _mp
 import os
 import secrets
 import threading as _threading
+import time as _time
 from typing import Any, Callable, Optional
 
+from locksmith import _locksmith
 from locksmith import threading as _lt
 
 __all__ = [
@@ -240,43 +242,119 @@ class Event(_Shared):
 
 
 class Condition(_Shared):
-    """multiprocessing's ``Condition()``: a re-entrant lock and its sleepers, in the
-    store, so ``notify(n)`` wakes waiters of any process. A caller's lock is not
-    supported yet (``TypeError``)."""
+    """multiprocessing's ``Condition(lock=None)``, in the store, so ``notify(n)`` wakes
+    waiters of any process. Without a lock it brings its own re-entrant one; with a
+    caller's ``Lock`` or ``RLock`` of this module (of the same store) it uses that one:
+    a wait registers its sleeper in the store, then releases the lock (every level of an
+    RLock), so no notification is lost."""
 
     _kind = _lt.Condition
-    __slots__ = ()
+    __slots__ = ("_lock",)
 
     def __init__(self, lock: Any = None, *, name: Optional[str] = None,
                  store: Optional[str] = None) -> None:
-        if lock is not None:
-            raise TypeError("locksmith.multiprocessing.Condition brings its own lock")
-        super().__init__(name=name, store=store)
+        self._lock = None
+        if lock is None:
+            super().__init__(name=name, store=store)
+            return
+        if not isinstance(lock, Lock):
+            raise TypeError("Condition(lock) takes a Lock or RLock of "
+                            f"locksmith.multiprocessing, not {type(lock).__name__}")
+        if store is not None and store != lock.store:
+            raise ValueError("a Condition and its lock live in one store")
+        self._name = name if name is not None else _fresh()
+        self._store = lock.store
+        self._args = ()
+        self._lock = lock
+        self._impl = self._over(lock)
+
+    def _over(self, lock: Lock) -> Any:
+        return _locksmith._ConditionOverLock(self._name, lock.name,
+                                             isinstance(lock, RLock), self._store)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["lock"] = self._lock
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._lock = state.get("lock")
+        if self._lock is None:
+            super().__setstate__(state)
+            return
+        self._name, self._store, self._args = state["name"], state["store"], state["args"]
+        self._impl = self._over(self._lock)
 
     def acquire(self, block: bool = True, timeout: Optional[float] = None) -> bool:
+        if self._lock is not None:
+            return self._lock.acquire(block, timeout)
         return self._impl.acquire(*_timeout(block, timeout))
 
     def release(self) -> None:
-        self._impl.release()
+        if self._lock is not None:
+            self._lock.release()
+        else:
+            self._impl.release()
 
     def __enter__(self) -> bool:
+        if self._lock is not None:
+            return self._lock.__enter__()
         return self._impl.acquire()
 
     def __exit__(self, *exc: Any) -> None:
-        self._impl.release()
+        self.release()
+
+    def _owned(self) -> bool:
+        lock = self._lock
+        assert lock is not None
+        if isinstance(lock, RLock):
+            return lock._is_owned()
+        return lock.locked()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
-        return self._impl.wait(timeout)
+        lock = self._lock
+        if lock is None:
+            return self._impl.wait(timeout)
+        if not self._owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        if timeout is not None:
+            timeout = max(float(timeout), 0.0)
+        if isinstance(lock, RLock):
+            return self._impl._wait(lock._impl._release_save, lock._impl._acquire_restore,
+                                    timeout)
+        return self._impl._wait(lock._impl.release, lambda _state: lock._impl.acquire(),
+                                timeout)
 
     def wait_for(self, predicate: Callable[[], Any],
                  timeout: Optional[float] = None) -> Any:
-        return self._impl.wait_for(predicate, timeout)
+        if self._lock is None:
+            return self._impl.wait_for(predicate, timeout)
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        result = predicate()
+        while not result:
+            left = None
+            if deadline is not None:
+                left = deadline - _time.monotonic()
+                if left <= 0:
+                    break
+            self.wait(left)
+            result = predicate()
+        return result
 
     def notify(self, n: int = 1) -> None:
-        self._impl.notify(n)
+        if self._lock is None:
+            self._impl.notify(n)
+        elif n > 0:
+            self._impl._notify(n)
 
     def notify_all(self) -> None:
-        self._impl.notify_all()
+        if self._lock is None:
+            self._impl.notify_all()
+        else:
+            self._impl._notify(1 << 40)
+
+    def __repr__(self) -> str:
+        return f"<locksmith.Condition({self._lock or self._impl!r}) {self._name!r}>"
 
 
 class Barrier(_Shared):

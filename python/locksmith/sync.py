@@ -20,12 +20,30 @@ mutex whose owner died is taken over by the next acquirer, which finds
 The placed :class:`Semaphore` (``Semaphore(buf=None, /, value=1, *, shared=True,
 bounded=False)``: ``acquire(*, timeout=1)``, ``release()``, ``value``; permits a dead
 process held come back) and :class:`Event` (``set``, ``clear``, ``is_set``,
-``wait(*, timeout=None)``) have the same shape: ``SIZE``, ``initialize()``,
+``wait(*, timeout=None)``), :class:`Condition` (``Condition(buf=None, /, mutex=None, *,
+shared=True)`` over a placed ``Mutex``: ``wait(*, timeout=None)``,
+``wait_for(predicate, *, timeout=None)``, ``notify(n=1)``, ``notify_all()``, and the
+mutex's ``acquire``/``release``/``with``) and :class:`Barrier` (``Barrier(buf=None, /,
+parties=1, *, shared=True)``: ``wait(*, timeout=None)`` returns the arrival index,
+``abort()``, ``reset()``, ``leave()``, ``parties``, ``n_waiting``, ``broken``;
+:class:`BrokenBarrierError` is a ``SyncError`` with ``EPIPE`` and a
+``threading.BrokenBarrierError``) have the same shape: ``SIZE``, ``initialize()``,
 ``destroy()``, ``SyncError`` with an errno.
 """
 
 from locksmith._locksmith import Mutex, SyncError
+from locksmith._locksmith import PlacedBarrier as Barrier
+from locksmith._locksmith import PlacedCondition as Condition
 from locksmith._locksmith import PlacedEvent as Event
 from locksmith._locksmith import PlacedSemaphore as Semaphore
+from locksmith._locksmith import SyncBrokenBarrier as BrokenBarrierError
 
-__all__ = ["Event", "Mutex", "Semaphore", "SyncError"]
+__all__ = [
+    "Barrier",
+    "BrokenBarrierError",
+    "Condition",
+    "Event",
+    "Mutex",
+    "Semaphore",
+    "SyncError",
+]

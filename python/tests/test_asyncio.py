@@ -214,7 +214,7 @@ def test_named_semaphore_and_event(store):
         url = store
         sem = la.BoundedSemaphore(2, name="slots", store=url)
         assert isinstance(sem, la.BoundedSemaphore)
-        twin = la.Semaphore(2, name="slots", store=url)
+        twin = la.BoundedSemaphore(2, name="slots", store=url)
         async with sem:
             await twin.acquire()
             assert sem.locked() and twin.locked()
@@ -225,8 +225,16 @@ def test_named_semaphore_and_event(store):
             assert await asyncio.wait_for(blocked, 30)
             sem.release()
         assert not sem.locked()
-        with pytest.raises(RuntimeError):
-            twin.release()  # nothing acquired through it
+        with pytest.raises(ValueError):
+            twin.release()  # nothing acquired through it, and the bound is reached
+        assert twin._native.value() == 2
+        plain = la.Semaphore(0, name="signals", store=url)
+        plain.release()  # asyncio's signalling release: one more permit
+        assert not plain.locked() and plain._native.value() == 1
+        other = la.Semaphore(0, name="signals", store=url)
+        await other.acquire()
+        assert plain.locked()
+        other.release()
 
         ev = la.Event(name="go", store=url)
         waiter = asyncio.create_task(la.Event(name="go", store=url).wait())
@@ -262,3 +270,116 @@ def test_process_exits_cleanly_right_after_an_async_wait(store):
         run = subprocess.run([sys.executable, "-c", _EXIT_AFTER_ASYNC, url],
                              capture_output=True, timeout=60)
         assert run.returncode == 0, run.stderr.decode()
+
+
+def test_named_condition_in_one_loop(store):
+    async def main():
+        cond = la.Condition(name="cond", store=store)
+        assert isinstance(cond, la.Condition) and cond.name == "cond"
+        with pytest.raises(RuntimeError):
+            await cond.wait()  # not held
+        with pytest.raises(RuntimeError):
+            cond.notify()
+        items = []
+
+        async def consumer():
+            async with cond:
+                await cond.wait_for(lambda: items)
+                return items.pop()
+
+        task = asyncio.create_task(consumer())
+        await asyncio.sleep(0)
+        async with cond:
+            items.append("x")
+            cond.notify()
+        assert await asyncio.wait_for(task, 60) == "x"
+
+        # A cancelled wait holds the lock again before the cancellation propagates.
+        async def sleeper(state):
+            async with cond:
+                state.append("waiting")
+                try:
+                    await cond.wait()
+                except asyncio.CancelledError:
+                    state.append(cond.locked())
+                    raise
+
+        state = []
+        task = asyncio.create_task(sleeper(state))
+        while not state:
+            await asyncio.sleep(0)
+        async with cond:  # free only once the sleeper sleeps
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 60)
+        assert state == ["waiting", True]
+        assert not cond.locked()
+        with pytest.raises(ValueError):
+            la.Condition(la.Lock(), name="x", store=store)
+
+    asyncio.run(main())
+
+
+_COND_CHILD = textwrap.dedent("""
+    import asyncio, sys
+    from locksmith import asyncio as la
+    async def main(url):
+        cond = la.Condition(name="shared-cond", store=url)
+        barrier = la.Barrier(3, name="shared-barrier", store=url)
+        async with cond:
+            la.Event(name="sleeping", store=url).set()  # set while holding the lock
+            await cond.wait()
+        print(await barrier.wait(), flush=True)
+    asyncio.run(main(sys.argv[1]))
+""")
+
+
+def test_named_condition_and_barrier_across_processes(shared_store):
+    url = shared_store
+
+    async def main():
+        child = subprocess.Popen([sys.executable, "-c", _COND_CHILD, url],
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            await asyncio.wait_for(la.Event(name="sleeping", store=url).wait(), 60)
+            cond = la.Condition(name="shared-cond", store=url)
+            async with cond:  # free only once the child sleeps in its wait
+                cond.notify()
+            barrier = la.Barrier(3, name="shared-barrier", store=url)
+            assert barrier.parties == 3
+            mine = await asyncio.wait_for(
+                asyncio.gather(barrier.wait(), barrier.wait()), 60)
+            theirs = int(await asyncio.to_thread(child.stdout.readline))
+            assert sorted([*mine, theirs]) == [0, 1, 2]
+        finally:
+            child.stdout.close()
+            assert child.wait(60) == 0
+
+    asyncio.run(main())
+
+
+def test_named_barrier_cancel_and_abort(store):
+    async def main():
+        barrier = la.Barrier(2, name="b", store=store)
+        assert isinstance(barrier, la.Barrier)
+        waiter = asyncio.create_task(barrier.wait())
+        while barrier.n_waiting == 0:
+            await asyncio.sleep(0)
+        waiter.cancel()  # an arrival cannot be taken back: the barrier breaks
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        while not barrier.broken:  # the break is a store step on its way
+            await asyncio.sleep(0)
+        with pytest.raises(asyncio.BrokenBarrierError):
+            await barrier.wait()
+        await barrier.reset()
+        assert not barrier.broken
+        got = await asyncio.wait_for(asyncio.gather(barrier.wait(), barrier.wait()), 60)
+        assert sorted(got) == [0, 1]
+        await barrier.abort()
+        with pytest.raises(asyncio.BrokenBarrierError):
+            await barrier.wait()
+        with pytest.raises(ValueError):
+            la.Barrier(0, name="zero", store=store)
+
+    asyncio.run(main())

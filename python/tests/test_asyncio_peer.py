@@ -4,9 +4,10 @@ derives from CPython's and, for each test, points the name ``asyncio`` in CPytho
 module at a module whose ``Lock``, ``Event``, ``Condition``, ``Semaphore``,
 ``BoundedSemaphore`` and ``Barrier`` are ours (everything else is asyncio's).
 
-All five classes run against the anonymous objects; ``LockTests`` also runs against
-named locks (each ``asyncio.Lock()`` of a test is a lock of a new name) on ``mem:`` and
-on ``sqlite:``, a store shared by processes. Skipped tests (each reaches into
+All five classes run against the anonymous objects; ``LockTests``, ``EventTests`` and
+``SemaphoreTests`` also run against named objects (each ``asyncio.Lock()``,
+``Event()``, ``Semaphore(n)`` or ``BoundedSemaphore(n)`` of a test is one of a new name)
+on ``mem:`` and on ``sqlite:``, a store shared by processes. Skipped tests (each reaches into
 CPython-private state) would be listed in ``SKIPS`` with their reasons: none is.
 """
 
@@ -71,10 +72,33 @@ class _NamedLocksIn(_AimedAtLocksmith):
                     return la.Lock(*args, **kwargs)  # type: ignore[arg-type]
                 return la.Lock(name=f"peer-{next(_names)}", store=store)
 
+        class Event(la.Event):
+            def __new__(cls, *args: object, **kwargs: object) -> la.Event:  # type: ignore[misc]
+                if args or kwargs:
+                    return la.Event(*args, **kwargs)  # type: ignore[arg-type]
+                return la.Event(name=f"peer-{next(_names)}", store=store)
+
+        class Semaphore(la.Semaphore):
+            def __new__(cls, value: int = 1, *args: object,  # type: ignore[misc]
+                        **kwargs: object) -> la.Semaphore:
+                if args or kwargs or not isinstance(value, int) or value < 0:
+                    return la.Semaphore(value, *args, **kwargs)  # type: ignore[arg-type]
+                return la.Semaphore(value, name=f"peer-{next(_names)}", store=store)
+
+        class BoundedSemaphore(la.BoundedSemaphore):
+            def __new__(cls, value: int = 1, *args: object,  # type: ignore[misc]
+                        **kwargs: object) -> la.BoundedSemaphore:
+                if args or kwargs or not isinstance(value, int) or value < 0:
+                    return la.BoundedSemaphore(value, *args, **kwargs)  # type: ignore[arg-type]
+                return la.BoundedSemaphore(value, name=f"peer-{next(_names)}", store=store)
+
         module = _Ours("asyncio")
         for name in la.__all__:
             setattr(module, name, getattr(la, name))
         module.Lock = Lock  # type: ignore[attr-defined]
+        module.Event = Event  # type: ignore[attr-defined]
+        module.Semaphore = Semaphore  # type: ignore[attr-defined]
+        module.BoundedSemaphore = BoundedSemaphore  # type: ignore[attr-defined]
         return module
 
 
@@ -96,6 +120,31 @@ class TestNamedLockPeerSqlite(_NamedLocksIn, peer.LockTests):
 
 
 class TestEventPeer(_AimedAtLocksmith, peer.EventTests):
+    pass
+
+
+class TestNamedEventPeerMem(_NamedLocksIn, peer.EventTests):
+    store = "mem:asyncio-peer"
+
+
+class TestNamedSemaphorePeerMem(_NamedLocksIn, peer.SemaphoreTests):
+    store = "mem:asyncio-peer"
+
+
+class _InSqlite:
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()  # type: ignore[misc]
+        directory = tempfile.TemporaryDirectory()
+        cls.addClassCleanup(directory.cleanup)  # type: ignore[attr-defined]
+        cls.store = f"sqlite:{directory.name}/peer.sqlite"
+
+
+class TestNamedEventPeerSqlite(_InSqlite, _NamedLocksIn, peer.EventTests):
+    pass
+
+
+class TestNamedSemaphorePeerSqlite(_InSqlite, _NamedLocksIn, peer.SemaphoreTests):
     pass
 
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -191,3 +192,64 @@ def test_the_anonymous_region_is_removed_after_its_creator_is_sigkilled():
     while os.path.exists(f"/dev/shm/{name}"):
         assert time.monotonic() < deadline, f"/dev/shm/{name} was left behind"
         time.sleep(0.05)
+
+
+def _answer_under(cond, lock, state, rounds) -> None:
+    # Waits on `cond` for each odd count and answers with the next even one; `lock` is
+    # the condition's lock (pickled on its own too: the same lock in the store).
+    for i in range(rounds):
+        with lock:
+            assert cond.wait_for(lambda: state.get_value() == 2 * i + 1, 60)
+            state.release()
+            cond.notify()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", ["Lock", "RLock"])
+def test_condition_over_a_callers_lock_across_processes(method, kind):
+    ctx = lmp.get_context(method)
+    lock = getattr(ctx, kind)()
+    cond = ctx.Condition(lock)
+    state = ctx.Semaphore(0)  # a counter both processes read under the lock
+    p = ctx.Process(target=_answer_under, args=(cond, lock, state, 10))
+    p.start()
+    for i in range(10):
+        with cond:  # the caller's lock
+            assert lock.locked()
+            state.release()
+            cond.notify_all()
+            assert cond.wait_for(lambda: state.get_value() == 2 * i + 2, 60)
+    p.join(60)
+    assert p.exitcode == 0
+
+
+def test_condition_over_a_callers_lock_semantics():
+    ctx = lmp.get_context()
+    rlock = ctx.RLock()
+    cond = ctx.Condition(rlock)
+    with pytest.raises(RuntimeError):
+        cond.wait(0.01)  # not held
+    with pytest.raises(RuntimeError):
+        cond.notify()
+    with rlock, rlock:
+        assert cond.wait(0.01) is False  # nobody notifies; both levels come back
+        assert rlock._recursion_count() == 2
+    assert not rlock.locked()
+    twin = pickle.loads(pickle.dumps(cond))
+    assert twin._lock.name == rlock.name and twin.name == cond.name
+    with pytest.raises(TypeError):
+        ctx.Condition(threading.Lock())
+    woken, ready = [], threading.Event()
+
+    def waiter():
+        with cond:
+            ready.set()
+            woken.append(cond.wait(60))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    ready.wait(60)
+    with cond:  # free only once the waiter sleeps: it registered before releasing
+        cond.notify()
+    t.join(60)
+    assert woken == [True]

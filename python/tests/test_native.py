@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import pickle
 import threading
+import time
 
 import pytest
 
@@ -82,6 +83,47 @@ def test_waiter_gets_the_lock_when_released(store):
     first.release()
     t.join(30)
     assert got and got[0] is not None and got[0] > first.token
+
+
+def _until(predicate, what, limit=60.0):
+    """Polls `predicate` (a hang guard of `limit` seconds, generous for a loaded machine)."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("kind", ["lock", "semaphore"])
+def test_waiters_keep_their_place_in_the_queue(store, kind):
+    # Waiters queue one after another behind a holder and wait for many of their
+    # signal-checking slices (50 ms; 500 ms on redis); they get the lock in the order
+    # they came. (A waiter that left and rejoined the queue every slice came last.)
+    space = locksmith.Space(store)
+    if kind == "lock":
+        prim = locksmith.Lock("fifo", space)
+    else:
+        prim = locksmith.Semaphore("fifo", 1, space)
+    held = prim.acquire()
+    order = []
+
+    def waiter(i):
+        with prim:
+            order.append(i)
+
+    threads = []
+    for i in range(4):
+        t = threading.Thread(target=waiter, args=(i,))
+        t.start()
+        threads.append(t)
+        _until(lambda: space.waiting("fifo") == i + 1, f"waiter {i} never queued")
+    # Not synchronization: the waiters stay queued across many slices meanwhile.
+    slice_s = 0.5 if store.startswith("redis") else 0.05
+    time.sleep(8 * slice_s)
+    assert space.waiting("fifo") == 4
+    held.release()
+    for t in threads:
+        t.join(60)
+    assert order == [0, 1, 2, 3]
 
 
 def test_rlock_reenters(store):

@@ -273,3 +273,228 @@ def test_placed_semaphore_permit_of_a_killed_process_comes_back():
     finally:
         shm.close()
         shm.unlink()
+
+
+from locksmith.sync import Barrier as PlacedBarrier  # noqa: E402
+from locksmith.sync import BrokenBarrierError  # noqa: E402
+from locksmith.sync import Condition as PlacedCondition  # noqa: E402
+
+# A Mutex, a Condition and a state byte in one buffer, each at an 8-byte aligned offset.
+_M = Mutex.SIZE
+_C = _M + PlacedCondition.SIZE
+_STATE = _C + 8
+
+
+def _placed_pair(buf):
+    mutex = Mutex(buf[:_M])
+    return mutex, PlacedCondition(buf[_M:_C], mutex)
+
+
+def _answer(name, rounds):
+    # Waits for each odd state and answers with the next even one.
+    shm = SharedMemory(name=name)
+    mutex, cond = _placed_pair(shm.buf)
+    for i in range(rounds):
+        with cond:
+            assert cond.wait_for(lambda: shm.buf[_C] == 2 * i + 1, timeout=60)
+            shm.buf[_C] = 2 * i + 2
+            cond.notify_all()
+    del mutex, cond
+    shm.close()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_placed_condition_between_processes(method):
+    shm = SharedMemory(create=True, size=_STATE)
+    try:
+        mutex, cond = _placed_pair(shm.buf)
+        mutex.initialize()
+        cond.initialize()
+        assert cond.mutex is mutex
+        p = mp.get_context(method).Process(target=_answer, args=(shm.name, 20))
+        p.start()
+        for i in range(20):
+            with cond:
+                shm.buf[_C] = 2 * i + 1
+                cond.notify()
+                assert cond.wait_for(lambda: shm.buf[_C] == 2 * i + 2, timeout=60)
+        p.join(60)
+        assert p.exitcode == 0
+        del mutex, cond
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+def test_placed_condition_semantics():
+    cond = PlacedCondition(bytearray(PlacedCondition.SIZE))  # with a mutex of its own
+    cond.initialize()
+    with pytest.raises(SyncError) as info:
+        cond.wait(timeout=0.01)  # the mutex is not held
+    assert info.value.context["errno"] == errno.EPERM
+    cond.acquire()
+    cond.acquire()  # its own mutex is recursive: wait releases both levels
+    assert cond.wait(timeout=0.01) is False
+    other = []
+
+    def probe():
+        try:
+            cond.mutex.acquire(timeout=0)
+            other.append("took it")
+        except SyncError as e:
+            other.append(e.context["errno"])
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join(30)
+    assert other == [errno.EBUSY]  # held again after the wait
+    cond.release()
+    cond.release()  # both levels came back
+    with pytest.raises(SyncError) as info:
+        cond.release()
+    assert info.value.context["errno"] == errno.EPERM
+    with cond:
+        assert cond.wait_for(lambda: 0, timeout=0.01) == 0  # the predicate's last value
+    cond.notify(0)
+    cond.notify_all()
+    cond.destroy()
+    with pytest.raises(SyncError) as info:
+        cond.notify()
+    assert info.value.context["errno"] == errno.EINVAL
+    with pytest.raises(SyncError) as info:
+        PlacedCondition(bytes(PlacedCondition.SIZE))
+    assert info.value.context["errno"] == errno.EINVAL
+    with pytest.raises(SyncError) as info:
+        PlacedCondition(bytearray(PlacedCondition.SIZE - 1))
+    assert info.value.context["errno"] == errno.EINVAL
+
+
+def test_placed_condition_wakes_a_waiting_thread():
+    mutex = Mutex(bytearray(Mutex.SIZE), recursive=False)
+    mutex.initialize()
+    cond = PlacedCondition(bytearray(PlacedCondition.SIZE), mutex)
+    cond.initialize()
+    ready = []
+
+    def waiter():
+        with cond:
+            ready.append(cond.wait_for(lambda: len(ready) == 1, timeout=60))
+
+    with cond:
+        t = threading.Thread(target=waiter)
+        t.start()
+        ready.append("set")
+        cond.notify()
+    t.join(60)
+    assert ready == ["set", True]
+
+
+def _arrive(name, q, rounds):
+    shm = SharedMemory(name=name)
+    barrier = PlacedBarrier(shm.buf)
+    q.put([barrier.wait(timeout=60) for _ in range(rounds)])
+    del barrier
+    shm.close()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_placed_barrier_between_processes(method):
+    shm = SharedMemory(create=True, size=PlacedBarrier.SIZE)
+    try:
+        barrier = PlacedBarrier(shm.buf, 3)
+        barrier.initialize()
+        assert barrier.parties == 3 and barrier.n_waiting == 0 and not barrier.broken
+        ctx = mp.get_context(method)
+        q = ctx.Queue()
+        ps = [ctx.Process(target=_arrive, args=(shm.name, q, 5)) for _ in range(2)]
+        for p in ps:
+            p.start()
+        mine = [barrier.wait(timeout=60) for _ in range(5)]
+        theirs = [q.get(timeout=60) for _ in ps]
+        for p in ps:
+            p.join(60)
+            assert p.exitcode == 0
+        # Each round, the three parties got the three arrival indices.
+        for r in range(5):
+            assert sorted([mine[r], theirs[0][r], theirs[1][r]]) == [0, 1, 2]
+        del barrier
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+def test_placed_barrier_breaks_and_resets():
+    barrier = PlacedBarrier(bytearray(PlacedBarrier.SIZE), 2)
+    barrier.initialize()
+    with pytest.raises(BrokenBarrierError) as info:
+        barrier.wait(timeout=0.01)  # a timeout breaks it
+    assert isinstance(info.value, threading.BrokenBarrierError)
+    assert isinstance(info.value, SyncError)
+    assert info.value.context["errno"] == errno.EPIPE
+    assert barrier.broken
+    with pytest.raises(BrokenBarrierError):
+        barrier.wait()
+    barrier.reset()
+    assert not barrier.broken
+    got = []
+    t = threading.Thread(target=lambda: got.append(barrier.wait(timeout=60)))
+    t.start()
+    got.append(barrier.wait(timeout=60))
+    t.join(60)
+    assert sorted(got) == [0, 1]
+    barrier.abort()
+    with pytest.raises(BrokenBarrierError):
+        barrier.wait()
+    barrier.destroy()
+    with pytest.raises(SyncError) as info:
+        barrier.wait()
+    assert info.value.context["errno"] == errno.EINVAL
+    with pytest.raises(SyncError) as info:
+        PlacedBarrier(bytearray(PlacedBarrier.SIZE), 0).initialize()
+    assert info.value.context["errno"] == errno.EINVAL
+
+
+PLACED_WAITER = """
+import sys, locksmith.sync as s
+kind = sys.argv[1]
+if kind == "condition":
+    cond = s.Condition()
+    cond.initialize()
+    cond.acquire()
+    wait = cond.wait
+else:
+    barrier = s.Barrier(None, 2)
+    barrier.initialize()
+    wait = barrier.wait
+try:
+    print("waiting", flush=True)
+    wait()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    if kind == "condition":
+        cond.release()  # held again after the wait: this would raise EPERM otherwise
+        print("held", flush=True)
+    else:
+        print("broken" if barrier.broken else "whole", flush=True)
+    sys.exit(0)
+print("returned", flush=True)
+sys.exit(1)
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="system call numbers are x86-64's")
+@pytest.mark.parametrize("kind", ["condition", "barrier"])
+def test_ctrl_c_interrupts_a_placed_wait(kind):
+    import subprocess
+    import sys
+
+    from test_processes import _wait_until_sleeping
+
+    child = subprocess.Popen([sys.executable, "-c", PLACED_WAITER, kind],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "waiting"
+    _wait_until_sleeping(child.pid)
+    child.send_signal(signal.SIGINT)
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0, out
+    assert out.splitlines() == ["interrupted", "held" if kind == "condition" else "broken"]

@@ -99,6 +99,28 @@ impl Barrier {
         }
     }
 
+    /// Waits from async code: an awaitable of this caller's arrival index. An arrival
+    /// cannot be taken back: cancelling the awaiting task breaks the barrier for every
+    /// party, as a timeout does.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_async<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = timeout_arg(py, timeout)?;
+        let core = self.core.get().raise_py(py)?.into_owned();
+        let work = async move {
+            match timeout {
+                None => core.wait_async().await,
+                Some(d) => core.wait_timeout_async(d).await,
+            }
+        };
+        crate::aio::spawn(py, work, |py, index| {
+            Ok(index.into_pyobject(py)?.into_any().unbind())
+        })
+    }
+
     /// Breaks the barrier: waiters now and later get `BrokenBarrier` until `reset()`.
     fn abort(&self, py: Python<'_>) -> PyResult<()> {
         let core = self.core.get().raise_py(py)?;

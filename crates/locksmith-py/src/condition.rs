@@ -48,6 +48,39 @@ named_permit_class!(
         result
     }
 
+    /// Waits from async code with `guard` (an async acquisition of this condition's
+    /// lock): an awaitable of whether it was notified, done when the lock is held
+    /// again through `guard`. If the awaiting task is cancelled, the sleeper leaves and
+    /// `guard` no longer holds the lock (take it again before going on).
+    #[pyo3(signature = (guard, timeout=None))]
+    fn wait_async<'py>(
+        &self,
+        py: Python<'py>,
+        guard: &Bound<'py, crate::guard::Guard>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = timeout_arg(py, timeout)?;
+        let core = self.core.get().raise_py(py)?.into_owned();
+        let slot = guard.get().slot.clone();
+        let Some(mut held) = slot.take_for_wait() else {
+            return Err(not_held(py, &self.name));
+        };
+        let work = async move {
+            let woken = match timeout {
+                None => core.wait_async(&mut held).await.map(|()| true),
+                Some(d) => core.wait_timeout_async(&mut held, d).await,
+            };
+            slot.put_back(held);
+            woken
+        };
+        crate::aio::spawn(py, work, |py, woken| {
+            Ok(pyo3::types::PyBool::new(py, woken)
+                .to_owned()
+                .into_any()
+                .unbind())
+        })
+    }
+
     /// Wakes up to `n` sleepers, oldest first; returns how many were woken.
     #[pyo3(signature = (n=1))]
     fn notify(&self, py: Python<'_>, n: usize) -> PyResult<usize> {

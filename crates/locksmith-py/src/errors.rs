@@ -67,7 +67,11 @@ class SyncError(LocksmithError):
         self.errno = errno
         self.context = {'errno': errno, **context}
 
-for _c in (LocksmithError, SyncError, LockTimeout, WouldDeadlock, NotHeld, NotOwner,
+class SyncBrokenBarrier(SyncError, BrokenBarrier):
+    '''A placed Barrier is broken: a SyncError (EPIPE) that is also
+    `threading.BrokenBarrierError`.'''
+
+for _c in (LocksmithError, SyncError, SyncBrokenBarrier, LockTimeout, WouldDeadlock, NotHeld, NotOwner,
            TooManyReleases, BrokenBarrier, LeaseLost, Mismatch, InvalidArgument,
            Unsupported, StoreError):
     _c.__module__ = 'locksmith'
@@ -88,6 +92,7 @@ pub(crate) const NAMES: &[&str] = &[
     "Unsupported",
     "StoreError",
     "SyncError",
+    "SyncBrokenBarrier",
 ];
 
 static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();

@@ -10,12 +10,24 @@ use pyo3::types::PyAny;
 use crate::errors::Raise;
 use crate::guard::{Guard, Holds};
 use crate::space::Core;
-use crate::wait::{slice_for, sliced_by, timeout_arg};
+use crate::wait::{queued, slice_for, timeout_arg};
 
 /// The core primitives that hand out guards.
 pub(crate) trait Acquire: Clone + Send + Sync + 'static {
     fn try_acquire(&self) -> locksmith::Result<Option<locksmith::Guard>>;
     fn acquire_timeout(&self, d: Duration) -> locksmith::Result<Option<locksmith::Guard>>;
+    /// Acquires, waiting at most `timeout` (`None`: as long as it takes).
+    fn acquire_for(
+        &self,
+        timeout: Option<Duration>,
+    ) -> locksmith::Result<Option<locksmith::Guard>> {
+        match timeout {
+            Some(d) => self.acquire_timeout(d),
+            None => self.acquire_forever().map(Some),
+        }
+    }
+    /// Acquires, waiting as long as it takes.
+    fn acquire_forever(&self) -> locksmith::Result<locksmith::Guard>;
     /// The core's `release()`: a guardless hold of this thread, or a signalling release.
     fn release_owned(&self) -> locksmith::Result<()>;
     /// After a step whose answer never came (it may have granted a hold nobody has a
@@ -39,6 +51,9 @@ macro_rules! impl_acquire {
             }
             fn acquire_timeout(&self, d: Duration) -> locksmith::Result<Option<locksmith::Guard>> {
                 <$t>::acquire_timeout(self, d)
+            }
+            fn acquire_forever(&self) -> locksmith::Result<locksmith::Guard> {
+                <$t>::acquire(self)
             }
             fn release_owned(&self) -> locksmith::Result<()> {
                 <$t>::release(self)
@@ -97,6 +112,9 @@ impl Acquire for locksmith::Condition {
     fn acquire_timeout(&self, d: Duration) -> locksmith::Result<Option<locksmith::Guard>> {
         locksmith::Condition::acquire_timeout(self, d)
     }
+    fn acquire_forever(&self) -> locksmith::Result<locksmith::Guard> {
+        locksmith::Condition::acquire(self)
+    }
     fn release_owned(&self) -> locksmith::Result<()> {
         Err(locksmith::Error::NotHeld {
             name: self.name().to_owned(),
@@ -133,13 +151,14 @@ pub(crate) fn acquire<T: Acquire>(
     let core = core.get().raise_py(py)?;
     let core: &T = &core;
     let orphaned = std::sync::atomic::AtomicBool::new(false);
-    let got = sliced_by(
+    // One wait for the whole timeout, so the waiter keeps its place in the queue.
+    let got = queued(
         py,
         timeout,
         slice_len,
         || core.try_acquire(),
-        |slice| match core.acquire_timeout(slice) {
-            // A slice's step that got no answer in time (a loaded machine, a network
+        |left| match core.acquire_for(left) {
+            // A step that got no answer in time (a loaded machine, a network
             // store): undo what it may have granted, and go on waiting.
             Err(e) if unanswered(&e) => {
                 core.give_back_orphan();

@@ -57,6 +57,12 @@ macro_rules! semaphore_class {
                 self.value
             }
 
+            /// The permits free now.
+            fn value(&self, py: Python<'_>) -> PyResult<u32> {
+                let core = self.core.get().raise_py(py)?;
+                py.detach(|| core.value()).raise_py(py)
+            }
+
             fn __reduce__<'py>(
                 slf: &Bound<'py, Self>,
             ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {

@@ -18,7 +18,7 @@ use crate::wait::SLICE;
 /// The memory a placed primitive lives in: a caller's buffer (held exported) or one of
 /// its own.
 #[derive(Debug)]
-enum Memory {
+pub(crate) enum Memory {
     /// The caller's buffer, as a ctypes array made `from_buffer`: holding it holds
     /// the buffer's export, which keeps its memory where it is. (The limited API has
     /// no buffer functions before 3.11, and the wheel is for 3.10 and later.)
@@ -29,7 +29,7 @@ enum Memory {
 
 /// A writable, C-contiguous buffer of at least `size` bytes, aligned for the placed
 /// primitives: its address and the export that keeps it there.
-fn placed_memory(
+pub(crate) fn placed_memory(
     py: Python<'_>,
     buf: Option<&Bound<'_, PyAny>>,
     size: usize,
@@ -78,14 +78,19 @@ fn placed_memory(
 
 /// `SyncError(message, errno, errno=..., **context)`.
 pub(crate) fn sync_error(py: Python<'_>, message: &str, errno: i32) -> PyErr {
+    sync_error_of(py, "SyncError", message, errno)
+}
+
+/// [`sync_error`] of `SyncError` or one of its subclasses.
+pub(crate) fn sync_error_of(py: Python<'_>, class: &str, message: &str, errno: i32) -> PyErr {
     let made = (|| -> PyResult<PyErr> {
-        let cls = py.import("locksmith._locksmith")?.getattr("SyncError")?;
+        let cls = py.import("locksmith._locksmith")?.getattr(class)?;
         Ok(PyErr::from_value(cls.call1((message, errno))?))
     })();
     made.unwrap_or_else(|e| e)
 }
 
-fn from_core(py: Python<'_>, e: locksmith::Error, trying: bool) -> PyErr {
+pub(crate) fn from_core(py: Python<'_>, e: locksmith::Error, trying: bool) -> PyErr {
     match e {
         locksmith::Error::Timeout if trying => {
             sync_error(py, "the mutex is held by another thread", libc::EBUSY)
@@ -101,7 +106,7 @@ pub struct PlacedMutex {
     ptr: usize,
     shared: bool,
     recursive: bool,
-    died: AtomicBool,
+    pub(crate) died: AtomicBool,
     /// The mutex, once a call found it initialised: later calls skip the header check,
     /// since the core's fast paths fail on a destroyed mutex and its slow paths check
     /// the header again (so `destroy()` still makes every call EINVAL).
@@ -124,7 +129,7 @@ impl PlacedMutex {
     }
 
     #[inline]
-    fn mutex(&self, py: Python<'_>) -> PyResult<Mutex<'_>> {
+    pub(crate) fn mutex(&self, py: Python<'_>) -> PyResult<Mutex<'_>> {
         if let Some(m) = self.attached.get() {
             return Ok(*m);
         }
@@ -284,8 +289,16 @@ impl PlacedMutex {
     }
 }
 
+/// A placed primitive's `timeout` in seconds (`None`: for ever); EINVAL if negative or
+/// not finite.
+pub(crate) fn timeout_secs(py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    timeout
+        .map(|t| locksmith::shm::timeout_from_secs(t).map_err(|e| from_core(py, e, false)))
+        .transpose()
+}
+
 /// A place over `len` bytes at `ptr`, kept mapped by the object that owns `ptr`.
-fn place_at<'a>(ptr: usize, len: usize) -> Place<'a> {
+pub(crate) fn place_at<'a>(ptr: usize, len: usize) -> Place<'a> {
     // SAFETY: every caller passes the address of at least `len` writable bytes that its
     // `Memory` (a held buffer export, or an own mapping) keeps mapped and in place for
     // as long as the caller, which the place's lifetime is tied to by the caller's

@@ -140,6 +140,76 @@ where
     }
 }
 
+/// Waits for an acquisition that queues in the store (a Lock's, a semaphore's): `try_now`
+/// first, holding the GIL; then `attempt(time left)` (`None`: for ever) without the
+/// GIL, under [`locksmith::interrupt::checked`], so the waiter keeps its place in the
+/// queue for the whole wait while signal handlers still run every `slice_len`. If a
+/// handler raises, the wait gives up (leaving the queue, passing on a grant that raced
+/// it) and the exception propagates, nothing held. An `attempt` that answers `Ok(None)`
+/// early (a step it had to undo) is made again for the time left.
+pub(crate) fn queued<T, Try, Attempt>(
+    py: Python<'_>,
+    timeout: Option<Duration>,
+    slice_len: Duration,
+    try_now: Try,
+    attempt: Attempt,
+) -> PyResult<Option<T>>
+where
+    T: Send,
+    Try: FnOnce() -> locksmith::Result<Option<T>>,
+    Attempt: Fn(Option<Duration>) -> locksmith::Result<Option<T>> + Sync,
+{
+    if let Some(got) = try_now().raise_py(py)? {
+        return Ok(Some(got));
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let left = match deadline {
+            None => None,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                Some(left)
+            }
+        };
+        let (got, raised) = detached_checked(py, slice_len, || attempt(left));
+        if let Some(e) = raised {
+            // A grant that came all the same is given back (dropping it releases).
+            drop(got);
+            return Err(e);
+        }
+        if let Some(got) = got.raise_py(py)? {
+            return Ok(Some(got));
+        }
+    }
+}
+
+/// Runs `f` without the GIL under [`locksmith::interrupt::checked`]: every `slice_len`
+/// of a wait in `f`, signal handlers run; the exception of one that raised is the second
+/// answer, and it made the wait give up (see `checked` for how each wait does).
+pub(crate) fn detached_checked<R: Send>(
+    py: Python<'_>,
+    slice_len: Duration,
+    f: impl FnOnce() -> R + Send,
+) -> (R, Option<PyErr>) {
+    let mut raised: Option<PyErr> = None;
+    let (out, _) = py.detach(|| {
+        let mut stop = || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => false,
+                Err(e) => {
+                    raised = Some(e);
+                    true
+                }
+            })
+        };
+        locksmith::interrupt::checked(slice_len, &mut stop, f)
+    });
+    (out, raised)
+}
+
 static FORKS: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn forked() {

@@ -23,6 +23,7 @@
 
 mod backend;
 mod error;
+pub mod interrupt;
 mod lease;
 mod offload;
 mod os;

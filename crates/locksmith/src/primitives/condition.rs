@@ -446,6 +446,34 @@ impl Condition {
         })
     }
 
+    /// Registers a sleeper and releases nothing: for a caller that holds the lock given
+    /// to [`Condition::with_lock`] without a [`Guard`] at hand (a language binding whose
+    /// own lock object keeps the hold) and releases it itself right after. A notifier
+    /// needs the lock, so a notification made after this call is not lost. End with
+    /// [`Sleeper::leave`], then take the lock again.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a condition with its own lock (whose
+    /// [`Condition::sleep`] releases it in the same step).
+    pub fn sleeper(&self) -> Result<Sleeper> {
+        self.handle.check()?;
+        self.sleepers.check()?;
+        if self.own_lock() {
+            return Err(Error::invalid(format!(
+                "condition '{}' has its own lock: wait with `sleep(guard)`",
+                self.sleepers.name()
+            )));
+        }
+        let ticket = fresh_id();
+        let owner = Owner::current_thread();
+        self.sleepers.step(Op::CondSleep { ticket, owner })?;
+        Ok(Sleeper {
+            condition: self.clone(),
+            ticket: Some(ticket),
+            notified: false,
+        })
+    }
+
     /// Async [`Condition::wait`].
     ///
     /// # Cancel safety

@@ -193,7 +193,12 @@ impl Handle {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Ok(None);
                     }
-                    watch.wait(earliest(deadline, retry_at))?;
+                    // Under `interrupt::checked`, sleep in slices and ask the caller
+                    // between them whether to give up (keeping the ticket meanwhile).
+                    watch.wait(crate::interrupt::sleep_until(earliest(deadline, retry_at)))?;
+                    if crate::interrupt::stop() {
+                        return Ok(None);
+                    }
                 }
             }
         }

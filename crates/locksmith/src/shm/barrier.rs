@@ -323,7 +323,9 @@ impl<'a> Barrier<'a> {
             } else {
                 false
             };
-            if dead || deadline.passed() {
+            // A caller that stops the wait (`interrupt::checked`) leaves as a timeout
+            // does: the party will not come, so the barrier breaks.
+            if dead || deadline.passed() || crate::interrupt::stop() {
                 // Break this generation, unless it was released meanwhile.
                 if raw
                     .state
@@ -335,7 +337,8 @@ impl<'a> Barrier<'a> {
                 }
                 continue;
             }
-            futex::wait(&raw.state, w, Some(deadline.slice(interval)), self.shared());
+            let slice = crate::interrupt::slice(deadline.slice(interval));
+            futex::wait(&raw.state, w, Some(slice), self.shared());
         }
     }
 

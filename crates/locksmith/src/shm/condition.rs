@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::sys::Deadline;
-use super::{AtomicBlock, Header, Kind, MutexGuard, Place, Placed, FLAG_SHARED};
+use super::{Acquired, AtomicBlock, Header, Kind, Mutex, MutexGuard, Place, Placed, FLAG_SHARED};
 use crate::os::futex::{self, Wake};
 use crate::Result;
 
@@ -96,10 +96,38 @@ impl<'a> Condition<'a> {
     /// the mutex's owner died while this thread waited to take it back, the guard's
     /// [`MutexGuard::previous_owner_died`] becomes true.
     pub fn wait(&self, guard: &mut MutexGuard<'_>, timeout: Option<Duration>) -> Result<bool> {
+        let mut died = false;
+        let woken = self.wait_on(guard.mutex(), timeout, &mut died);
+        guard.set_died(died);
+        woken
+    }
+
+    /// [`Condition::wait`] for a caller that holds `mutex` without a guard (it took it
+    /// with [`Mutex::acquire`](super::Mutex::acquire), as a language binding does):
+    /// releases every level the calling thread holds, waits, and takes them back before
+    /// returning, even on error or timeout. Answers whether it was woken, and the
+    /// re-acquisition (whose `previous_owner_died` tells of an owner that died
+    /// meanwhile). `NotHeld`/`NotOwner` (`EPERM`) if the calling thread does not hold
+    /// `mutex`, and nothing changes.
+    pub fn wait_held(
+        &self,
+        mutex: &Mutex<'_>,
+        timeout: Option<Duration>,
+    ) -> Result<(bool, Acquired)> {
+        let mut died = false;
+        let woken = self.wait_on(*mutex, timeout, &mut died)?;
+        Ok((woken, Acquired::new(died)))
+    }
+
+    fn wait_on(
+        &self,
+        mutex: Mutex<'_>,
+        timeout: Option<Duration>,
+        died: &mut bool,
+    ) -> Result<bool> {
         let raw = self.raw;
         raw.header.check(Kind::Condition)?;
         let shared = raw.header.flags() & FLAG_SHARED != 0;
-        let mutex = guard.mutex();
         let seq = raw.seq.load(Ordering::SeqCst);
         raw.waiters.fetch_add(1, Ordering::SeqCst);
         let saved = match mutex.release_all() {
@@ -117,8 +145,9 @@ impl<'a> Condition<'a> {
             if deadline.passed() || !raw.header.is_live() {
                 break false;
             }
-            // Slices of one second notice a destroy made through another futex flag.
-            let slice = deadline.slice(Duration::from_secs(1));
+            // Slices of one second notice a destroy made through another futex flag
+            // (shorter under `interrupt::checked`, whose caller may stop the wait).
+            let slice = crate::interrupt::slice(deadline.slice(Duration::from_secs(1)));
             match futex::wait(&raw.seq, seq, Some(slice), shared) {
                 Wake::Maybe => {
                     if raw.seq.load(Ordering::SeqCst) != seq {
@@ -128,10 +157,13 @@ impl<'a> Condition<'a> {
                 }
                 Wake::TimedOut => {}
             }
+            if crate::interrupt::stop() {
+                break raw.seq.load(Ordering::SeqCst) != seq;
+            }
         };
         raw.waiters.fetch_sub(1, Ordering::SeqCst);
         let got = mutex.reacquire(saved)?;
-        guard.set_died(got.previous_owner_died());
+        *died = got.previous_owner_died();
         raw.header.check(Kind::Condition)?;
         Ok(woken)
     }

@@ -97,6 +97,10 @@ pub struct Acquired {
 }
 
 impl Acquired {
+    pub(crate) fn new(died: bool) -> Acquired {
+        Acquired { died }
+    }
+
     /// True when the previous owner died holding the mutex and this acquisition took
     /// it over (`EOWNERDEAD`): the data it protects may be half-updated.
     pub fn previous_owner_died(&self) -> bool {
