@@ -122,7 +122,7 @@ pub const ALL: &[Scenario] = &[
         unit: RATIO,
         better: Better::Lower,
         what: "one row = ours / the peer's time, measured from Python: both run in \
-               alternating batches of the same length (about 2 ms each), and each number is \
+               alternating batches of the same length (about 0.2 ms each), and each number is \
                a median (p10, p90) of the per-pair ratios, so the machine's load cancels out \
                of it; below 1, ours is faster. The note gives both sides' medians",
     },
