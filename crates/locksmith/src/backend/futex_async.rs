@@ -40,13 +40,14 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use io_uring::{opcode, IoUring, Probe};
+use rustix::event::{eventfd, EventfdFlags};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -225,13 +226,7 @@ impl Ring {
             .setup_cqsize(CQ_ENTRIES)
             .build(SQ_ENTRIES)
             .ok()?;
-        // SAFETY: eventfd takes no pointers; the result is checked before use.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: `fd` was just returned by eventfd, is open, and nothing else owns it.
-        let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let eventfd = eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC).ok()?;
         uring
             .submitter()
             .register_eventfd(eventfd.as_raw_fd())
@@ -457,16 +452,9 @@ impl Drop for FutexWait {
 /// Resets the eventfd's counter, so that it signals readiness again on the next
 /// completion.
 fn drain(eventfd: &OwnedFd) {
-    let mut count = 0u64;
-    // SAFETY: reads 8 bytes into a live u64; the fd is a non-blocking eventfd, so the
-    // call never blocks (EAGAIN when already empty, which is fine).
-    unsafe {
-        libc::read(
-            eventfd.as_raw_fd(),
-            (&mut count as *mut u64).cast::<libc::c_void>(),
-            8,
-        );
-    }
+    // The fd is a non-blocking eventfd, so the read never blocks (EAGAIN when it is
+    // already empty, which is fine).
+    let _ = rustix::io::read(eventfd, &mut [0u8; 8]);
 }
 
 thread_local! {

@@ -224,23 +224,3 @@ pub(crate) trait Watch: Send {
     /// The async form of [`Watch::wait`]; it never blocks the executor thread.
     fn wait_async(self: Box<Self>, deadline: Option<Instant>) -> BoxFuture<'static, Result<()>>;
 }
-
-/// Allocates `len` bytes at `offset` of `file` (`posix_fallocate`): afterwards, writing
-/// them through a mapping cannot fail for want of space (a page first touched in a
-/// mapping of a full filesystem raises `SIGBUS` instead of an error).
-#[cfg(all(unix, any(feature = "shm", feature = "sqlite")))]
-pub(crate) fn reserve(file: &std::fs::File, offset: usize, len: usize) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    if len == 0 {
-        return Ok(());
-    }
-    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
-    };
-    // SAFETY: posix_fallocate only allocates blocks of the open file behind the
-    // descriptor, which `file` keeps open for the call; it reads no memory of ours.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), offset, len) } {
-        0 => Ok(()),
-        e => Err(std::io::Error::from_raw_os_error(e)),
-    }
-}

@@ -225,10 +225,10 @@ pub(crate) fn judge_local(id: u32, start: u64, mask: u64, task: Task) -> Verdict
             // No readable entry: gone, or hidden (`hidepid`), or another user's.
             // kill(id, 0) decides; it accepts thread ids too, and only ESRCH proves
             // that no such id exists.
-            // SAFETY: kill with signal 0 only checks for existence; it sends nothing.
-            let r = unsafe { libc::kill(id as libc::pid_t, 0) };
-            let errno = std::io::Error::last_os_error().raw_os_error();
-            if r == -1 && errno == Some(libc::ESRCH) {
+            let pid = i32::try_from(id)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw);
+            if pid.map(rustix::process::test_kill_process) == Some(Err(rustix::io::Errno::SRCH)) {
                 Verdict::Dead
             } else {
                 Verdict::Unknown

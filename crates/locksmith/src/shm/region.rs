@@ -6,8 +6,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
 use super::{Place, Placed, ALIGN};
-use crate::backend::reserve;
-use crate::os::mmap;
+use crate::os::mmap::{self, reserve};
 use crate::{Error, Result};
 
 /// Where named regions live.

@@ -127,8 +127,7 @@ pub(crate) fn thread() -> Me {
 
 #[cold]
 fn thread_slow() -> Me {
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() } as u32;
+    let tid = rustix::thread::gettid().as_raw_pid() as u32;
     let start = start_of(&format!("/proc/self/task/{tid}/stat")).unwrap_or(0);
     let me = Me {
         id: tid,

@@ -124,7 +124,7 @@ impl Bell {
         // Allocate the page before mapping it (growing the file if needed): a write to
         // a page of a full filesystem that was never allocated is a SIGBUS, not an
         // error. Two processes doing it at once is harmless; a doorbell never shrinks.
-        super::super::reserve(&file, 0, SIZE)?;
+        mmap::reserve(&file, 0, SIZE)?;
         let bell = Bell {
             map: mmap::map_file(&file, Some(SIZE))?,
         };
