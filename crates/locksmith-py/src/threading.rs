@@ -21,7 +21,7 @@ use pyo3::types::PyAny;
 
 use crate::errors::{new_err, to_py, Raise};
 use crate::space::{open_shared, Core, SpaceCell};
-use crate::wait::{generation, sleep_sliced, sliced, SLICE};
+use crate::wait::{generation, queued, sleep_sliced, sliced, SLICE};
 
 /// `_thread.TIMEOUT_MAX`, read once.
 fn timeout_max(py: Python<'_>) -> f64 {
@@ -167,15 +167,21 @@ fn release_guard(py: Python<'_>, mem: bool, guard: locksmith::Guard) -> PyResult
 }
 
 /// Acquires through `try_now` and `attempt` as `wait` allows.
+/// A wait is one store wait for the whole timeout (`attempt(timeout)`), so the waiter
+/// keeps its place in the queue while signal handlers still run every [`SLICE`]; a
+/// wait for ever is made of day-long ones.
 fn acquire_with<T: Send>(
     py: Python<'_>,
     wait: Wait,
     try_now: impl FnOnce() -> locksmith::Result<Option<T>>,
     attempt: impl Fn(Duration) -> locksmith::Result<Option<T>> + Sync,
 ) -> PyResult<Option<T>> {
+    const DAY: Duration = Duration::from_secs(24 * 60 * 60);
     match wait {
         Wait::Try => try_now().raise_py(py),
-        Wait::For(timeout) => sliced(py, timeout, try_now, attempt),
+        Wait::For(timeout) => queued(py, timeout, SLICE, try_now, |left| {
+            attempt(left.unwrap_or(DAY))
+        }),
     }
 }
 
@@ -225,7 +231,7 @@ impl TLock {
         // The free lock: one try, with the GIL, before anything a wait needs.
         let got = match core.try_acquire().raise_py(py)? {
             Some(guard) => Some(guard),
-            None => acquire_with(py, wait, || Ok(None), |slice| core.acquire_timeout(slice))?,
+            None => acquire_with(py, wait, || Ok(None), |left| core.acquire_timeout(left))?,
         };
         match got {
             Some(guard) => {
@@ -442,7 +448,7 @@ impl<T: Exclusive> Reentrant<T> {
             py,
             wait,
             || core.try_acquire(),
-            |slice| core.acquire_timeout(slice),
+            |left| core.acquire_timeout(left),
         )?;
         let Some(guard) = got else {
             return Ok(false);
@@ -873,7 +879,7 @@ impl TSemaphore {
             py,
             wait,
             || core.try_acquire(),
-            |slice| core.acquire_timeout(slice),
+            |left| core.acquire_timeout(left),
         )?;
         Ok(match got {
             Some(guard) => {
