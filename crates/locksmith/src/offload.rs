@@ -14,8 +14,36 @@ type Job = Box<dyn FnOnce() + Send>;
 /// and ends once the space is gone and its jobs are done.
 #[derive(Default)]
 pub(crate) struct Offload {
-    /// The process that started the thread, and the thread's queue.
-    jobs: Mutex<Option<(u32, mpsc::Sender<Job>)>>,
+    /// The process that started the thread, the thread's queue, and the thread.
+    jobs: Mutex<Option<Helper>>,
+}
+
+struct Helper {
+    pid: u32,
+    queue: mpsc::Sender<Job>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Drop for Offload {
+    /// Lets the thread finish what it was handed (a dropped wait's leaving), so that
+    /// a space dropped before its process exits leaves no queue place behind. Jobs
+    /// hold the store, never the space, so this never runs on the helper thread.
+    fn drop(&mut self) {
+        let helper = self
+            .jobs
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(Helper { pid, queue, thread }) = helper {
+            drop(queue);
+            if pid != std::process::id() {
+                // A forked child's copy of its parent's thread: nothing to join.
+                std::mem::forget(thread);
+            } else if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
 }
 
 impl Offload {
@@ -24,7 +52,7 @@ impl Offload {
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id();
         let job = match &*jobs {
-            Some((started_by, tx)) if *started_by == pid => match tx.send(job) {
+            Some(helper) if helper.pid == pid => match helper.queue.send(job) {
                 Ok(()) => return Ok(()),
                 // (It cannot end while the queue lives; start another all the same.)
                 Err(mpsc::SendError(job)) => job,
@@ -32,7 +60,7 @@ impl Offload {
             _ => job,
         };
         let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("locksmith-offload".into())
             .spawn(move || {
                 for job in rx {
@@ -42,7 +70,14 @@ impl Offload {
             })
             .map_err(|e| Error::backend(format!("cannot start the space's helper thread: {e}")))?;
         let _ = tx.send(job);
-        *jobs = Some((pid, tx));
+        // (A forked child's copy of its parent's helper is forgotten, not joined.)
+        if let Some(stale) = jobs.replace(Helper {
+            pid,
+            queue: tx,
+            thread,
+        }) {
+            std::mem::forget(stale);
+        }
         Ok(())
     }
 

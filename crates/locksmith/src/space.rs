@@ -51,7 +51,12 @@ use crate::{Error, Result};
 /// `postgres://` is named by the design and refused with [`Error::Unsupported`] until
 /// its backend lands.
 ///
-/// A `Space` is cheap to clone; clones share the store and the lease keeper.
+/// A `Space` is cheap to clone; clones share the store and the lease keeper. On
+/// `sqlite:` and Redis, the async forms of whole-store work and the leaving of dropped
+/// async waits run on a helper thread of the space (`locksmith-offload`), so that no
+/// executor thread waits for the store; dropping the last clone waits for what was
+/// handed to it, so that a process that drops its spaces before it exits leaves no
+/// queue place behind.
 ///
 /// ```
 /// # fn main() -> locksmith::Result<()> {

@@ -308,11 +308,13 @@ impl Drop for OnDrop<'_> {
             return;
         };
         if self.in_async && self.handle.space.backend.steps_wait() {
-            let handle = self.handle.clone();
+            // The store and the key, not the space: dropping the space then waits
+            // for this (see `Offload`'s drop).
+            let (backend, key) = (self.handle.space.backend.clone(), self.handle.key.clone());
             let undo = Box::new(move || {
                 let deadline = Instant::now() + UNDO_PATIENCE;
-                if let Err(e) = handle.wait_step(op, Some(deadline)) {
-                    tracing::warn!(name = handle.name(), error = %e, "could not leave the wait queue");
+                if let Err(e) = backend.wait_step(&key, op, Some(deadline)) {
+                    tracing::warn!(name = key.name(), error = %e, "could not leave the wait queue");
                 }
             });
             if let Err(e) = self.handle.space.offload.spawn(undo) {

@@ -40,7 +40,43 @@ pub fn tests() -> Vec<Test> {
             "async::a_blocking_wait_that_would_deadlock_its_runtime_is_refused",
             blocking_wait_in_runtime,
         ),
+        (
+            "async::a_space_dropped_after_a_cancelled_wait_leaves_no_place_behind",
+            dropped_space,
+        ),
     ]
+}
+
+/// A program that cancels a wait and then drops its space (as one that exits does)
+/// leaves no queue place behind: dropping the space finishes the leaving it handed to
+/// the space's helper thread.
+fn dropped_space(store: &Store) {
+    let url = (store.fresh_url)();
+    let other = Space::open(&url).unwrap();
+    let held = other.lock("x").acquire().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let space = Space::open(&url).unwrap();
+    rt.block_on(async {
+        let waiter = tokio::spawn({
+            let lock = space.lock("x");
+            async move { lock.acquire_async().await.map(drop) }
+        });
+        while space.waiting_async("x").await.unwrap() == 0 {
+            tokio::task::yield_now().await;
+        }
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+    });
+    drop(space);
+    assert_eq!(
+        other.waiting("x").unwrap(),
+        0,
+        "the dropped space left its place"
+    );
+    drop(held);
 }
 
 /// Issue 19 item 4: on a current-thread runtime, a blocking acquisition of what a task

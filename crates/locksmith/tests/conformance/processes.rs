@@ -13,6 +13,10 @@ pub fn tests() -> Vec<Test> {
     vec![
         ("process::n_processes_times_m_increments", counter),
         (
+            "process::a_forked_child_uses_the_space_it_inherited",
+            fork_inherited,
+        ),
+        (
             "process::sync_and_async_holders_count_exactly",
             mixed_counter,
         ),
@@ -40,6 +44,74 @@ pub fn tests() -> Vec<Test> {
 }
 
 pub const SEP: char = '\u{1f}';
+
+/// Issue 19 item 14: a child forked after its parent used a store (and while it holds
+/// a lock of it) uses the `Space` it inherited, and a fresh one, and the parent's keeps
+/// working. The child process is this binary re-executed, so the fork happens in a
+/// process whose only other threads are the store's own (idle at the time).
+fn fork_inherited(store: &Store) {
+    let url = (store.fresh_url)();
+    let child = spawn(&["fork-inherit", &url], Stdio::null());
+    wait_ok(child, "fork-inherit");
+}
+
+/// The child side of [`fork_inherited`]: forks, and answers the grandchild's verdict.
+fn fork_inherit(space: &Space, url: &str) -> i32 {
+    let timeout = Duration::from_secs(30);
+    drop(space.lock("x").acquire().unwrap());
+    let held = space.lock("p").acquire().unwrap();
+    // SAFETY: this process runs no thread of its own besides the store's helpers,
+    // which hold no lock between steps; the grandchild only uses the spaces and
+    // leaves with _exit, never returning into this code.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let uses = |space: &Space, which: &str| -> Result<(), String> {
+            let lock = space.lock("x");
+            let guard = lock
+                .acquire_timeout(timeout)
+                .map_err(|e| format!("{which}: acquire: {e}"))?
+                .ok_or(format!("{which}: acquire timed out"))?;
+            guard
+                .release()
+                .map_err(|e| format!("{which}: release: {e}"))?;
+            match space.lock("p").try_acquire() {
+                Ok(None) => Ok(()),
+                other => Err(format!("{which}: the parent's hold: {other:?}")),
+            }
+        };
+        // Both at once: a fresh space opened before the inherited one is used.
+        let verdict = Space::open(url)
+            .map_err(|e| format!("fresh: open: {e}"))
+            .and_then(|fresh| {
+                uses(space, "inherited")?;
+                uses(&fresh, "fresh")?;
+                uses(space, "inherited again")
+            });
+        let code = match verdict {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("grandchild: {e}");
+                3
+            }
+        };
+        // SAFETY: ends the grandchild at once, running no destructor of what it
+        // shares with its parent (the parent's guard among them).
+        unsafe { libc::_exit(code) }
+    }
+    let mut status = 0;
+    // SAFETY: reaps the child forked above, with a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        eprintln!("child: the forked grandchild failed ({status:#x})");
+        return 3;
+    }
+    // The parent's space is unharmed.
+    held.release().unwrap();
+    let again = space.lock("x").acquire_timeout(timeout).unwrap();
+    assert!(again.is_some(), "the parent's space works after the fork");
+    0
+}
 
 /// Starts this test binary in a child role.
 fn spawn(role: &[&str], stdout: Stdio) -> Child {
@@ -137,6 +209,7 @@ pub fn child_main(role: &str) -> i32 {
         }
     };
     match args.as_slice() {
+        ["fork-inherit", url] => fork_inherit(&space, url),
         ["counter", _, name, file, m] => {
             let lock = space.lock(name);
             for _ in 0..m.parse::<u32>().unwrap() {
