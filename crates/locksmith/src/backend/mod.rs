@@ -10,6 +10,8 @@
 //! atomically (mem, sqlite) reuse it, stores that run their own code server-side
 //! (redis) mirror it step for step.
 
+#[cfg(feature = "etcd")]
+pub(crate) mod etcd;
 #[cfg(all(target_os = "linux", any(feature = "shm", feature = "sqlite")))]
 pub(crate) mod futex_async;
 pub(crate) mod mem;
