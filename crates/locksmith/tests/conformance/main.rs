@@ -10,6 +10,8 @@ mod acquirables;
 mod asyncs;
 mod barriers;
 mod conditions;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod events;
 mod forms;
 mod inputs;
@@ -97,6 +99,13 @@ fn stores() -> Vec<Store> {
         Store {
             name: "redis-tls",
             fresh_url: redis::fresh_tls_url,
+            cross_process: true,
+            async_only: false,
+        },
+        #[cfg(feature = "etcd")]
+        Store {
+            name: "etcd",
+            fresh_url: etcd::fresh_url,
             cross_process: true,
             async_only: false,
         },
@@ -199,6 +208,10 @@ fn main() {
         #[cfg(feature = "redis")]
         if store.name == "redis" {
             tests.extend(redis::tests());
+        }
+        #[cfg(feature = "etcd")]
+        if store.name == "etcd" {
+            tests.extend(etcd::tests());
         }
         #[cfg(feature = "redis-tls")]
         if store.name == "redis-tls" {

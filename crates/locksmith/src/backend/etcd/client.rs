@@ -117,7 +117,9 @@ fn one_line(s: &str) -> String {
 pub(super) async fn connect(opts: &Options) -> std::result::Result<Client, Fault> {
     let mut connect = ConnectOptions::new()
         .with_connect_timeout(opts.timeout.min(Duration::from_secs(5)))
-        .with_timeout(opts.timeout)
+        // A request is given a third of a step's time, so that one sent to a member
+        // that stopped answering leaves time to ask another.
+        .with_timeout((opts.timeout / 3).max(Duration::from_secs(1)))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_require_leader(true);
     if let Some((user, password)) = &opts.user {

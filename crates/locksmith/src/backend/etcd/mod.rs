@@ -68,7 +68,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 
 use self::client::{block_on, runtime, Fault, Session};
 use self::options::{redact, Options};
-use self::steps::{retryable, Allow, Seen};
+use self::steps::{retryable, Allow, Seen, Track};
 use self::watch::{EtcdWatch, Hub, Slot};
 use super::model::{self, Op, Record, Reply};
 use super::{Backend, BoxFuture, Key, Watch};
@@ -235,7 +235,9 @@ impl EtcdBackend {
                     let mut change = |r: &mut Record, ctx: &model::Ctx<'_>| {
                         model::apply(r, &name, Op::Check { token }, ctx)
                     };
-                    let reply = inner.step(&ks, &name, &mut change, allow, false).await?;
+                    let reply = inner
+                        .step(&ks, &name, &mut change, allow, Track::Plain)
+                        .await?;
                     return match reply {
                         Reply::Flag(true) => Ok(Reply::Flag(inner.hold_lives(&ks, token).await?)),
                         other => Ok(other),
@@ -243,10 +245,10 @@ impl EtcdBackend {
                 }
                 _ => {}
             }
-            let acquire = matches!(op, Op::Acquire(_));
+            let track = Track::of(&op);
             let mut change =
                 |r: &mut Record, ctx: &model::Ctx<'_>| model::apply(r, &name, op.clone(), ctx);
-            inner.step(&ks, &name, &mut change, allow, acquire).await
+            inner.step(&ks, &name, &mut change, allow, track).await
         })
     }
 
@@ -407,7 +409,9 @@ impl Backend for EtcdBackend {
                     deadline: None,
                     patient: false,
                 };
-                inner.step(&ks, &name, &mut change, allow, false).await
+                inner
+                    .step(&ks, &name, &mut change, allow, Track::Plain)
+                    .await
             })??;
             if matches!(reply, Reply::Flag(true)) {
                 evicted += 1;

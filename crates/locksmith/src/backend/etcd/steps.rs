@@ -210,14 +210,15 @@ impl Inner {
         name: &str,
         change: &mut Change<'_>,
         allow: Allow,
-        acquire: bool,
+        track: Track,
     ) -> Result<Reply> {
         let started = Instant::now();
         let give_up = self.give_up(allow, started);
         let id = crate::owner::fresh_id();
         let mut seen = lock(&ks.seen).clone();
-        // After a write whose answer was lost: what it wrote, and what it answered.
-        let mut lost: Option<(Vec<u8>, Reply)> = None;
+        // After a write whose answer was lost: what it wrote, what it answered, and
+        // how many levels of the released hold there were before it.
+        let mut lost: Option<Lost> = None;
         let mut backoff = Duration::from_millis(20);
         loop {
             let attempt = async {
@@ -225,30 +226,39 @@ impl Inner {
                     Some(s) => s,
                     None => self.read(ks).await?,
                 };
-                if let Some((wrote, reply)) = &lost {
-                    if s.value.as_deref() == Some(wrote.as_slice()) {
+                if let Some(l) = lost.take() {
+                    if s.value.as_deref() == Some(l.wrote.as_slice()) {
                         // It happened, and nobody wrote since.
-                        return Ok(Ok((reply.clone(), s)));
+                        return Ok(Ok((l.reply, s)));
                     }
-                    if acquire {
-                        if let Some(token) = self.granted_by(ks, id).await? {
-                            return Ok(Ok((
-                                Reply::Granted(crate::backend::Grant {
+                    match track {
+                        Track::Acquire => {
+                            if let Some(token) = self.granted_by(ks, id).await? {
+                                let grant = crate::backend::Grant {
                                     token,
                                     previous_owner_died: false,
-                                }),
-                                s,
-                            )));
+                                };
+                                return Ok(Ok((Reply::Granted(grant), s)));
+                            }
                         }
-                    } else if !allow.retry {
-                        return Ok(Err(Error::backend(format!(
-                            "{}: the etcd cluster did not answer a step on '{name}', which \
-                             may or may not have happened",
-                            self.url
-                        ))));
+                        Track::Release(token) => {
+                            let now = s.value.as_deref().and_then(|v| levels(v, token));
+                            if now.unwrap_or(0) < l.levels.unwrap_or(0) {
+                                // The hold is gone, or has a level less: it happened.
+                                return Ok(Ok((l.reply, s)));
+                            }
+                        }
+                        Track::Plain if !allow.retry => {
+                            return Ok(Err(Error::backend(format!(
+                                "{}: the etcd cluster did not answer a step on '{name}', \
+                                 which may or may not have happened",
+                                self.url
+                            ))));
+                        }
+                        Track::Plain => {}
                     }
                 }
-                self.attempt(ks, name, change, s, id).await
+                self.attempt(ks, name, change, s, id, track).await
             };
             let fault = match attempt.await {
                 Ok(Ok((reply, s))) => {
@@ -296,6 +306,7 @@ impl Inner {
         change: &mut Change<'_>,
         s: Seen,
         id: u64,
+        track: Track,
     ) -> std::result::Result<Result<(Reply, Seen)>, Attempt> {
         let decoded = match &s.value {
             None => Ok(Record {
@@ -405,8 +416,15 @@ impl Inner {
             Err(e) => {
                 let fault = Fault::of(e);
                 // A lost answer to a write: it may have happened.
-                let maybe = (wrote && matches!(fault, Fault::Transient(_)))
-                    .then(|| (if changed { value } else { Vec::new() }, reply));
+                let levels = match track {
+                    Track::Release(token) => s.value.as_deref().and_then(|v| levels(v, token)),
+                    _ => None,
+                };
+                let maybe = (wrote && matches!(fault, Fault::Transient(_))).then(|| Lost {
+                    wrote: if changed { value } else { Vec::new() },
+                    reply,
+                    levels,
+                });
                 Err(Attempt::Fault(fault, maybe))
             }
         }
@@ -447,7 +465,46 @@ pub(super) enum Attempt {
     Conflict(Seen),
     /// The cluster failed; with what the try wrote and answered, if the write may
     /// have happened.
-    Fault(Fault, Option<(Vec<u8>, Reply)>),
+    Fault(Fault, Option<Lost>),
+}
+
+/// A write whose answer was lost.
+pub(super) struct Lost {
+    wrote: Vec<u8>,
+    reply: Reply,
+    /// The levels of the hold a release gave back, before it.
+    levels: Option<u32>,
+}
+
+/// What a step can find out about itself after its answer was lost.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Track {
+    Plain,
+    /// An acquisition: its grant's liveness key carries the step's id.
+    Acquire,
+    /// The release of (a level of) the hold with this token.
+    Release(u64),
+}
+
+impl Track {
+    pub(super) fn of(op: &Op) -> Track {
+        match op {
+            Op::Acquire(_) => Track::Acquire,
+            Op::Release { token } | Op::ReleaseAll { token } | Op::CondWait { token, .. } => {
+                Track::Release(*token)
+            }
+            _ => Track::Plain,
+        }
+    }
+}
+
+/// The levels of hold `token` in the record `value`.
+fn levels(value: &[u8], token: u64) -> Option<u32> {
+    let record: Record = serde_json::from_slice(value).ok()?;
+    match record.state {
+        Some(State::Permits(p)) => p.holders.iter().find(|h| h.token == token).map(|h| h.count),
+        _ => None,
+    }
 }
 
 impl From<Fault> for Attempt {
