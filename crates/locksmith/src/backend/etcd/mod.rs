@@ -56,6 +56,7 @@
 //! every second.
 
 mod client;
+mod gate;
 mod options;
 mod steps;
 mod watch;
@@ -114,6 +115,11 @@ pub(super) struct KeyState {
     holds: Vec<u8>,
     seen: Mutex<Option<Seen>>,
     slot: Arc<Slot>,
+    /// This process's steps on the name, one at a time: they never conflict with each
+    /// other, and the record seen last is the one in the store unless another process
+    /// wrote.
+    turn: tokio::sync::Mutex<()>,
+    gate: gate::Gate,
 }
 
 impl KeyState {
@@ -194,6 +200,8 @@ impl EtcdBackend {
                 holds: self.inner.keys.holds(key.name()),
                 seen: Mutex::new(None),
                 slot: self.inner.hub.slot(key.name()),
+                turn: tokio::sync::Mutex::new(()),
+                gate: gate::Gate::default(),
             })
         })
     }
@@ -220,11 +228,57 @@ impl EtcdBackend {
         let name: Arc<str> = key.name().into();
         let ttl = self.ttl_millis();
         Box::pin(async move {
+            // Queued waiters behind another of this process wait here, not in the
+            // store's queue (see `gate`).
+            match &op {
+                Op::Acquire(a) => {
+                    let admitted = match a.ticket {
+                        Some(ticket) => ks.gate.admit(ticket),
+                        // A newcomer cannot overtake this process's queued waiters.
+                        None => !ks.gate.busy(),
+                    };
+                    if !admitted {
+                        return Ok(Reply::Blocked { retry_at: None });
+                    }
+                }
+                Op::Dequeue { ticket } if ks.gate.finish(*ticket) => return Ok(Reply::Done),
+                _ => {}
+            }
+            let ticket = match &op {
+                Op::Acquire(a) => a.ticket,
+                _ => None,
+            };
+            let _turn = ks.turn.lock().await;
+            let reply = Self::run_op(&inner, &ks, &name, op, allow, ttl).await;
+            if let Some(ticket) = ticket {
+                if !matches!(reply, Ok(Reply::Blocked { .. })) {
+                    ks.gate.finish(ticket);
+                }
+            }
+            match reply {
+                Ok(Reply::Holders { holders, waiting }) => Ok(Reply::Holders {
+                    holders,
+                    waiting: waiting.saturating_add(ks.gate.waiting() as u32),
+                }),
+                other => other,
+            }
+        })
+    }
+
+    async fn run_op(
+        inner: &Inner,
+        ks: &KeyState,
+        name: &str,
+        op: Op,
+        allow: Allow,
+        ttl: u64,
+    ) -> Result<Reply> {
+        {
             match op {
                 // The default lease is renewed by the space's keeper: the hold stands
                 // while its liveness key does.
                 Op::Renew { token, lease } if lease == ttl => {
-                    return match inner.hold_lives(&ks, token).await? {
+                    return match inner.hold_lives(ks, token).await? {
                         true => Ok(Reply::Done),
                         false => Err(Error::NotHeld {
                             name: name.to_string(),
@@ -233,13 +287,13 @@ impl EtcdBackend {
                 }
                 Op::Check { token } => {
                     let mut change = |r: &mut Record, ctx: &model::Ctx<'_>| {
-                        model::apply(r, &name, Op::Check { token }, ctx)
+                        model::apply(r, name, Op::Check { token }, ctx)
                     };
                     let reply = inner
-                        .step(&ks, &name, &mut change, allow, Track::Plain)
+                        .step(ks, name, &mut change, allow, Track::Plain)
                         .await?;
                     return match reply {
-                        Reply::Flag(true) => Ok(Reply::Flag(inner.hold_lives(&ks, token).await?)),
+                        Reply::Flag(true) => Ok(Reply::Flag(inner.hold_lives(ks, token).await?)),
                         other => Ok(other),
                     };
                 }
@@ -247,9 +301,9 @@ impl EtcdBackend {
             }
             let track = Track::of(&op);
             let mut change =
-                |r: &mut Record, ctx: &model::Ctx<'_>| model::apply(r, &name, op.clone(), ctx);
-            inner.step(&ks, &name, &mut change, allow, track).await
-        })
+                |r: &mut Record, ctx: &model::Ctx<'_>| model::apply(r, name, op.clone(), ctx);
+            inner.step(ks, name, &mut change, allow, track).await
+        }
     }
 
     /// Runs a step on the etcd runtime for an async caller, safe to cancel: if the
@@ -371,10 +425,12 @@ impl Backend for EtcdBackend {
         self.run_detached(key, op, allow)
     }
 
-    fn watch(&self, key: &Key, _ticket: Option<u64>) -> Result<Box<dyn Watch>> {
+    fn watch(&self, key: &Key, ticket: Option<u64>) -> Result<Box<dyn Watch>> {
         let ks = self.state(key);
+        // A waiter in line behind another of this process waits for its turn.
+        let gated = ticket.and_then(|t| ks.gate.listen(t));
         Ok(Box::new(EtcdWatch {
-            listener: ks.slot.listen(),
+            listener: gated.unwrap_or_else(|| ks.slot.listen()),
             _slot: ks.slot.clone(),
         }))
     }
