@@ -3,6 +3,7 @@
 //! its keeper.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -111,12 +112,50 @@ fn one_line(s: &str) -> String {
         .join(" ")
 }
 
-/// Connects to the URL's members. The client balances over all of them and moves on
-/// when one stops answering; with `require_leader`, a member cut off from the leader
-/// answers "no leader" at once instead of hanging.
-pub(super) async fn connect(opts: &Options) -> std::result::Result<Client, Fault> {
+/// A client per member of the URL, and the one in use: a request that gets no answer
+/// moves this process on to the next member, so a member killed, paused or cut off from
+/// the leader costs one request timeout, not every request. (With `require_leader`, a
+/// member cut off from the leader answers "no leader" at once instead of hanging.)
+pub(super) struct Members {
+    clients: Vec<Client>,
+    current: AtomicUsize,
+}
+
+impl Members {
+    /// The member in use.
+    pub(super) fn pick(&self) -> (usize, Client) {
+        let i = self.current.load(Ordering::Relaxed) % self.clients.len();
+        (i, self.clients[i].clone())
+    }
+
+    /// Moves on from member `i`, which did not answer (unless another request
+    /// already moved on).
+    pub(super) fn failed(&self, i: usize) {
+        let next = (i + 1) % self.clients.len();
+        let _ = self
+            .current
+            .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Runs `f` on the member in use; moves on if it got no answer.
+    pub(super) async fn with<T, F, Fut>(&self, f: F) -> std::result::Result<T, Fault>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let (i, client) = self.pick();
+        let out = f(client).await.map_err(Fault::of);
+        if let Err(Fault::Transient(_)) = &out {
+            self.failed(i);
+        }
+        out
+    }
+}
+
+/// Connects to the URL's members, a client each (connections are made on first use).
+pub(super) async fn connect(opts: &Options) -> std::result::Result<Members, Fault> {
     let mut connect = ConnectOptions::new()
-        .with_connect_timeout(opts.timeout.min(Duration::from_secs(5)))
+        .with_connect_timeout(opts.timeout.min(Duration::from_secs(3)))
         // A request is given a third of a step's time, so that one sent to a member
         // that stopped answering leaves time to ask another.
         .with_timeout((opts.timeout / 3).max(Duration::from_secs(1)))
@@ -125,19 +164,30 @@ pub(super) async fn connect(opts: &Options) -> std::result::Result<Client, Fault
     if let Some((user, password)) = &opts.user {
         connect = connect.with_user(user, password);
     }
-    let endpoints: Vec<String> = opts
-        .endpoints
-        .iter()
-        .map(|e| format!("http://{e}"))
-        .collect();
-    match tokio::time::timeout(opts.timeout, Client::connect(endpoints, Some(connect))).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(Fault::of(e)),
-        Err(_) => Err(Fault::Transient(format!(
-            "no member answered within {:?}",
-            opts.timeout
-        ))),
+    let mut clients = Vec::new();
+    let mut last = None;
+    for e in &opts.endpoints {
+        let endpoint = [format!("http://{e}")];
+        let made = tokio::time::timeout(
+            opts.timeout,
+            Client::connect(endpoint, Some(connect.clone())),
+        )
+        .await;
+        match made {
+            Ok(Ok(c)) => clients.push(c),
+            // (With credentials, connecting asks the member for a token: a member down
+            // now is left out of this space.)
+            Ok(Err(e)) => last = Some(Fault::of(e)),
+            Err(_) => last = Some(Fault::Transient(format!("{e} did not answer"))),
+        }
     }
+    if clients.is_empty() {
+        return Err(last.unwrap_or_else(|| Fault::Refused("no member".into())));
+    }
+    Ok(Members {
+        clients,
+        current: AtomicUsize::new(0),
+    })
 }
 
 /// The etcd lease that carries a space's holds, and the task that keeps it alive.
@@ -149,7 +199,7 @@ pub(super) async fn connect(opts: &Options) -> std::result::Result<Client, Fault
 /// carried are lost (their guards learn it at their next check), and a new lease is
 /// granted for the holds to come.
 pub(super) struct Session {
-    client: Client,
+    members: Arc<Members>,
     ttl: Duration,
     /// The lease in force; 0 while none is (before the first grant, after a loss).
     id: tokio::sync::Mutex<i64>,
@@ -158,9 +208,9 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn new(client: Client, ttl: Duration) -> Arc<Session> {
+    pub(super) fn new(members: Arc<Members>, ttl: Duration) -> Arc<Session> {
         Arc::new(Session {
-            client,
+            members,
             ttl,
             id: tokio::sync::Mutex::new(0),
             kept: Mutex::new(0),
@@ -174,12 +224,11 @@ impl Session {
         if *id != 0 {
             return Ok(*id);
         }
+        let ttl = self.ttl.as_secs() as i64;
         let granted = self
-            .client
-            .clone()
-            .lease_grant(self.ttl.as_secs() as i64, None)
-            .await
-            .map_err(Fault::of)?;
+            .members
+            .with(|mut c| async move { c.lease_grant(ttl, None).await })
+            .await?;
         *id = granted.id();
         *lock(&self.kept) = *id;
         tokio::spawn(keep(Arc::downgrade(self), *id, self.ttl));
@@ -217,7 +266,7 @@ impl Session {
         if id == 0 {
             return;
         }
-        let mut client = self.client.clone();
+        let (_, mut client) = self.members.pick();
         if let Ok(rt) = runtime() {
             rt.spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(id)).await;
@@ -235,11 +284,11 @@ async fn keep(session: Weak<Session>, id: i64, ttl: Duration) {
         if *lock(&s.kept) != id {
             return;
         }
-        let mut client = s.client.clone();
-        drop(s);
+        let (member, mut client) = s.members.pick();
         if stream.is_none() {
             stream = client.lease_keep_alive(id).await.ok();
         }
+        drop(client);
         let answer = match &mut stream {
             Some((keeper, answers)) => match keeper.keep_alive().await {
                 Ok(()) => tokio::time::timeout(every, answers.message()).await,
@@ -260,6 +309,7 @@ async fn keep(session: Weak<Session>, id: i64, ttl: Duration) {
             Ok(Ok(Some(_))) => tokio::time::sleep(every).await,
             // A broken stream (a member killed): make a new one, to another member.
             _ => {
+                s.members.failed(member);
                 stream = None;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -65,9 +65,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 
-use self::client::{block_on, runtime, Fault, Session};
+use self::client::{block_on, runtime, Fault, Members, Session};
 use self::options::{redact, Options};
 use self::steps::{retryable, Allow, Seen, Track};
 use self::watch::{EtcdWatch, Hub, Slot};
@@ -138,7 +138,7 @@ pub(crate) struct EtcdBackend {
 pub(super) struct Inner {
     url: String,
     keys: Keys,
-    client: Client,
+    members: Arc<Members>,
     session: Arc<Session>,
     hub: Arc<Hub>,
     timeout: Duration,
@@ -162,30 +162,41 @@ impl EtcdBackend {
         let keys = Keys {
             prefix: opts.prefix.clone(),
         };
-        let (client, revision) = block_on({
+        let (members, revision) = block_on({
             let (opts, floor) = (opts.clone(), keys.floor());
             async move {
-                let mut client = client::connect(&opts).await?;
+                let members = client::connect(&opts).await?;
                 // A first read: a cluster that is down is an error now, not later; its
-                // revision is where the watch stream starts.
-                let resp = client.get(floor, None).await.map_err(Fault::of)?;
+                // revision is where the watch stream starts. Each member is tried.
+                let mut tried = 0;
+                let resp = loop {
+                    let floor = floor.clone();
+                    match members
+                        .with(|mut c| async move { c.get(floor, None).await })
+                        .await
+                    {
+                        Ok(resp) => break resp,
+                        Err(Fault::Transient(_)) if tried + 1 < opts.endpoints.len() => tried += 1,
+                        Err(f) => return Err(f),
+                    }
+                };
                 let revision = resp.header().map_or(0, |h| h.revision());
-                Ok::<_, Fault>((client, revision))
+                Ok::<_, Fault>((Arc::new(members), revision))
             }
         })?
         .map_err(|f| f.into_error(&shown))?;
         let hub = Hub::for_space(
             &format!("{} {}", opts.identity(), crate::owner::pid()),
             &keys,
-            &client,
+            &members,
             revision,
         )?;
         Ok(EtcdBackend {
             inner: Arc::new(Inner {
                 url: shown,
                 keys,
-                session: Session::new(client.clone(), opts.ttl),
-                client,
+                session: Session::new(members.clone(), opts.ttl),
+                members,
                 hub,
                 timeout: opts.timeout,
                 ttl: opts.ttl,
@@ -363,10 +374,11 @@ impl EtcdBackend {
                 TxnOp::get(inner.keys.records(), Some(GetOptions::new().with_prefix())),
                 TxnOp::get(inner.keys.floor(), None),
             ]);
-            let resp = tokio::time::timeout(inner.timeout, inner.client.kv_client().txn(txn))
+            let resp = inner
+                .members
+                .with(|mut c| async move { c.txn(txn).await })
                 .await
-                .map_err(|_| Fault::Transient("timed out".into()).into_error(&inner.url))?
-                .map_err(|e| Fault::of(e).into_error(&inner.url))?;
+                .map_err(|f| f.into_error(&inner.url))?;
             let mut records = Vec::new();
             let mut floor = (0, 0);
             for (i, r) in resp.op_responses().into_iter().enumerate() {
@@ -501,10 +513,12 @@ impl Backend for EtcdBackend {
                     TxnOp::delete(rec_key, None),
                 ]);
             let resp = block_on(async move {
-                tokio::time::timeout(inner.timeout, inner.client.kv_client().txn(txn)).await
+                inner
+                    .members
+                    .with(|mut c| async move { c.txn(txn).await })
+                    .await
             })?
-            .map_err(|_| Fault::Transient("timed out".into()).into_error(&self.inner.url))?
-            .map_err(|e| Fault::of(e).into_error(&self.inner.url))?;
+            .map_err(|f| f.into_error(&self.inner.url))?;
             if resp.succeeded() {
                 reclaimed += 1;
                 floor = highest;

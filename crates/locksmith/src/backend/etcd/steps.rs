@@ -123,10 +123,28 @@ fn holds(record: &Record) -> Vec<(Owner, u64)> {
 }
 
 impl Inner {
+    /// A transaction, on the member in use.
+    async fn txn(&self, txn: Txn) -> std::result::Result<etcd_client::TxnResponse, Fault> {
+        self.members
+            .with(|mut c| async move { c.txn(txn).await })
+            .await
+    }
+
+    /// A read, on the member in use.
+    async fn get(
+        &self,
+        key: Vec<u8>,
+        opts: GetOptions,
+    ) -> std::result::Result<etcd_client::GetResponse, Fault> {
+        self.members
+            .with(|mut c| async move { c.get(key, Some(opts)).await })
+            .await
+    }
+
     /// Reads a name's record and the floor, in one round trip.
     async fn read(&self, ks: &KeyState) -> std::result::Result<Seen, Fault> {
         let txn = Txn::new().and_then(self.reads(ks));
-        let resp = self.client.kv_client().txn(txn).await.map_err(Fault::of)?;
+        let resp = self.txn(txn).await?;
         parse_seen(&resp).ok_or_else(|| Fault::Refused("a malformed answer".into()))
     }
 
@@ -140,14 +158,11 @@ impl Inner {
     /// The tokens whose liveness keys exist: the holds of `ks` whose leases live.
     async fn live_tokens(&self, ks: &KeyState) -> std::result::Result<HashSet<u64>, Fault> {
         let resp = self
-            .client
-            .kv_client()
             .get(
                 ks.holds.clone(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
+                GetOptions::new().with_prefix().with_keys_only(),
             )
-            .await
-            .map_err(Fault::of)?;
+            .await?;
         Ok(resp
             .kvs()
             .iter()
@@ -164,11 +179,8 @@ impl Inner {
     /// but it happened: its liveness key carries the step's id.
     async fn granted_by(&self, ks: &KeyState, id: u64) -> std::result::Result<Option<u64>, Fault> {
         let resp = self
-            .client
-            .kv_client()
-            .get(ks.holds.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(Fault::of)?;
+            .get(ks.holds.clone(), GetOptions::new().with_prefix())
+            .await?;
         let id = id.to_string();
         Ok(resp.kvs().iter().find_map(|kv| {
             if kv.value() != id.as_bytes() {
@@ -184,11 +196,9 @@ impl Inner {
     /// Whether the liveness key of hold `token` exists.
     pub(super) async fn hold_lives(&self, ks: &KeyState, token: u64) -> Result<bool> {
         let resp = self
-            .client
-            .kv_client()
-            .get(ks.hold(token), Some(GetOptions::new().with_count_only()))
+            .get(ks.hold(token), GetOptions::new().with_count_only())
             .await
-            .map_err(|e| Fault::of(e).into_error(&self.url))?;
+            .map_err(|f| f.into_error(&self.url))?;
         Ok(resp.count() > 0)
     }
 
@@ -213,7 +223,12 @@ impl Inner {
         track: Track,
     ) -> Result<Reply> {
         let started = Instant::now();
-        let give_up = self.give_up(allow, started);
+        let give_up = match track {
+            // A release that gets no answer is not given up on for a while: a hold
+            // left behind would last as long as this process.
+            Track::Release(_) => started + OUTAGE.max(self.timeout),
+            _ => self.give_up(allow, started),
+        };
         let id = crate::owner::fresh_id();
         let mut seen = lock(&ks.seen).clone();
         // After a write whose answer was lost: what it wrote, what it answered, and
@@ -391,7 +406,7 @@ impl Inner {
             .when(self.unchanged(ks, &s))
             .and_then(ops)
             .or_else(self.reads(ks));
-        match self.client.kv_client().txn(txn).await {
+        match self.txn(txn).await {
             Ok(resp) if resp.succeeded() => {
                 let seen = if changed {
                     let rev = resp.header().map_or(0, |h| h.revision());
@@ -413,8 +428,7 @@ impl Inner {
             Ok(resp) => Err(Attempt::Conflict(parse_seen(&resp).ok_or_else(|| {
                 Attempt::Fault(Fault::Refused("a malformed answer".into()), None)
             })?)),
-            Err(e) => {
-                let fault = Fault::of(e);
+            Err(fault) => {
                 // A lost answer to a write: it may have happened.
                 let levels = match track {
                     Track::Release(token) => s.value.as_deref().and_then(|v| levels(v, token)),
@@ -449,12 +463,7 @@ impl Inner {
     /// Whether the record is still as `s` saw it (a transaction of comparisons only).
     async fn confirm(&self, ks: &KeyState, s: &Seen) -> std::result::Result<bool, Attempt> {
         let txn = Txn::new().when(self.unchanged(ks, s));
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(|e| Attempt::Fault(Fault::of(e), None))?;
+        let resp = self.txn(txn).await?;
         Ok(resp.succeeded())
     }
 }

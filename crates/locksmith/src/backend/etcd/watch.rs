@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, WatchOptions};
+use etcd_client::WatchOptions;
 use event_listener::{Event, EventListener, Listener};
 
-use super::client::{lock, runtime};
+use super::client::{lock, runtime, Members};
 use super::Keys;
 use crate::backend::{BoxFuture, Watch};
 use crate::Result;
@@ -57,7 +57,7 @@ impl Hub {
     pub(super) fn for_space(
         identity: &str,
         keys: &Keys,
-        client: &Client,
+        members: &Arc<Members>,
         after: i64,
     ) -> Result<Arc<Hub>> {
         // Keyed by pid too: a forked child must not use its parent's stream.
@@ -77,7 +77,7 @@ impl Hub {
             slots: Mutex::default(),
             task: Mutex::new(None),
         });
-        let task = runtime()?.spawn(stream(Arc::downgrade(&hub), client.clone(), after + 1));
+        let task = runtime()?.spawn(stream(Arc::downgrade(&hub), members.clone(), after + 1));
         *lock(&hub.task) = Some(task);
         hubs.push((pid, identity.to_owned(), Arc::downgrade(&hub)));
         Ok(hub)
@@ -124,7 +124,7 @@ impl Drop for Hub {
 
 /// The stream: watches the prefix from `next`, dispatches each change to the
 /// watchers of its name, and starts again where it stopped when it breaks.
-async fn stream(hub: Weak<Hub>, mut client: Client, mut next: i64) {
+async fn stream(hub: Weak<Hub>, members: Arc<Members>, mut next: i64) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(prefix) = hub.upgrade().map(|h| h.keys.prefix.clone()) else {
@@ -134,9 +134,11 @@ async fn stream(hub: Weak<Hub>, mut client: Client, mut next: i64) {
         if next > 0 {
             opts = opts.with_start_revision(next);
         }
+        let (member, mut client) = members.pick();
         let mut watch = match client.watch(prefix.as_bytes(), Some(opts)).await {
             Ok(w) => w,
             Err(_) => {
+                members.failed(member);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(POLL);
                 continue;
@@ -162,6 +164,8 @@ async fn stream(hub: Weak<Hub>, mut client: Client, mut next: i64) {
                 }
             }
         }
+        // The stream broke (its member was killed or paused): another member next.
+        members.failed(member);
         if let Some(h) = hub.upgrade() {
             h.wake_everyone();
         }
