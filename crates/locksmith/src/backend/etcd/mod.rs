@@ -7,7 +7,7 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `P r/NAME` | the name's [`Record`](super::model::Record), JSON: its fencing counter, kind, tag and live state |
+//! | `P r/NAME` | the name's [`Record`], JSON: its fencing counter, kind, tag and live state |
 //! | `P h/NAME \0 TOKEN` | a hold's liveness key, attached to its space's etcd lease; its value is the id of the step that granted it |
 //! | `P floor` | the token floor: the highest counter of a name [`Backend::reclaim_idle`] deleted |
 //!
@@ -20,7 +20,7 @@
 //! state machine run by the client in between (see [`steps`]). Every step is therefore
 //! linearizable, as etcd's transactions are, through leader changes, member restarts and
 //! partitions; a step that cannot commit within its time fails with
-//! [`Error::Backend`](crate::Error::Backend), and never grants on a stale record.
+//! [`Error::Backend`], and never grants on a stale record.
 //!
 //! # Fencing
 //!
@@ -129,6 +129,9 @@ impl KeyState {
         k
     }
 }
+
+/// A record as [`EtcdBackend::scan`] finds it: name, value, mod revision.
+type Stored = (String, Vec<u8>, i64);
 
 /// A space on an etcd cluster.
 pub(crate) struct EtcdBackend {
@@ -365,9 +368,8 @@ impl EtcdBackend {
         }
     }
 
-    /// Every record of the prefix: name, value, mod revision; and the floor with its
-    /// mod revision.
-    fn scan(&self) -> Result<(Vec<(String, Vec<u8>, i64)>, (u64, i64))> {
+    /// Every record of the prefix, and the floor with its mod revision.
+    fn scan(&self) -> Result<(Vec<Stored>, (u64, i64))> {
         let inner = self.inner.clone();
         block_on(async move {
             let txn = Txn::new().and_then(vec![

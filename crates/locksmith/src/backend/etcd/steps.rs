@@ -2,7 +2,7 @@
 //! read, with the shared state machine run in between.
 //!
 //! A step starts from the record this process last saw of the name (or reads it: one
-//! round trip), runs [`model::apply`] on it, and sends one `Txn`: *if* the record's
+//! round trip), runs [`apply`](crate::backend::model::apply) on it, and sends one `Txn`: *if* the record's
 //! mod revision is still the one seen (for a name without a record: it still has none,
 //! and the token floor is unchanged), *then* write the new record and the liveness keys
 //! of the holds it granted or ended, *else* read the record and the floor afresh. A
