@@ -395,13 +395,19 @@ fn through_fault(what: &str, fault: impl FnOnce(&Cluster, &dyn Fn() -> u64)) {
     assert!(g.token() > last.load(Ordering::SeqCst), "tokens still rise");
 }
 
-/// The leader is SIGKILLed while holders and waiters work: nobody is granted a held
-/// lock, tokens keep rising, and the waiters recover within their deadlines (the
-/// client fails over to the other members).
+/// The leader is SIGKILLed while holders and waiters work, and later restarted: nobody
+/// is granted a held lock, tokens keep rising, and the waiters recover within their
+/// deadlines (the client fails over to the other members).
 fn leader_killed(_: &Store) {
-    through_fault("the leader was killed", |cluster, _| {
+    through_fault("the leader was killed and restarted", |cluster, done| {
         let leader = cluster.leader();
         cluster.kill(leader);
+        let before = done();
+        crate::eventually("work goes on without the old leader", || {
+            done() >= before + 20
+        });
+        // Back from its data directory, it rejoins as a follower.
+        cluster.start_member(leader).unwrap();
     });
 }
 
