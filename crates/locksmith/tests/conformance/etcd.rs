@@ -47,6 +47,31 @@ pub fn fresh_url() -> String {
     suite_cluster().url(&format!("t{}/", unique()))
 }
 
+/// Where the clusters of this run keep their data: under `/dev/shm` where there is one
+/// (the members fsync every commit, which on a shared test machine's disk is most of a
+/// step's time), else the system's temporary directory.
+fn data_root() -> std::path::PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// Removes the data of this run's clusters (the suite's cluster is never dropped; its
+/// members die with this process).
+pub fn remove_data() {
+    let mine = format!("locksmith-etcd-{}-", std::process::id());
+    if let Ok(dir) = std::fs::read_dir(data_root()) {
+        for entry in dir.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&mine) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
 fn suite_cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
     match CLUSTER.get_or_init(Cluster::start) {
@@ -76,15 +101,7 @@ pub struct Cluster {
 
 impl Cluster {
     fn start() -> Result<Cluster, String> {
-        // In memory where there is /dev/shm: the members fsync every commit, which
-        // on a shared test machine's disk is most of a step's time.
-        let shm = std::path::Path::new("/dev/shm");
-        let base = if shm.is_dir() {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = base.join(format!(
+        let dir = data_root().join(format!(
             "locksmith-etcd-{}-{}",
             std::process::id(),
             unique()

@@ -226,6 +226,8 @@ fn main() {
     }
     let conclusion = libtest_mimic::run(&args, trials);
     remove_shm_regions();
+    #[cfg(feature = "etcd")]
+    etcd::remove_data();
     #[cfg(feature = "redis-tls")]
     redis::remove_tls_files();
     conclusion.exit();
