@@ -324,6 +324,18 @@ impl EtcdBackend {
     /// caller goes away while it is on the wire, a grant it would have received is
     /// given back and a queue place it would have kept is left.
     fn run_detached(&self, key: &Key, op: Op, allow: Allow) -> BoxFuture<'static, Result<Reply>> {
+        if let Op::Acquire(a) = &op {
+            // Waiting in line in this process: answered here, without a trip to the
+            // etcd runtime's thread.
+            let gate = &self.state(key).gate;
+            let admitted = match a.ticket {
+                Some(ticket) => gate.admit(ticket),
+                None => !gate.busy(),
+            };
+            if !admitted {
+                return Box::pin(std::future::ready(Ok(Reply::Blocked { retry_at: None })));
+            }
+        }
         let undo = match &op {
             Op::Acquire(a) => Some(a.ticket),
             _ => None,
@@ -444,6 +456,8 @@ impl Backend for EtcdBackend {
         // A waiter in line behind another of this process waits for its turn.
         let gated = ticket.and_then(|t| ks.gate.listen(t));
         Ok(Box::new(EtcdWatch {
+            // Only this process lets it through: no fallback check needed.
+            poll: gated.is_none(),
             listener: gated.unwrap_or_else(|| ks.slot.listen()),
             _slot: ks.slot.clone(),
         }))

@@ -175,18 +175,28 @@ async fn stream(hub: Weak<Hub>, members: Arc<Members>, mut next: i64) {
 
 /// A registration on a name's slot, taken before the caller re-checks.
 pub(super) struct EtcdWatch {
+    /// Whether it re-checks every [`POLL`] (all but waiters in line in this process).
+    pub(super) poll: bool,
     pub(super) listener: EventListener,
     pub(super) _slot: Arc<Slot>,
 }
 
-fn capped(deadline: Option<Instant>) -> Instant {
+fn capped(deadline: Option<Instant>, poll: bool) -> Option<Instant> {
+    if !poll {
+        return deadline;
+    }
     let poll = Instant::now() + POLL;
-    deadline.map_or(poll, |d| d.min(poll))
+    Some(deadline.map_or(poll, |d| d.min(poll)))
 }
 
 impl Watch for EtcdWatch {
     fn wait(self: Box<Self>, deadline: Option<Instant>) -> Result<()> {
-        self.listener.wait_deadline(capped(deadline));
+        match capped(deadline, self.poll) {
+            Some(until) => {
+                self.listener.wait_deadline(until);
+            }
+            None => self.listener.wait(),
+        }
         Ok(())
     }
 
@@ -194,9 +204,13 @@ impl Watch for EtcdWatch {
         Box::pin(async move {
             let EtcdWatch {
                 mut listener,
+                poll,
                 _slot,
             } = *self;
-            let until = capped(deadline);
+            let Some(until) = capped(deadline, poll) else {
+                listener.await;
+                return Ok(());
+            };
             // The timer runs on the etcd runtime, so any executor can wait.
             let mut timer = runtime()?.spawn(async move {
                 tokio::time::sleep_until(until.into()).await;
