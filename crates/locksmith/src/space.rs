@@ -25,6 +25,7 @@ use crate::{Error, Result};
 /// | `sqlite:PATH` | processes of this host, through an SQLite file that keeps state across restarts (feature `sqlite`; the default store) |
 /// | `sqlite:DIR?shards=N` | as `sqlite:`, over N files in `DIR`, names hashed to one of them |
 /// | `redis://[user:password@]host[:port][/db][?prefix=P]` | every process on any machine that opens the same server, database and key prefix (default prefix `locksmith:`); `rediss://` for TLS (feature `redis-tls`) |
+/// | `etcd://[user:password@]host:port[,host:port…][?prefix=P]` | every process on any machine that opens the same cluster and key prefix (default `locksmith/`); feature `etcd` |
 ///
 /// `shm:` takes options after a `?`, joined by `&`, used when the region is created:
 /// `capacity=N` names (65536), `arena=BYTES` of state (64M; `K`/`M`/`G` suffixes),
@@ -215,6 +216,14 @@ impl Space {
             Some((scheme @ ("redis" | "rediss"), _)) => {
                 return Err(Error::Unsupported(format!(
                     "the {scheme} backend is not built in (in '{url}'): enable the redis feature"
+                )))
+            }
+            #[cfg(feature = "etcd")]
+            Some(("etcd", _)) => Arc::new(crate::backend::etcd::EtcdBackend::open(url)?),
+            #[cfg(not(feature = "etcd"))]
+            Some(("etcd", _)) => {
+                return Err(Error::Unsupported(format!(
+                    "the etcd backend is not built in (in '{url}'): enable the etcd feature"
                 )))
             }
 

@@ -12,6 +12,8 @@
 
 #[cfg(any(feature = "redis", all(unix, feature = "sqlite")))]
 pub(crate) mod done;
+#[cfg(feature = "etcd")]
+pub(crate) mod etcd;
 #[cfg(all(target_os = "linux", any(feature = "shm", feature = "sqlite")))]
 pub(crate) mod futex_async;
 pub(crate) mod mem;

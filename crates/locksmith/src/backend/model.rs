@@ -683,13 +683,16 @@ fn apply_op(record: &mut Record, name: &str, op: Op, ctx: &Ctx<'_>) -> Result<(R
         } => {
             let generation_now = record.next_token;
             let b = barrier_of(record, name, parties)?;
+            // (No early return: the step must end with `tidy`, so that a barrier
+            // whose last generation completed leaves no state behind.)
             if generation_now == generation && b.arrived.len() == parties as usize {
                 b.arrived.clear();
                 b.action = None;
                 record.next_token += 1;
-                return Ok((Reply::Done, wake_all()));
+                Ok((Reply::Done, wake_all()))
+            } else {
+                Ok((Reply::Done, Wake::default()))
             }
-            Ok((Reply::Done, Wake::default()))
         }
         Op::BarrierAbort {
             parties,

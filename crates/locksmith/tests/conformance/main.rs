@@ -12,6 +12,8 @@ mod asyncs;
 mod barriers;
 mod conditions;
 mod destroy;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod events;
 mod forms;
 mod inputs;
@@ -99,6 +101,13 @@ fn stores() -> Vec<Store> {
         Store {
             name: "redis-tls",
             fresh_url: redis::fresh_tls_url,
+            cross_process: true,
+            async_only: false,
+        },
+        #[cfg(feature = "etcd")]
+        Store {
+            name: "etcd",
+            fresh_url: etcd::fresh_url,
             cross_process: true,
             async_only: false,
         },
@@ -203,6 +212,10 @@ fn main() {
         if store.name == "redis" {
             tests.extend(redis::tests());
         }
+        #[cfg(feature = "etcd")]
+        if store.name == "etcd" {
+            tests.extend(etcd::tests());
+        }
         #[cfg(feature = "redis-tls")]
         if store.name == "redis-tls" {
             tests.extend(redis::tls_tests());
@@ -216,6 +229,8 @@ fn main() {
     }
     let conclusion = libtest_mimic::run(&args, trials);
     remove_shm_regions();
+    #[cfg(feature = "etcd")]
+    etcd::remove_data();
     #[cfg(feature = "redis-tls")]
     redis::remove_tls_files();
     conclusion.exit();
