@@ -548,6 +548,21 @@ impl ShmBackend {
         Ok((i as u32, state as u32))
     }
 
+    /// [`ShmBackend::resolve`] without touching the cache's reference count, for the
+    /// fast path; `None` if the name cannot be found (the general path says why).
+    #[inline]
+    fn resolve_cached(&self, key: &Key) -> Option<(u32, u32)> {
+        let word = match key.cached_ref::<SlotAt>() {
+            Some(at) => at.0.load(Ordering::Relaxed),
+            None => {
+                let (i, state) = self.resolve(key).ok()?;
+                return Some((i, state));
+            }
+        };
+        let (i, state) = split(word);
+        Some((i as u32, state as u32))
+    }
+
     /// Looks `key` up again after its slot was found to hold another name.
     fn re_resolve(&self, key: &Key) -> Result<(u32, u32)> {
         let (i, state) = self.shared.find_or_create(key.name())?;
@@ -1533,16 +1548,16 @@ impl Backend for ShmBackend {
     }
 
     fn lock_fast(&self, key: &Key, thread: u64) -> Option<FastHold> {
-        let (i, state) = self.resolve(key).ok()?;
+        let (i, state) = self.resolve_cached(key)?;
         let proc = self.shared.my_proc()?;
         fast::try_acquire(&self.shared.slot(i).fast, state, proc, thread)
     }
 
     fn unlock_fast(&self, key: &Key, hold: FastHold) -> bool {
         // The hold keeps the name in its slot: the cached slot is still right.
-        match self.resolve(key) {
-            Ok((i, state)) => fast::try_release(&self.shared.slot(i).fast, state, hold),
-            Err(_) => false,
+        match self.resolve_cached(key) {
+            Some((i, state)) => fast::try_release(&self.shared.slot(i).fast, state, hold),
+            None => false,
         }
     }
 
