@@ -155,7 +155,7 @@ const SWEEP_BACKOFF: Millis = 1_000;
 /// | offset | word | values |
 /// | --- | --- | --- |
 /// | 0 | `magic` u32 | `0x4C4B5354` ("LKST") once initialised (written last); anything else: not a table region |
-/// | 4 | `version` u32 | layout version, 1 |
+/// | 4 | `version` u32 | layout version, [`VERSION`] |
 /// | 8 | `capacity` u32 | number of slots |
 /// | 12 | — | reserved, 0 |
 /// | 16 | `arena_start` u64 | offset of the first arena byte |
