@@ -17,7 +17,7 @@
 //! | 256 | 4 × 4096 | bells: u32 futex words that queued waiters sleep on, picked by a hash of (slot, ticket); a step that makes tickets grantable bumps and wakes just their bells (a shared bell only costs a spurious wakeup) |
 //! | 16640 | 128 × 1024 | the process table ([`RawProc`]): who the processes that hold locks through the fast path are |
 //! | 147712 | 128 × capacity | the slot table ([`RawSlot`]), open addressing with linear probing on a FNV-1a hash of the name |
-//! | 147712 + 128 × capacity | `arena` bytes | blocks holding serialized records (JSON) and names longer than 48 bytes |
+//! | 147712 + 128 × capacity | `arena` bytes | blocks holding serialized records (JSON) and names longer than 40 bytes |
 //!
 //! # The fast path
 //!
@@ -93,8 +93,8 @@ use crate::{Error, Result};
 /// "LKST": an initialised table region.
 const MAGIC: u32 = 0x4C4B_5354;
 /// The layout version this code reads and writes (2: slots are reclaimed, and tokens
-/// of a re-created name start from the header's `token_floor`; 3: the fast word and
-/// the process table).
+/// of a re-created name start from the header's `token_floor`; 3: the fast word, the
+/// spare block and the process table).
 const VERSION: u32 = 3;
 
 const HEADER_SIZE: usize = 256;
@@ -109,7 +109,7 @@ const PROC_SIZE: usize = 128;
 const TABLE_AT: usize = PROCS_AT + fast::PROCS * PROC_SIZE;
 const SLOT_SIZE: usize = 128;
 /// Names up to this many bytes are kept in the slot itself.
-const INLINE_NAME: usize = 48;
+const INLINE_NAME: usize = 40;
 /// Hostnames up to this many bytes are kept in a process entry (Linux allows 64);
 /// a process with a longer one never takes the fast path.
 const INLINE_HOST: usize = 64;
@@ -205,9 +205,10 @@ unsafe impl AtomicBlock for RawHeader {}
 /// | 56 | `next_token` u64 | the fencing counter: the last token handed out; only grows while the name holds the slot, and starts from the header's `token_floor` when it is claimed |
 /// | 64 | `record` u64 | `offset << 32 \| length` of the block holding the serialized record; `0` when idle (no state beyond `next_token`) |
 /// | 72 | `fast` u64 | the fast path's word ([`fast`]): `0` while the record holds the truth; otherwise a free or held plain Lock |
-/// | 80 | `name` 48 bytes | the name, if it has at most 48 bytes; otherwise word 0 is `offset << 32 \| length` of an arena block holding it |
+/// | 80 | `spare` u64 | `offset << 32 \| size` of a free block the slot keeps for its next record, so that a step whose record keeps its size class takes no allocation mutex; `0`: none. Equal to `record`'s block after a step killed mid-swap: then not spare |
+/// | 88 | `name` 40 bytes | the name, if it has at most 40 bytes; otherwise word 0 is `offset << 32 \| length` of an arena block holding it |
 ///
-/// `record` and `next_token` are written only by the holder of `lock` (and by a claimer
+/// `record`, `spare` and `next_token` are written only by the holder of `lock` (and by a claimer
 /// before it publishes `state`); `fast` by the holder of `lock`, and while it is open
 /// by fast acquisitions and releases (compare-and-swap); `state`, `name_len`, `hash` and `name` only under the
 /// header's `alloc` mutex: while claiming the slot, before `state` is published, or
@@ -236,6 +237,7 @@ struct RawSlot {
     next_token: AtomicU64,
     record: AtomicU64,
     fast: AtomicU64,
+    spare: AtomicU64,
     name: [AtomicU64; INLINE_NAME / 8],
 }
 
@@ -860,8 +862,9 @@ impl Shared {
         if off < self.arena_start || off.saturating_add(bytes.len() as u64) > self.arena_end {
             return Err(self.corrupt("a block lies outside the arena"));
         }
-        // SAFETY: the range lies inside the mapped arena; the block was just allocated
-        // and is referenced by nothing yet, so nobody else reads or writes it.
+        // SAFETY: the range lies inside the mapped arena; the block was just allocated,
+        // or is a slot's spare whose mutex the caller holds: no record references it,
+        // so nobody else reads or writes it.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
@@ -1037,6 +1040,7 @@ impl Shared {
         let floor = h.token_floor.load(Ordering::Acquire);
         s.next_token.store(floor, Ordering::Relaxed);
         s.record.store(0, Ordering::Relaxed);
+        s.spare.store(0, Ordering::Relaxed);
         // The new name's generation is in its fast word: a process that cached the old
         // name here never takes this one's lock through it.
         s.fast.store(fast::fresh(named, floor), Ordering::Relaxed);
@@ -1204,6 +1208,13 @@ impl Shared {
                 if long {
                     self.free_locked(name_block)?;
                 }
+                let spare = s.spare.load(Ordering::Relaxed);
+                if spare != 0 {
+                    s.spare.store(0, Ordering::Release);
+                    if split(spare).0 != split(word).0 {
+                        self.free_locked(spare)?;
+                    }
+                }
                 if word != 0 {
                     s.record.store(0, Ordering::Release);
                     self.free_locked(word)?;
@@ -1292,7 +1303,32 @@ impl Shared {
             return Ok(());
         }
         let class = Self::record_class(bytes.len())?;
-        // One turn of the allocation mutex for the new block and the old one. A
+        let (old_off, old_len) = split(old.word);
+        // The old block's whole size, as the slot's next spare.
+        let old_block = match class_of(old_len) {
+            Some(c) if old.word != 0 => join(old_off, MIN_BLOCK << c),
+            _ => 0,
+        };
+        let spare = s.spare.load(Ordering::Relaxed);
+        // A spare naming the record's own block is what a step killed between the
+        // two stores below leaves: no spare.
+        let spare = if spare != 0 && (old.word == 0 || split(spare).0 != old_off) {
+            spare
+        } else {
+            0
+        };
+        if spare != 0 && class_of(split(spare).1) == Some(class) {
+            // The same size class: the spare takes the record, the old block becomes
+            // the spare, and the allocation mutex is not needed.
+            let (off, _) = split(spare);
+            self.write_block(off, &bytes)?;
+            let new = join(off, bytes.len());
+            s.record.store(new, Ordering::Release);
+            s.spare.store(old_block, Ordering::Release);
+            *old = Stored { word: new, bytes };
+            return Ok(());
+        }
+        // One turn of the allocation mutex for the new block and the old spare. A
         // previous owner that died here left every list consistent (each change is
         // one store), at worst leaking one block.
         let m = self.alloc_mutex()?;
@@ -1301,8 +1337,13 @@ impl Shared {
         self.write_block(off, &bytes)?;
         let new = join(off, bytes.len());
         s.record.store(new, Ordering::Release);
-        if old.word != 0 {
-            self.free_locked(old.word)?;
+        if old_block != 0 {
+            // The spare is replaced before it is freed: a crash between leaks it
+            // rather than leaving the slot naming a freed block.
+            s.spare.store(old_block, Ordering::Release);
+            if spare != 0 {
+                self.free_locked(spare)?;
+            }
         }
         *old = Stored { word: new, bytes };
         Ok(())
@@ -2087,6 +2128,71 @@ mod tests {
         assert_eq!(fast::try_acquire(&b.shared.slot(i).fast, state, 0, 1), None);
         let again = b.lock_fast(&Key::new("new"), 1).unwrap();
         assert!(again.token > hold.token);
+    }
+
+    #[test]
+    fn a_record_that_keeps_its_size_class_takes_no_allocation_mutex() {
+        let name = unique("spare");
+        let _c = Cleanup(name.clone());
+        let b = ShmBackend::open(&name).unwrap();
+        let key = Key::new("deploy");
+        let owner = Owner::new_task();
+        let hold = granted(b.step(&key, acquire_op(&owner, Some(60_000))).unwrap());
+        // Two renewals: the first makes a spare of the old block, the second swaps.
+        b.step(
+            &key,
+            Op::Renew {
+                token: hold.token,
+                lease: 50_000,
+            },
+        )
+        .unwrap();
+        let (i, _) = b.resolve(&key).unwrap();
+        let s = b.shared.slot(i);
+        assert_ne!(s.spare.load(Ordering::Relaxed), 0, "the old block is kept");
+        let m = b.shared.alloc_mutex().unwrap();
+        let held = m.lock().unwrap();
+        // The placed mutex is not recursive: a step that needed it would fail here.
+        for lease in [40_000, 30_000, 20_000] {
+            b.step(
+                &key,
+                Op::Renew {
+                    token: hold.token,
+                    lease,
+                },
+            )
+            .unwrap();
+        }
+        drop(held);
+        let spare = s.spare.load(Ordering::Relaxed);
+        assert_ne!(split(spare).0, split(s.record.load(Ordering::Relaxed)).0);
+        // A step killed between publishing the spare and naming the old block: the
+        // spare names the record's block, and is not written over.
+        s.spare
+            .store(s.record.load(Ordering::Relaxed), Ordering::Relaxed);
+        b.step(
+            &key,
+            Op::Renew {
+                token: hold.token,
+                lease: 10_000,
+            },
+        )
+        .unwrap();
+        let seen = holders(&b, &key);
+        assert_eq!((seen.len(), seen[0].token), (1, hold.token));
+        b.step(&key, Op::Release { token: hold.token }).unwrap();
+        // Reclaiming the name frees both blocks, once each: no block is handed out
+        // twice afterwards.
+        assert_eq!(b.reclaim_idle().unwrap(), 1);
+        assert_eq!(s.spare.load(Ordering::Relaxed), 0);
+        let mut offsets: Vec<u64> = (0..4)
+            .flat_map(|class| (0..4).map(move |_| MIN_BLOCK << class))
+            .map(|len| b.shared.alloc(len).unwrap())
+            .collect();
+        let n = offsets.len();
+        offsets.sort_unstable();
+        offsets.dedup();
+        assert_eq!(offsets.len(), n, "a block was freed twice");
     }
 
     #[test]
