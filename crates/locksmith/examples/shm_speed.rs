@@ -160,7 +160,7 @@ fn run(small: &str, big: &str) -> Result<()> {
     let meta = std::fs::metadata(format!("/dev/shm/{big}"))
         .map_err(|e| locksmith::Error::backend(format!("stat: {e}")))?;
     println!(
-        " bytes per idle name: 128 (one slot; names over 56 bytes add a block); memory the region really uses: {} bytes = {:.0} per name (the table's pages at {:.0}% load)",
+        " bytes per idle name: 128 (one slot; names over 40 bytes add a block); memory the region really uses: {} bytes = {:.0} per name (the table's pages at {:.0}% load)",
         meta.blocks() * 512,
         (meta.blocks() * 512) as f64 / names_now as f64,
         names_now as f64 * 100.0 / 131_072.0

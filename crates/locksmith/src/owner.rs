@@ -71,7 +71,7 @@ pub(crate) fn fresh_id() -> u64 {
 /// Set in the `thread` of async owners: threads are numbered 1, 2, 3… in the order
 /// they first ask, and tasks get random ids with this bit, so the two never meet.
 /// Small thread numbers let the mem store keep a lock's holder in one atomic word.
-const TASK_BIT: u64 = 1 << 63;
+pub(crate) const TASK_BIT: u64 = 1 << 63;
 
 /// The number the next thread to ask gets.
 static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);

@@ -15,8 +15,19 @@
 //! | --- | --- | --- |
 //! | 0 | 256 | [`RawHeader`]: magic, version, capacity, arena bounds, allocation mutex, free lists |
 //! | 256 | 4 × 4096 | bells: u32 futex words that queued waiters sleep on, picked by a hash of (slot, ticket); a step that makes tickets grantable bumps and wakes just their bells (a shared bell only costs a spurious wakeup) |
-//! | 16640 | 128 × capacity | the slot table ([`RawSlot`]), open addressing with linear probing on a FNV-1a hash of the name |
-//! | 16640 + 128 × capacity | `arena` bytes | blocks holding serialized records (JSON) and names longer than 56 bytes |
+//! | 16640 | 128 × 1024 | the process table ([`RawProc`]): who the processes that hold locks through the fast path are |
+//! | 147712 | 128 × capacity | the slot table ([`RawSlot`]), open addressing with linear probing on a FNV-1a hash of the name |
+//! | 147712 + 128 × capacity | `arena` bytes | blocks holding serialized records (JSON) and names longer than 40 bytes |
+//!
+//! # The fast path
+//!
+//! An uncontended plain Lock is taken and given back with one compare-and-swap of its
+//! slot's `fast` word, never touching the record (see [`fast`]). The word names the
+//! holder's entry in the process table, which holds everything a verdict on its
+//! process needs (boot and machine ids, PID namespace, pid, start time): a process
+//! writes its entry once, before its first fast hold, so a holder killed right after
+//! its compare-and-swap is judged like any other. Entries are reused only once their
+//! process is proven dead and no word names them.
 //!
 //! # Waking
 //!
@@ -53,6 +64,9 @@
 //!   and published with one atomic store of the slot's `record` word; the fencing
 //!   counter `next_token` is stored *before* the record that uses it, so a torn step
 //!   may skip a token but never hands one out twice;
+//! - the fast word is closed before the record is read, and a hold it carried is
+//!   published in the record before the word lets go of it (see [`fast`]);
+//! - a process entry is published by one store of its `used` word;
 //! - a slot is claimed under the allocation mutex and published by one store of its
 //!   `state` word after everything else in it is written;
 //! - free-list pushes and pops and bump allocation each publish with one store.
@@ -65,32 +79,42 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod fast;
+
 use super::model::{self, Ctx, Millis, Op, Record, Reply, State};
 use super::options;
-use super::{Backend, BoxFuture, Key, Watch};
+use super::{Backend, BoxFuture, FastHold, Key, Watch};
 use crate::os::clock::now_millis;
 use crate::os::futex;
 use crate::os::hash::stable_hash;
-use crate::owner::Owner;
+use crate::os::liveness::{self, Verdict};
+use crate::owner::{Owner, TASK_BIT};
 use crate::shm::{AtomicBlock, Mutex, MutexOptions, Region, RegionOptions};
 use crate::{Error, Result};
 
 /// "LKST": an initialised table region.
 const MAGIC: u32 = 0x4C4B_5354;
 /// The layout version this code reads and writes (2: slots are reclaimed, and tokens
-/// of a re-created name start from the header's `token_floor`).
-const VERSION: u32 = 2;
+/// of a re-created name start from the header's `token_floor`; 3: the fast word, the
+/// spare block and the process table).
+const VERSION: u32 = 3;
 
 const HEADER_SIZE: usize = 256;
 /// Futex words that queued waiters sleep on, chosen by a hash of (slot, ticket), so a
 /// step wakes just the tickets it names rather than every waiter of the name.
 const BELLS: usize = 4096;
 const BELLS_AT: usize = HEADER_SIZE;
+/// Where the process table starts.
+const PROCS_AT: usize = BELLS_AT + BELLS * 4;
+const PROC_SIZE: usize = 128;
 /// Where the slot table starts.
-const TABLE_AT: usize = BELLS_AT + BELLS * 4;
+const TABLE_AT: usize = PROCS_AT + fast::PROCS * PROC_SIZE;
 const SLOT_SIZE: usize = 128;
 /// Names up to this many bytes are kept in the slot itself.
-const INLINE_NAME: usize = 56;
+const INLINE_NAME: usize = 40;
+/// Hostnames up to this many bytes are kept in a process entry (Linux allows 64);
+/// a process with a longer one never takes the fast path.
+const INLINE_HOST: usize = 64;
 
 /// Block size classes: `MIN_BLOCK << class`, 64 bytes to 2 MiB.
 const MIN_BLOCK: usize = 64;
@@ -133,7 +157,7 @@ const SWEEP_BACKOFF: Millis = 1_000;
 /// | offset | word | values |
 /// | --- | --- | --- |
 /// | 0 | `magic` u32 | `0x4C4B5354` ("LKST") once initialised (written last); anything else: not a table region |
-/// | 4 | `version` u32 | layout version, 1 |
+/// | 4 | `version` u32 | layout version, [`VERSION`] |
 /// | 8 | `capacity` u32 | number of slots |
 /// | 12 | — | reserved, 0 |
 /// | 16 | `arena_start` u64 | offset of the first arena byte |
@@ -182,10 +206,13 @@ unsafe impl AtomicBlock for RawHeader {}
 /// | 48 | `hash` u64 | FNV-1a hash of the name (never 0) |
 /// | 56 | `next_token` u64 | the fencing counter: the last token handed out; only grows while the name holds the slot, and starts from the header's `token_floor` when it is claimed |
 /// | 64 | `record` u64 | `offset << 32 \| length` of the block holding the serialized record; `0` when idle (no state beyond `next_token`) |
-/// | 72 | `name` 56 bytes | the name, if it has at most 56 bytes; otherwise word 0 is `offset << 32 \| length` of an arena block holding it |
+/// | 72 | `fast` u64 | the fast path's word ([`fast`]): `0` while the record holds the truth; otherwise a free or held plain Lock |
+/// | 80 | `spare` u64 | `offset << 32 \| size` of a free block the slot keeps for its next record, so that a step whose record keeps its size class takes no allocation mutex; `0`: none. Equal to `record`'s block after a step killed mid-swap: then not spare |
+/// | 88 | `name` 40 bytes | the name, if it has at most 40 bytes; otherwise word 0 is `offset << 32 \| length` of an arena block holding it |
 ///
-/// `record` and `next_token` are written only by the holder of `lock` (and by a claimer
-/// before it publishes `state`); `state`, `name_len`, `hash` and `name` only under the
+/// `record`, `spare` and `next_token` are written only by the holder of `lock` (and by a claimer
+/// before it publishes `state`); `fast` by the holder of `lock`, and while it is open
+/// by fast acquisitions and releases (compare-and-swap); `state`, `name_len`, `hash` and `name` only under the
 /// header's `alloc` mutex: while claiming the slot, before `state` is published, or
 /// when reclaiming an idle name, which also holds `lock`.
 ///
@@ -211,14 +238,51 @@ struct RawSlot {
     hash: AtomicU64,
     next_token: AtomicU64,
     record: AtomicU64,
+    fast: AtomicU64,
+    spare: AtomicU64,
     name: [AtomicU64; INLINE_NAME / 8],
 }
 
 // SAFETY: #[repr(C)], made only of atomics.
 unsafe impl AtomicBlock for RawSlot {}
 
+/// One process that takes fast holds, 128 bytes: what [`crate::os::liveness`] needs
+/// to judge it, and its hostname (part of an owner's identity).
+///
+/// | offset | word | values |
+/// | --- | --- | --- |
+/// | 0 | `used` u64 | `0` free · `1` in use (written last, `Release`, under the header's `alloc` mutex) |
+/// | 8 | `boot` u64 | hash of the boot id |
+/// | 16 | `machine` u64 | hash of the machine id |
+/// | 24 | `pidns` u64 | inode of the PID namespace |
+/// | 32 | `start` u64 | start time, in clock ticks since boot |
+/// | 40 | `pid` u32 | the process id |
+/// | 44 | `host_len` u32 | the hostname's length |
+/// | 48 | `host` 64 bytes | the hostname |
+/// | 112 | — | reserved, 0 |
+///
+/// An entry is written only while free, under the `alloc` mutex, and freed only when
+/// its process is proven dead and no slot's `fast` word names it.
+#[repr(C)]
+#[derive(Debug)]
+struct RawProc {
+    used: AtomicU64,
+    boot: AtomicU64,
+    machine: AtomicU64,
+    pidns: AtomicU64,
+    start: AtomicU64,
+    pid: AtomicU32,
+    host_len: AtomicU32,
+    host: [AtomicU64; INLINE_HOST / 8],
+    reserved: [AtomicU64; 2],
+}
+
+// SAFETY: #[repr(C)], made only of atomics.
+unsafe impl AtomicBlock for RawProc {}
+
 const _: () = assert!(std::mem::size_of::<RawHeader>() == HEADER_SIZE);
 const _: () = assert!(std::mem::size_of::<RawSlot>() == SLOT_SIZE);
+const _: () = assert!(std::mem::size_of::<RawProc>() == PROC_SIZE);
 const _: () = assert!(Mutex::SIZE == 32);
 
 /// What `shm:NAME?…` asks for.
@@ -357,6 +421,42 @@ struct Shared {
     /// Whether queued async waiters may sleep on their bell through io_uring
     /// (`?uring=off`: always through a ringer thread).
     uring: bool,
+    /// This process's entry in the process table: `pid << 32 | entry`, or
+    /// `pid << 32 | NO_PROC` if it has none; a forked child finds another pid here.
+    me: AtomicU64,
+    /// Held while this process registers, so that its threads share one entry.
+    registering: std::sync::Mutex<()>,
+}
+
+/// The entry of a process that could not get one (the table is full of live
+/// processes): it takes the general path.
+const NO_PROC: u32 = u32::MAX;
+
+/// The kind the fast word stands for.
+const LOCK: model::Kind = model::Kind::Permits(model::PermitKind::Lock);
+
+/// A record as published in its slot: the `record` word and the bytes it points to.
+struct Stored {
+    word: u64,
+    bytes: Vec<u8>,
+}
+
+/// Whether `record` is a plain Lock's, or a new name's, with nothing in it: the fast
+/// word may hold the truth.
+fn is_idle_lock(record: &Record) -> bool {
+    record.state.is_none()
+        && record.tag.is_none()
+        && (record.kind.is_none() || record.kind == Some(LOCK))
+}
+
+/// Records `token` as handed out in slot `s` (its counter only grows); the fast
+/// word's [`fast::close`] calls it before it changes the word.
+fn raise_counter(s: &RawSlot) -> impl Fn(u64) + '_ {
+    move |token| {
+        if token > s.next_token.load(Ordering::Relaxed) {
+            s.next_token.store(token, Ordering::Release);
+        }
+    }
 }
 
 /// A thread that sleeps on one futex word for every async task of this process
@@ -448,6 +548,21 @@ impl ShmBackend {
         Ok((i as u32, state as u32))
     }
 
+    /// [`ShmBackend::resolve`] without touching the cache's reference count, for the
+    /// fast path; `None` if the name cannot be found (the general path says why).
+    #[inline]
+    fn resolve_cached(&self, key: &Key) -> Option<(u32, u32)> {
+        let word = match key.cached_ref::<SlotAt>() {
+            Some(at) => at.0.load(Ordering::Relaxed),
+            None => {
+                let (i, state) = self.resolve(key).ok()?;
+                return Some((i, state));
+            }
+        };
+        let (i, state) = split(word);
+        Some((i as u32, state as u32))
+    }
+
     /// Looks `key` up again after its slot was found to hold another name.
     fn re_resolve(&self, key: &Key) -> Result<(u32, u32)> {
         let (i, state) = self.shared.find_or_create(key.name())?;
@@ -511,6 +626,8 @@ impl Shared {
             overflowed: std::sync::Mutex::new(HashSet::new()),
             ringers: std::sync::Mutex::new(HashMap::new()),
             uring: opts.uring,
+            me: AtomicU64::new(0),
+            registering: std::sync::Mutex::new(()),
         })
     }
 
@@ -541,6 +658,129 @@ impl Shared {
     fn slot_mutex(&self, i: u32) -> Result<Mutex<'_>> {
         let at = TABLE_AT + i as usize * SLOT_SIZE;
         Mutex::attach(self.region.place_at(at, Mutex::SIZE)?)
+    }
+
+    fn proc(&self, i: usize) -> &RawProc {
+        let i = i.min(fast::PROCS - 1);
+        // SAFETY: `attach` checked that the table, which follows the process table, is
+        // mapped; entries are 128-byte aligned from a page-aligned base, and made only
+        // of atomics.
+        unsafe {
+            &*self
+                .region
+                .whole()
+                .as_ptr()
+                .add(PROCS_AT + i * PROC_SIZE)
+                .cast::<RawProc>()
+        }
+    }
+
+    /// This process's entry in the process table, registered on first use; `None`
+    /// if it has none (the table is full of live processes): it then takes the
+    /// general path.
+    fn my_proc(&self) -> Option<usize> {
+        let pid = u64::from(liveness::pid());
+        let cached = self.me.load(Ordering::Acquire);
+        if cached >> 32 == pid {
+            return match cached as u32 {
+                NO_PROC => None,
+                entry => Some(entry as usize),
+            };
+        }
+        let _one = self.registering.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = self.me.load(Ordering::Acquire);
+        if cached >> 32 == pid {
+            return (cached as u32 != NO_PROC).then_some(cached as u32 as usize);
+        }
+        let entry = self.register().unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "shm: no process entry; plain locks take the general path");
+            None
+        });
+        let code = entry.map_or(NO_PROC, |e| e as u32);
+        // Release: a thread that finds the entry here also sees it written.
+        self.me
+            .store(pid << 32 | u64::from(code), Ordering::Release);
+        entry
+    }
+
+    /// Writes this process into a free entry of the process table (freeing the
+    /// entries of dead processes if none is).
+    fn register(&self) -> Result<Option<usize>> {
+        let me = liveness::this_process();
+        if me.host.len() > INLINE_HOST {
+            return Ok(None);
+        }
+        let m = self.alloc_mutex()?;
+        let _guard = m.lock()?;
+        let free = (0..fast::PROCS).find(|&i| self.proc(i).used.load(Ordering::Acquire) == 0);
+        let Some(free) = free.or_else(|| self.reclaim_procs()) else {
+            return Ok(None);
+        };
+        let p = self.proc(free);
+        p.boot.store(me.boot, Ordering::Relaxed);
+        p.machine.store(me.machine, Ordering::Relaxed);
+        p.pidns.store(me.pidns, Ordering::Relaxed);
+        p.start.store(me.start, Ordering::Relaxed);
+        p.pid.store(me.pid, Ordering::Relaxed);
+        p.host_len.store(me.host.len() as u32, Ordering::Relaxed);
+        let mut host = [0u8; INLINE_HOST];
+        host[..me.host.len()].copy_from_slice(me.host.as_bytes());
+        for (w, chunk) in p.host.iter().zip(host.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            w.store(u64::from_ne_bytes(b), Ordering::Relaxed);
+        }
+        p.used.store(1, Ordering::Release);
+        Ok(Some(free))
+    }
+
+    /// Frees the entries of processes proven dead that no fast word names (a dead
+    /// process names no new ones); answers one of them. The caller holds the
+    /// allocation mutex.
+    fn reclaim_procs(&self) -> Option<usize> {
+        let mut named = vec![false; fast::PROCS];
+        for i in 0..self.capacity {
+            if let Some(p) = fast::holder_proc(&self.slot(i).fast) {
+                named[p] = true;
+            }
+        }
+        let mut first = None;
+        for (i, _) in named.iter().enumerate().filter(|(_, named)| !**named) {
+            let p = self.proc(i);
+            let verdict = liveness::judge(
+                p.boot.load(Ordering::Relaxed),
+                p.machine.load(Ordering::Relaxed),
+                p.pidns.load(Ordering::Relaxed),
+                p.pid.load(Ordering::Relaxed),
+                p.start.load(Ordering::Relaxed),
+            );
+            if verdict == Verdict::Dead {
+                p.used.store(0, Ordering::Release);
+                first.get_or_insert(i);
+            }
+        }
+        first
+    }
+
+    /// The owner of a fast hold by thread `thread` (0: a task) of the process in entry
+    /// `i`.
+    fn proc_owner(&self, i: usize, thread: u64) -> Owner {
+        let p = self.proc(i);
+        let len = (p.host_len.load(Ordering::Relaxed) as usize).min(INLINE_HOST);
+        let mut host = Vec::with_capacity(INLINE_HOST);
+        for w in &p.host {
+            host.extend_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        host.truncate(len);
+        Owner {
+            host: String::from_utf8_lossy(&host).as_ref().into(),
+            boot: p.boot.load(Ordering::Relaxed),
+            machine: p.machine.load(Ordering::Relaxed),
+            pidns: p.pidns.load(Ordering::Relaxed),
+            pid: p.pid.load(Ordering::Relaxed),
+            start: p.start.load(Ordering::Relaxed),
+            thread: if thread == 0 { TASK_BIT } else { thread },
+        }
     }
 
     /// The bell that queued waiter `ticket` of slot `slot` sleeps on.
@@ -620,8 +860,9 @@ impl Shared {
         if off < self.arena_start || off.saturating_add(bytes.len() as u64) > self.arena_end {
             return Err(self.corrupt("a block lies outside the arena"));
         }
-        // SAFETY: the range lies inside the mapped arena; the block was just allocated
-        // and is referenced by nothing yet, so nobody else reads or writes it.
+        // SAFETY: the range lies inside the mapped arena; the block was just allocated,
+        // or is a slot's spare whose mutex the caller holds: no record references it,
+        // so nobody else reads or writes it.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
@@ -648,14 +889,20 @@ impl Shared {
         })
     }
 
-    /// Allocates a block of at least `len` bytes; returns its offset.
-    fn alloc(&self, len: usize) -> Result<u64> {
-        let class = class_of(len).ok_or_else(|| {
+    /// The class of block a record of `len` bytes needs.
+    fn record_class(len: usize) -> Result<usize> {
+        class_of(len).ok_or_else(|| {
             Error::backend(format!(
                 "a record of {len} bytes is larger than the shm: store's largest block ({} bytes): too many waiters or holders on one name",
                 MIN_BLOCK << (CLASSES - 1)
             ))
-        })?;
+        })
+    }
+
+    /// Allocates a block of at least `len` bytes; returns its offset.
+    #[cfg(test)]
+    fn alloc(&self, len: usize) -> Result<u64> {
+        let class = Self::record_class(len)?;
         let m = self.alloc_mutex()?;
         // A previous owner that died here left every list consistent (each change is
         // one store), at worst leaking one block.
@@ -787,9 +1034,14 @@ impl Shared {
         // A reclaimed slot keeps its mutex (a process that cached the old name may be
         // taking it, to find the name gone), `seq` and `watchers` (its watchers are
         // still counted there).
-        s.next_token
-            .store(h.token_floor.load(Ordering::Acquire), Ordering::Relaxed);
+        let named = state.wrapping_add(1) | 1;
+        let floor = h.token_floor.load(Ordering::Acquire);
+        s.next_token.store(floor, Ordering::Relaxed);
         s.record.store(0, Ordering::Relaxed);
+        s.spare.store(0, Ordering::Relaxed);
+        // The new name's generation is in its fast word: a process that cached the old
+        // name here never takes this one's lock through it.
+        s.fast.store(fast::fresh(named, floor), Ordering::Relaxed);
         s.hash.store(hash, Ordering::Relaxed);
         s.name_len.store(name.len() as u32, Ordering::Relaxed);
         if name.len() <= INLINE_NAME {
@@ -809,7 +1061,6 @@ impl Shared {
         if distance > h.max_probe.load(Ordering::Relaxed) {
             h.max_probe.store(distance, Ordering::Release);
         }
-        let named = state.wrapping_add(1) | 1;
         s.state.store(named, Ordering::Release);
         h.named.fetch_add(1, Ordering::Relaxed);
         Ok((free, named))
@@ -918,7 +1169,15 @@ impl Shared {
             if !is_named(state)
                 || (s.record.load(Ordering::Acquire) != 0 && !with_kind)
                 || s.watchers.load(Ordering::SeqCst) != 0
+                || fast::holder_proc(&s.fast).is_some()
             {
+                continue;
+            }
+            // A free fast word that handed out tokens stands for a Lock: not a removed
+            // name, but an idle one that keeps its kind.
+            let handed_out =
+                fast::free_token(&s.fast).is_some_and(|t| t > s.next_token.load(Ordering::Relaxed));
+            if handed_out && !with_kind {
                 continue;
             }
             let m = self.slot_mutex(i)?;
@@ -928,8 +1187,11 @@ impl Shared {
                 continue;
             };
             let word = s.record.load(Ordering::Acquire);
+            // The fast word closed first (unless a fast holder got in meanwhile): its
+            // last token goes into the counter, and from there into the floor.
             if (word == 0 || (with_kind && self.idle_with_kind(word)))
                 && s.state.load(Ordering::Acquire) == state
+                && fast::close_if_free(&s.fast, raise_counter(s))
             {
                 // The floor first: a crash before the state store leaves the name
                 // where it was, with a floor that is merely higher.
@@ -943,6 +1205,13 @@ impl Shared {
                 h.named.fetch_sub(1, Ordering::Relaxed);
                 if long {
                     self.free_locked(name_block)?;
+                }
+                let spare = s.spare.load(Ordering::Relaxed);
+                if spare != 0 {
+                    s.spare.store(0, Ordering::Release);
+                    if split(spare).0 != split(word).0 {
+                        self.free_locked(spare)?;
+                    }
                 }
                 if word != 0 {
                     s.record.store(0, Ordering::Release);
@@ -983,9 +1252,10 @@ impl Shared {
         Ok(reclaimed)
     }
 
-    /// Loads slot `s`'s record (of `name`); also answers the bytes it was decoded from.
-    /// A record that does not decode is [`Error::Damaged`]: its name's problem only.
-    fn load(&self, s: &RawSlot, name: &str) -> Result<(Record, u64, Vec<u8>)> {
+    /// Loads slot `s`'s record (of `name`); also answers where and as what it is
+    /// stored. A record that does not decode is [`Error::Damaged`]: its name's problem
+    /// only.
+    fn load(&self, s: &RawSlot, name: &str) -> Result<(Record, Stored)> {
         let word = s.record.load(Ordering::Acquire);
         let next_token = s.next_token.load(Ordering::Acquire);
         if word == 0 {
@@ -993,7 +1263,11 @@ impl Shared {
                 next_token,
                 ..Record::default()
             };
-            return Ok((record, 0, Vec::new()));
+            let stored = Stored {
+                word: 0,
+                bytes: Vec::new(),
+            };
+            return Ok((record, stored));
         }
         let (off, len) = split(word);
         let bytes = self.read_block(off, len)?;
@@ -1002,32 +1276,104 @@ impl Shared {
             reason: e.to_string(),
         })?;
         record.next_token = record.next_token.max(next_token);
-        Ok((record, word, bytes))
+        Ok((record, Stored { word, bytes }))
     }
 
-    /// Publishes `record` in slot `s`, whose record word was `old` (decoded from
-    /// `old_bytes`). The caller holds the slot's mutex.
-    fn store(&self, s: &RawSlot, record: &Record, old: u64, old_bytes: &[u8]) -> Result<()> {
+    /// Publishes `record` in slot `s` in place of `old`, which then describes it. The
+    /// caller holds the slot's mutex.
+    fn store(&self, s: &RawSlot, record: &Record, old: &mut Stored) -> Result<()> {
         // The counter first: a crash between the two stores skips a token at worst.
-        if s.next_token.load(Ordering::Relaxed) != record.next_token {
+        if s.next_token.load(Ordering::Relaxed) < record.next_token {
             s.next_token.store(record.next_token, Ordering::Release);
         }
-        let new = if record.state.is_none() && record.tag.is_none() && record.kind.is_none() {
-            0
-        } else {
-            let bytes = serde_json::to_vec(record)
-                .map_err(|e| Error::backend(format!("cannot encode a record: {e}")))?;
-            if old != 0 && bytes == old_bytes {
-                return Ok(());
+        if record.state.is_none() && record.tag.is_none() && record.kind.is_none() {
+            if old.word != 0 {
+                s.record.store(0, Ordering::Release);
+                let word = std::mem::take(&mut old.word);
+                old.bytes.clear();
+                self.free(word)?;
             }
-            let off = self.alloc(bytes.len())?;
-            self.write_block(off, &bytes)?;
-            join(off, bytes.len())
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(record)
+            .map_err(|e| Error::backend(format!("cannot encode a record: {e}")))?;
+        if old.word != 0 && bytes == old.bytes {
+            return Ok(());
+        }
+        let class = Self::record_class(bytes.len())?;
+        let (old_off, old_len) = split(old.word);
+        // The old block's whole size, as the slot's next spare.
+        let old_block = match class_of(old_len) {
+            Some(c) if old.word != 0 => join(old_off, MIN_BLOCK << c),
+            _ => 0,
         };
-        if new != old {
+        let spare = s.spare.load(Ordering::Relaxed);
+        // A spare naming the record's own block is what a step killed between the
+        // two stores below leaves: no spare.
+        let spare = if spare != 0 && (old.word == 0 || split(spare).0 != old_off) {
+            spare
+        } else {
+            0
+        };
+        if spare != 0 && class_of(split(spare).1) == Some(class) {
+            // The same size class: the spare takes the record, the old block becomes
+            // the spare, and the allocation mutex is not needed.
+            let (off, _) = split(spare);
+            self.write_block(off, &bytes)?;
+            let new = join(off, bytes.len());
             s.record.store(new, Ordering::Release);
-            if old != 0 {
-                self.free(old)?;
+            s.spare.store(old_block, Ordering::Release);
+            *old = Stored { word: new, bytes };
+            return Ok(());
+        }
+        // One turn of the allocation mutex for the new block and the old spare. A
+        // previous owner that died here left every list consistent (each change is
+        // one store), at worst leaking one block.
+        let m = self.alloc_mutex()?;
+        let _guard = m.lock()?;
+        let off = self.alloc_locked(class)?;
+        self.write_block(off, &bytes)?;
+        let new = join(off, bytes.len());
+        s.record.store(new, Ordering::Release);
+        if old_block != 0 {
+            // The spare is replaced before it is freed: a crash between leaks it
+            // rather than leaving the slot naming a freed block.
+            s.spare.store(old_block, Ordering::Release);
+            if spare != 0 {
+                self.free_locked(spare)?;
+            }
+        }
+        *old = Stored { word: new, bytes };
+        Ok(())
+    }
+
+    /// Closes slot `s`'s fast word and moves what it held into `record`: a hold is
+    /// published at once, before the word lets go of it (see [`fast`]). The caller
+    /// holds the slot's mutex.
+    fn fold(&self, s: &RawSlot, record: &mut Record, stored: &mut Stored) -> Result<()> {
+        match fast::close(&s.fast, raise_counter(s)) {
+            fast::Closed::Slow => {}
+            fast::Closed::Free { last_token } => {
+                // Tokens handed out through the word: a Lock used the name first.
+                if last_token > record.next_token && record.kind.is_none() {
+                    record.kind = Some(LOCK);
+                }
+                record.next_token = record.next_token.max(last_token);
+            }
+            fast::Closed::Held {
+                token,
+                proc,
+                thread,
+            } => {
+                if record.kind.is_none() {
+                    record.kind = Some(LOCK);
+                }
+                record.next_token = record.next_token.max(token);
+                // The hold's start was not recorded; it is at least this old.
+                let owner = self.proc_owner(proc, thread);
+                record.state = Some(model::lock_held(token, owner, now_millis()));
+                self.store(s, record, stored)?;
+                fast::settle(&s.fast);
             }
         }
         Ok(())
@@ -1054,21 +1400,29 @@ impl Shared {
             // Records are published with one store, so the slot is consistent.
             tracing::warn!(name, "a process died inside a step on this name; recovered");
         }
-        let (mut record, old, old_bytes) = match self.load(s, name) {
+        let (mut record, mut stored) = match self.load(s, name) {
             Err(Error::Damaged { .. }) if matches!(op, Op::ForceRelease) => {
-                // Reset: the fencing counter lives in the slot, outside the record.
+                // Reset: the fencing counter lives in the slot, outside the record. A
+                // fast hold goes too, as every holder does.
                 tracing::warn!(name, "reset a damaged record");
+                let _ = fast::close(&s.fast, raise_counter(s));
                 let record = Record {
                     next_token: s.next_token.load(Ordering::Acquire),
                     ..Record::default()
                 };
-                self.store(s, &record, s.record.load(Ordering::Acquire), &[])?;
+                let mut stored = Stored {
+                    word: s.record.load(Ordering::Acquire),
+                    bytes: Vec::new(),
+                };
+                self.store(s, &record, &mut stored)?;
+                fast::settle(&s.fast);
                 drop(guard);
                 self.notify(s, u32::MAX);
                 return Ok(Ok(Reply::Count(0)));
             }
             loaded => loaded?,
         };
+        self.fold(s, &mut record, &mut stored)?;
         let (old_len, old_tickets) = queue_of(&record);
         let mut op = op;
         match &mut op {
@@ -1095,9 +1449,14 @@ impl Shared {
             is_dead: Some(&is_dead),
             waiter_ttl: Some(WAITER_TTL),
         };
-        let (reply, wake) = model::apply(&mut record, name, op, &ctx)?;
-        self.store(s, &record, old, &old_bytes)?;
+        // Published even when the op fails: the fold may have changed the record.
+        let applied = model::apply(&mut record, name, op, &ctx);
+        self.store(s, &record, &mut stored)?;
+        if is_idle_lock(&record) {
+            fast::open(&s.fast, state, record.next_token);
+        }
         drop(guard);
+        let (reply, wake) = applied?;
         let (new_len, new_tickets) = queue_of(&record);
         if wake.all {
             self.notify(s, u32::MAX);
@@ -1227,6 +1586,20 @@ impl Backend for ShmBackend {
         )))
     }
 
+    fn lock_fast(&self, key: &Key, thread: u64) -> Option<FastHold> {
+        let (i, state) = self.resolve_cached(key)?;
+        let proc = self.shared.my_proc()?;
+        fast::try_acquire(&self.shared.slot(i).fast, state, proc, thread)
+    }
+
+    fn unlock_fast(&self, key: &Key, hold: FastHold) -> bool {
+        // The hold keeps the name in its slot: the cached slot is still right.
+        match self.resolve_cached(key) {
+            Some((i, state)) => fast::try_release(&self.shared.slot(i).fast, state, hold),
+            None => false,
+        }
+    }
+
     fn watch(&self, key: &Key, ticket: Option<u64>) -> Result<Box<dyn Watch>> {
         // If the name was reclaimed since, the watch is on its old slot: the sweep
         // woke that slot's watchers, and a later one is woken by the poll interval;
@@ -1312,12 +1685,13 @@ impl Backend for ShmBackend {
                 continue;
             }
             // A damaged record's tag is unknown: it stays (`break --force` resets it).
-            let (mut record, old, old_bytes) = match sh.load(s, "") {
+            // A tagged record never has an open fast word: no fold needed.
+            let (mut record, mut stored) = match sh.load(s, "") {
                 Err(Error::Damaged { .. }) => continue,
                 loaded => loaded?,
             };
             if model::evict(&mut record, tag) {
-                sh.store(s, &record, old, &old_bytes)?;
+                sh.store(s, &record, &mut stored)?;
                 drop(guard);
                 sh.notify(s, u32::MAX);
                 evicted += 1;
@@ -1604,6 +1978,229 @@ mod tests {
         }
         assert!(err.unwrap().contains("arena="));
         assert!(sh.alloc(usize::MAX / 2).is_err());
+    }
+
+    fn acquire_op(owner: &Owner, lease: Option<Millis>) -> Op {
+        Op::Acquire(model::Acquire {
+            kind: model::PermitKind::Lock,
+            mode: model::Mode::Exclusive,
+            owner: owner.clone(),
+            lease,
+            tag: None,
+            ticket: None,
+        })
+    }
+
+    fn granted(reply: Reply) -> model::Grant {
+        match reply {
+            Reply::Granted(g) => g,
+            other => panic!("not granted: {other:?}"),
+        }
+    }
+
+    fn holders(b: &ShmBackend, key: &Key) -> Vec<model::Holder> {
+        match b.step(key, Op::Holders).unwrap() {
+            Reply::Holders { holders, .. } => holders,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_lock_lives_in_its_word_until_someone_looks() {
+        let name = unique("fast");
+        let _c = Cleanup(name.clone());
+        let a = ShmBackend::open(&name).unwrap();
+        let b = ShmBackend::open(&name).unwrap();
+        let key = Key::new("deploy");
+        let hold = a.lock_fast(&key, 7).expect("free");
+        let (i, _) = a.resolve(&key).unwrap();
+        let slot = a.shared.slot(i);
+        assert_eq!(slot.record.load(Ordering::Relaxed), 0, "no record written");
+        assert_eq!(a.lock_fast(&key, 8), None, "held");
+        // Another handle sees the fast hold, as this thread's: the record has it now.
+        let seen = holders(&b, &Key::new("deploy"));
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].token, hold.token);
+        assert_eq!(seen[0].owner, Owner::with_thread(7));
+        assert!(
+            !a.unlock_fast(&key, hold),
+            "folded: released through the record"
+        );
+        a.step(&key, Op::Release { token: hold.token }).unwrap();
+        let next = a.lock_fast(&key, 7).expect("open again once idle");
+        assert!(next.token > hold.token);
+        assert!(a.unlock_fast(&key, next));
+        // Its owner re-acquiring through the general path is told, not queued.
+        let again = a.lock_fast(&key, 9).unwrap();
+        let err = a.step(&key, acquire_op(&Owner::with_thread(9), None));
+        assert!(matches!(err, Err(Error::WouldDeadlock { .. })), "{err:?}");
+        assert!(!a.unlock_fast(&key, again));
+        a.step(&key, Op::Release { token: again.token }).unwrap();
+    }
+
+    /// The pid of a process that has exited (and been reaped).
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    /// Writes an entry for a process that is gone into the process table, as a
+    /// killed process leaves its own; answers its index.
+    fn dead_entry(sh: &Shared, i: usize) -> usize {
+        let me = liveness::this_process();
+        let p = sh.proc(i);
+        p.boot.store(me.boot, Ordering::Relaxed);
+        p.machine.store(me.machine, Ordering::Relaxed);
+        p.pidns.store(me.pidns, Ordering::Relaxed);
+        p.start.store(1, Ordering::Relaxed);
+        p.pid.store(dead_pid(), Ordering::Relaxed);
+        p.host_len.store(0, Ordering::Relaxed);
+        p.used.store(1, Ordering::Release);
+        i
+    }
+
+    #[test]
+    fn a_dead_fast_holder_is_recovered_and_tokens_go_on() {
+        let name = unique("deadfast");
+        let _c = Cleanup(name.clone());
+        let b = ShmBackend::open(&name).unwrap();
+        let sh = &b.shared;
+        let key = Key::new("deploy");
+        let (i, state) = b.resolve(&key).unwrap();
+        // What a process killed right after its compare-and-swap leaves behind.
+        let dead = dead_entry(sh, fast::PROCS - 1);
+        let hold = fast::try_acquire(&sh.slot(i).fast, state, dead, 3).unwrap();
+        let me = Owner::current_thread();
+        let grant = granted(b.step(&key, acquire_op(&me, None)).unwrap());
+        assert!(grant.previous_owner_died);
+        assert!(grant.token > hold.token);
+        b.step(&key, Op::Release { token: grant.token }).unwrap();
+        // Its entry is reused once no word names it.
+        let m = sh.alloc_mutex().unwrap();
+        let g = m.lock().unwrap();
+        assert_eq!(sh.reclaim_procs(), Some(dead));
+        drop(g);
+        assert_eq!(sh.proc(dead).used.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_step_killed_while_folding_loses_no_hold_and_no_token() {
+        let name = unique("torn");
+        let _c = Cleanup(name.clone());
+        let b = ShmBackend::open(&name).unwrap();
+        let sh = &b.shared;
+        let key = Key::new("deploy");
+        let hold = b.lock_fast(&key, 4).unwrap();
+        let (i, _) = b.resolve(&key).unwrap();
+        let s = sh.slot(i);
+        // Every prefix of a fold: killed after raising the counter and closing the
+        // word, before the record was written.
+        let closed = fast::close(&s.fast, raise_counter(s));
+        assert!(matches!(closed, fast::Closed::Held { token, .. } if token == hold.token));
+        assert_eq!(s.next_token.load(Ordering::Relaxed), hold.token);
+        assert_eq!(s.record.load(Ordering::Relaxed), 0);
+        // The next step finds the hold in the word.
+        let seen = holders(&b, &key);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].token, hold.token);
+        let other = Owner::new_task();
+        assert!(matches!(
+            b.step(&key, acquire_op(&other, None)).unwrap(),
+            Reply::Blocked { .. }
+        ));
+        assert!(!b.unlock_fast(&key, hold));
+        b.step(&key, Op::Release { token: hold.token }).unwrap();
+        let next = granted(b.step(&key, acquire_op(&other, Some(60_000))).unwrap());
+        assert!(next.token > hold.token);
+        assert!(!next.previous_owner_died);
+    }
+
+    #[test]
+    fn a_reclaimed_slot_never_hands_its_new_name_to_a_stale_cache() {
+        let name = unique("stale");
+        let _c = Cleanup(name.clone());
+        let b = ShmBackend::open(&format!("{name}?capacity=1")).unwrap();
+        let old = Key::new("old");
+        let hold = b.lock_fast(&old, 1).unwrap();
+        assert!(b.unlock_fast(&old, hold));
+        let (i, state) = b.resolve(&old).unwrap();
+        assert_eq!(b.reclaim_idle().unwrap(), 1);
+        // The slot's floor holds the fast tokens.
+        assert!(b.shared.header().token_floor.load(Ordering::Relaxed) >= hold.token);
+        let (j, new_state) = b.shared.find_or_create("new").unwrap();
+        assert_eq!(j, i, "the one usable slot");
+        assert_ne!(new_state, state);
+        // A handle that still caches "old" there cannot take "new"'s lock.
+        assert_eq!(fast::try_acquire(&b.shared.slot(i).fast, state, 0, 1), None);
+        let again = b.lock_fast(&Key::new("new"), 1).unwrap();
+        assert!(again.token > hold.token);
+    }
+
+    #[test]
+    fn a_record_that_keeps_its_size_class_takes_no_allocation_mutex() {
+        let name = unique("spare");
+        let _c = Cleanup(name.clone());
+        let b = ShmBackend::open(&name).unwrap();
+        let key = Key::new("deploy");
+        let owner = Owner::new_task();
+        let hold = granted(b.step(&key, acquire_op(&owner, Some(60_000))).unwrap());
+        // Two renewals: the first makes a spare of the old block, the second swaps.
+        b.step(
+            &key,
+            Op::Renew {
+                token: hold.token,
+                lease: 50_000,
+            },
+        )
+        .unwrap();
+        let (i, _) = b.resolve(&key).unwrap();
+        let s = b.shared.slot(i);
+        assert_ne!(s.spare.load(Ordering::Relaxed), 0, "the old block is kept");
+        let m = b.shared.alloc_mutex().unwrap();
+        let held = m.lock().unwrap();
+        // The placed mutex is not recursive: a step that needed it would fail here.
+        for lease in [40_000, 30_000, 20_000] {
+            b.step(
+                &key,
+                Op::Renew {
+                    token: hold.token,
+                    lease,
+                },
+            )
+            .unwrap();
+        }
+        drop(held);
+        let spare = s.spare.load(Ordering::Relaxed);
+        assert_ne!(split(spare).0, split(s.record.load(Ordering::Relaxed)).0);
+        // A step killed between publishing the spare and naming the old block: the
+        // spare names the record's block, and is not written over.
+        s.spare
+            .store(s.record.load(Ordering::Relaxed), Ordering::Relaxed);
+        b.step(
+            &key,
+            Op::Renew {
+                token: hold.token,
+                lease: 10_000,
+            },
+        )
+        .unwrap();
+        let seen = holders(&b, &key);
+        assert_eq!((seen.len(), seen[0].token), (1, hold.token));
+        b.step(&key, Op::Release { token: hold.token }).unwrap();
+        // Reclaiming the name frees both blocks, once each: no block is handed out
+        // twice afterwards.
+        assert_eq!(b.reclaim_idle().unwrap(), 1);
+        assert_eq!(s.spare.load(Ordering::Relaxed), 0);
+        let mut offsets: Vec<u64> = (0..4)
+            .flat_map(|class| (0..4).map(move |_| MIN_BLOCK << class))
+            .map(|len| b.shared.alloc(len).unwrap())
+            .collect();
+        let n = offsets.len();
+        offsets.sort_unstable();
+        offsets.dedup();
+        assert_eq!(offsets.len(), n, "a block was freed twice");
     }
 
     #[test]

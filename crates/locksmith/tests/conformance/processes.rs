@@ -22,6 +22,14 @@ pub fn tests() -> Vec<Test> {
         ),
         ("process::semaphore_of_k_across_processes", semaphore_limit),
         ("process::sigkilled_holder_is_recovered", sigkill_holder),
+        (
+            "process::sigkilled_plain_holder_is_recovered",
+            sigkill_plain_holder,
+        ),
+        (
+            "process::plain_lease_and_queued_holds_stay_exclusive_and_fenced",
+            mixed_holds,
+        ),
         ("process::event_wakes_another_process", event_wakes),
         (
             "process::release_wakes_an_async_waiter_in_another_process",
@@ -315,6 +323,15 @@ pub fn child_main(role: &str) -> i32 {
             let _ = std::io::stdin().read_line(&mut line);
             0
         }
+        ["hold-plain", _, name] => {
+            // No lease, no tag: the hold a store may take on its fast path.
+            let guard = space.lock(name).acquire().unwrap();
+            println!("held {}", guard.token());
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            0
+        }
+        ["mixed", _, name, file, m] => mixed_child(&space, name, file, m.parse().unwrap()),
         ["hold-hidden", _, name] => {
             // Not dumpable: a process without CAP_SYS_PTRACE may not look at this one,
             // so a `/proc` mounted with hidepid hides it even from its own user.
@@ -457,6 +474,99 @@ fn sigkill_holder(store: &Store) {
         .expect("the dead holder's lock is recovered");
     assert!(guard.previous_owner_died());
     assert!(guard.token() > token);
+}
+
+/// A holder killed while it holds a plain Lock (no lease, no tag: a store's fast path
+/// takes such holds, outside its records) is recovered like any other: the next holder
+/// is told, and its token is larger.
+fn sigkill_plain_holder(store: &Store) {
+    let url = (store.fresh_url)();
+    let mut kids = Kids::spawn(1, &["hold-plain", &url, "deploy"], Stdio::piped);
+    let token = held_token(&mut kids.0[0]);
+    let child = &mut kids.0[0];
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let space = Space::open(&url).unwrap();
+    // A hang guard only: a store without liveness checks waits for its default lease.
+    let guard = space
+        .lock("deploy")
+        .acquire_timeout(Duration::from_secs(120))
+        .unwrap()
+        .expect("the dead holder's lock is recovered");
+    assert!(guard.previous_owner_died());
+    assert!(guard.token() > token, "{} after {token}", guard.token());
+}
+
+/// One `mixed` child: `m` critical sections on `name`, taken in turn as a plain
+/// blocking hold, a lease hold, a polled try and a plain hold that ends by
+/// force-release. Each reads `file` ("count token" of the last section), checks that
+/// its own token is larger, and writes both back incremented: a lost update or a token
+/// that went back fails the test.
+fn mixed_child(space: &Space, name: &str, file: &str, m: u32) -> i32 {
+    let lock = space.lock(name);
+    let leased = space.lock(name).lease(Duration::from_secs(60));
+    for i in 0..m {
+        let guard = match i % 4 {
+            0 | 3 => lock.acquire().unwrap(),
+            1 => leased.acquire().unwrap(),
+            _ => loop {
+                if let Some(g) = lock.try_acquire().unwrap() {
+                    break g;
+                }
+                std::thread::yield_now();
+            },
+        };
+        let text = std::fs::read_to_string(file).unwrap();
+        let (count, last) = text.trim().split_once(' ').unwrap();
+        let (count, last): (u64, u64) = (count.parse().unwrap(), last.parse().unwrap());
+        if guard.token() <= last {
+            eprintln!("child: token {} after {last}", guard.token());
+            return 3;
+        }
+        std::fs::write(file, format!("{} {}", count + 1, guard.token())).unwrap();
+        if i % 4 == 3 {
+            // Its own hold, so nobody else is inside: the break ends the section.
+            assert_eq!(space.force_release(name).unwrap(), 1);
+            assert!(matches!(
+                guard.release(),
+                Err(locksmith::Error::LeaseLost { .. })
+            ));
+        } else {
+            guard.release().unwrap();
+        }
+    }
+    0
+}
+
+/// Processes mixing plain holds (a store's fast path), lease holds, polled tries and
+/// force-releases, while this process keeps looking at the holders and the queue:
+/// every section is exclusive and every token larger than the last.
+fn mixed_holds(store: &Store) {
+    const PROCESSES: usize = 3;
+    const SECTIONS: u32 = 120;
+    let url = (store.fresh_url)();
+    let dir = temp_dir("mixed-holds");
+    let file = dir.join("n");
+    std::fs::write(&file, "0 0").unwrap();
+    let m = SECTIONS.to_string();
+    let role = ["mixed", &url, "counter", file.to_str().unwrap(), &m];
+    let mut kids = Kids::spawn(PROCESSES, &role, Stdio::null);
+    let space = Space::open(&url).unwrap();
+    for _ in 0..300 {
+        if kids.0.iter_mut().all(|k| k.try_wait().unwrap().is_some()) {
+            break;
+        }
+        // Each look moves a fast hold into the store's record.
+        assert!(space.holders("counter").unwrap().len() <= 1);
+        let _ = space.waiting("counter").unwrap();
+        let _ = space.lock("counter").is_locked().unwrap();
+        std::thread::yield_now();
+    }
+    kids.wait_all("mixed holder");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let count: u64 = text.split_once(' ').unwrap().0.parse().unwrap();
+    assert_eq!(count, PROCESSES as u64 * u64::from(SECTIONS));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn event_wakes(store: &Store) {

@@ -20,8 +20,8 @@ use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpR
 
 use super::client::{lock, Fault};
 use super::{Inner, KeyState};
-use crate::os::clock::now_millis;
 use crate::backend::model::{Ctx, Millis, Op, Record, Reply, State, Wake};
+use crate::os::clock::now_millis;
 use crate::owner::Owner;
 use crate::{Error, Result};
 
