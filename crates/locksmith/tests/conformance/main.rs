@@ -16,6 +16,8 @@ mod inputs;
 mod kinds;
 mod lease_loss;
 mod locks;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod processes;
 mod reclaim;
 #[cfg(feature = "redis")]
@@ -97,6 +99,13 @@ fn stores() -> Vec<Store> {
         Store {
             name: "redis-tls",
             fresh_url: redis::fresh_tls_url,
+            cross_process: true,
+            async_only: false,
+        },
+        #[cfg(feature = "postgres")]
+        Store {
+            name: "postgres",
+            fresh_url: postgres::fresh_url,
             cross_process: true,
             async_only: false,
         },
@@ -204,6 +213,10 @@ fn main() {
         if store.name == "redis-tls" {
             tests.extend(redis::tls_tests());
         }
+        #[cfg(feature = "postgres")]
+        if store.name == "postgres" {
+            tests.extend(postgres::tests());
+        }
         for (name, test) in tests {
             trials.push(Trial::test(
                 format!("{}::{}", store.name, name),
@@ -213,6 +226,8 @@ fn main() {
     }
     let conclusion = libtest_mimic::run(&args, trials);
     remove_shm_regions();
+    #[cfg(feature = "postgres")]
+    postgres::drop_schemas();
     #[cfg(feature = "redis-tls")]
     redis::remove_tls_files();
     conclusion.exit();

@@ -10,8 +10,10 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use crate::{Error, Result};
 
-/// The most connections one space keeps to the server: steps beyond that wait for one.
+/// The most connections one space's steps use at once: steps beyond that wait for one.
 pub(crate) const MAX_CONNECTIONS: usize = 4;
+/// And its releases and renewals, besides (see `step::urgent`).
+pub(crate) const MAX_URGENT: usize = 2;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -28,7 +30,8 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Handle> {
             return Ok(handle.clone());
         }
     }
-    let fail = |e: std::io::Error| Error::backend(format!("cannot start the postgres runtime: {e}"));
+    let fail =
+        |e: std::io::Error| Error::backend(format!("cannot start the postgres runtime: {e}"));
     let started = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -130,6 +133,7 @@ pub(crate) struct Pool {
     /// its parent's).
     idle: Mutex<(u32, Vec<Client>)>,
     permits: Arc<Semaphore>,
+    urgent: Arc<Semaphore>,
 }
 
 /// A connection taken from the pool; give it back with [`Pool::put`] if it is sound.
@@ -144,13 +148,15 @@ impl Pool {
             config,
             idle: Mutex::new((crate::owner::pid(), Vec::new())),
             permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            urgent: Arc::new(Semaphore::new(MAX_URGENT)),
         }
     }
 
-    /// A connection: an idle one, or a new one. Runs on the runtime.
-    pub(crate) async fn get(&self) -> std::result::Result<Pooled, Fault> {
-        let permit = self
-            .permits
+    /// A connection: an idle one, or a new one; `urgent`, from the lane of releases and
+    /// renewals. Runs on the runtime.
+    pub(crate) async fn get(&self, urgent: bool) -> std::result::Result<Pooled, Fault> {
+        let lane = if urgent { &self.urgent } else { &self.permits };
+        let permit = lane
             .clone()
             .acquire_owned()
             .await
@@ -191,16 +197,13 @@ impl Pool {
 
 /// A new connection, driven by a task of the runtime.
 pub(crate) async fn connect(config: &Config) -> std::result::Result<Client, Fault> {
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| match e.code() {
-            // Wrong password, unknown database or role: no retry will fix that.
-            Some(c) if c.code().starts_with("28") || c.code() == "3D000" => {
-                Fault::Refused(describe(&e))
-            }
-            _ => Fault::NotApplied(format!("cannot connect: {}", describe(&e))),
-        })?;
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| match e.code() {
+        // Wrong password, unknown database or role: no retry will fix that.
+        Some(c) if c.code().starts_with("28") || c.code() == "3D000" => {
+            Fault::Refused(describe(&e))
+        }
+        _ => Fault::NotApplied(format!("cannot connect: {}", describe(&e))),
+    })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "a postgres connection ended");

@@ -146,7 +146,12 @@ impl PgBackend {
     /// A step from an async caller, on any executor, safe to cancel: if the caller
     /// goes away while it is on the wire, a grant it would have received is given back
     /// and a queue place it would have kept is left.
-    fn step_detached(&self, key: &Key, op: Op, deadline: Wait) -> BoxFuture<'static, Result<Reply>> {
+    fn step_detached(
+        &self,
+        key: &Key,
+        op: Op,
+        deadline: Wait,
+    ) -> BoxFuture<'static, Result<Reply>> {
         let (inner, info) = (self.inner.clone(), self.info(key));
         Box::pin(async move {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -190,11 +195,13 @@ enum Wait {
 
 impl Inner {
     async fn open(&self, schema: &str, deadline: Instant) -> Result<()> {
-        let budget = deadline.saturating_duration_since(Instant::now()).max(MIN_ATTEMPT);
+        let budget = deadline
+            .saturating_duration_since(Instant::now())
+            .max(MIN_ATTEMPT);
         let checked = conn::within(
             budget,
             async {
-                let pooled = self.pool.get().await?;
+                let pooled = self.pool.get(false).await?;
                 match schema::ensure(&pooled.client, schema).await {
                     Ok(()) => {
                         self.pool.put(pooled);
@@ -281,13 +288,23 @@ impl Inner {
         loop {
             let left = give_up.saturating_duration_since(Instant::now());
             let budget = self.timeout.min(left.max(MIN_ATTEMPT));
-            let fault = match step::attempt(&self.pool, &self.sql, &info.name, &op, WAITER_TTL, budget)
-                .await
-            {
-                Ok(Ok(Outcome { reply, .. })) => return Ok(reply),
-                Ok(Err(e)) => return Err(e),
-                Err(f) => f,
-            };
+            let fault =
+                match step::attempt(&self.pool, &self.sql, &info.name, &op, WAITER_TTL, budget)
+                    .await
+                {
+                    Ok(Ok(Outcome {
+                        reply,
+                        all,
+                        tickets,
+                    })) => {
+                        // This process's watchers need not wait for the notification's
+                        // trip through the server.
+                        info.slot.wake(all, &tickets);
+                        return Ok(reply);
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(f) => f,
+                };
             let now = Instant::now();
             if !fault.retryable() || now + backoff >= give_up {
                 return Err(fault.into_error(&self.url));
@@ -309,18 +326,17 @@ impl Inner {
         let mut backoff = Duration::ZERO;
         loop {
             let budget = self.timeout;
-            let out = conn::within(
-                budget,
-                async {
-                    let pooled = self.pool.get().await?;
-                    let out = f(&pooled.client).await;
-                    if out.is_ok() {
-                        self.pool.put(pooled);
-                    }
-                    out
-                },
-                || Fault::Unknown(format!("no answer within {} ms", budget.as_millis())),
-            )
+            let out = async {
+                let pooled = self.pool.get(false).await?;
+                let out = conn::within(budget, f(&pooled.client), || {
+                    Fault::Unknown(format!("no answer within {} ms", budget.as_millis()))
+                })
+                .await;
+                if out.is_ok() {
+                    self.pool.put(pooled);
+                }
+                out
+            }
             .await;
             let fault = match out {
                 Ok(t) => return Ok(t),

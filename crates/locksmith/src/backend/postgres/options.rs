@@ -35,7 +35,10 @@ impl Options {
         Options::parse_with_env(url, &|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
     }
 
-    pub(crate) fn parse_with_env(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Options> {
+    pub(crate) fn parse_with_env(
+        url: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Options> {
         let display = redact(url);
         let (base, query) = match url.split_once('?') {
             Some((b, q)) => (b, q),
@@ -67,18 +70,17 @@ impl Options {
         } else {
             format!("{base}?{}", passed.join("&"))
         };
-        let mut config = Config::from_str(&server).map_err(|e| {
-            Error::invalid(format!("'{display}' is not a PostgreSQL URL: {e}"))
-        })?;
+        let mut config = Config::from_str(&server)
+            .map_err(|e| Error::invalid(format!("'{display}' is not a PostgreSQL URL: {e}")))?;
         if config.get_hosts().is_empty() {
             let host = env("PGHOST").unwrap_or_else(|| "localhost".to_owned());
             config.host(&host);
         }
         if config.get_ports().is_empty() {
             if let Some(port) = env("PGPORT") {
-                let port = port.parse::<u16>().map_err(|_| {
-                    Error::invalid(format!("PGPORT='{port}' is not a port number"))
-                })?;
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| Error::invalid(format!("PGPORT='{port}' is not a port number")))?;
                 config.port(port);
             }
         }

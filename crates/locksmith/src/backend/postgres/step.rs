@@ -32,7 +32,9 @@ impl Sql {
     pub(crate) fn new(schema: &str, channel: String) -> Sql {
         let s = format!("\"{schema}\"");
         Sql {
-            select: format!("SELECT token, tag, state, kind FROM {s}.prim WHERE name = $1 FOR UPDATE"),
+            select: format!(
+                "SELECT token, tag, state, kind FROM {s}.prim WHERE name = $1 FOR UPDATE"
+            ),
             // Read after the row lock is taken (the statements run in order), so a
             // step that waited for the lock sees the time it got it.
             clock: format!(
@@ -97,20 +99,23 @@ pub(crate) async fn attempt(
             }
         }
     };
-    within(
+    // Waiting for a connection of the pool is not the server's time: only the
+    // transaction counts against the budget (ten thousand tasks of one process queue
+    // for a few connections).
+    let pooled = pool.get(urgent(op)).await?;
+    let out = within(
         budget,
-        async {
-            let pooled = pool.get().await?;
-            let out = transact(&pooled.client, sql, name, op, waiter_ttl, &committing).await;
-            // A connection whose transaction ended, either way, serves the next step.
-            if !matches!(out, Err(Fault::Unknown(_))) {
-                pool.put(pooled);
-            }
-            out
-        },
+        transact(&pooled.client, sql, name, op, waiter_ttl, &committing),
         late,
     )
-    .await
+    .await;
+    // A connection whose transaction ended (committed, or rolled back after a refusal)
+    // serves the next step; after a failure it is closed, and the server rolls back
+    // whatever was left open.
+    if out.is_ok() {
+        pool.put(pooled);
+    }
+    out
 }
 
 async fn transact(
@@ -136,12 +141,16 @@ async fn transact(
         None => return Err(Fault::Refused("the server's clock gave no row".into())),
     };
     let existed = !row.is_empty();
-    let (old_token, old_tag, old_state, old_kind): (i64, Option<String>, Option<String>, Option<String>) =
-        match row.first() {
-            Some(r) => (r.get(0), r.get(1), r.get(2), r.get(3)),
-            // A new name, or one reclaimed: its counter starts at the floor.
-            None => (floor.unwrap_or(0), None, None, None),
-        };
+    let (old_token, old_tag, old_state, old_kind): (
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) = match row.first() {
+        Some(r) => (r.get(0), r.get(1), r.get(2), r.get(3)),
+        // A new name, or one reclaimed: its counter starts at the floor.
+        None => (floor.unwrap_or(0), None, None, None),
+    };
     let computed = compute(
         name,
         op,
@@ -152,10 +161,7 @@ async fn transact(
     let (outcome, new) = match computed {
         Ok(c) => c,
         Err(e) => {
-            client
-                .batch_execute("ROLLBACK")
-                .await
-                .map_err(|e| Fault::before_commit(&e))?;
+            end_unchanged(client);
             return Ok(Err(e));
         }
     };
@@ -168,6 +174,10 @@ async fn transact(
         // A payload past the server's limit (8000 bytes) wakes nobody; watchers re-check
         // by the fallback poll.
         .filter(|p| p.len() < 7900);
+    if !changed && notify.is_none() {
+        end_unchanged(client);
+        return Ok(Ok(outcome));
+    }
     let write = async {
         if !changed {
             return Ok(());
@@ -211,12 +221,41 @@ async fn transact(
     Ok(Ok(outcome))
 }
 
+/// Ends a transaction that changed nothing without waiting for the server's answer: the
+/// step's answer is already known (the row as read under its lock), the server
+/// releases the lock as soon as the COMMIT arrives, and whatever is sent next on this
+/// connection follows it. So a step that changes nothing costs one round trip.
+fn end_unchanged(client: &Client) {
+    // The first poll sends the request; the answer is left unread.
+    let _ = futures_util::FutureExt::now_or_never(client.batch_execute("COMMIT"));
+}
+
 /// A row as the step writes it back.
 struct Row {
     token: i64,
     tag: Option<String>,
     state: Option<String>,
     kind: Option<String>,
+}
+
+/// Whether `op` is a step of someone already in line: a queued waiter's retry, a
+/// release, a renewal, leaving the queue. Such steps have connections of their own, so
+/// that a crowd of newcomers queued for the pool never delays the hand-offs they wait
+/// for (nor lets leases lapse).
+fn urgent(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Acquire(crate::backend::model::Acquire {
+            ticket: Some(_),
+            ..
+        }) | Op::Release { .. }
+            | Op::ReleaseAll { .. }
+            | Op::ReleaseOwned { .. }
+            | Op::Renew { .. }
+            | Op::Dequeue { .. }
+            | Op::CondCancel { .. }
+            | Op::ForceRelease
+    )
 }
 
 /// Runs the state machine on the row `(token, tag, state, kind)`.
@@ -265,13 +304,24 @@ fn compute(
         tracing::warn!(name, "reset a damaged record");
         wake.all = true;
     }
-    let json = |e: serde_json::Error| Error::backend(format!("cannot encode the record of '{name}': {e}"));
+    let json =
+        |e: serde_json::Error| Error::backend(format!("cannot encode the record of '{name}': {e}"));
     let row = Row {
         token: i64::try_from(record.next_token)
             .map_err(|_| Error::backend(format!("the fencing counter of '{name}' overflowed")))?,
         tag: record.tag.clone(),
-        state: record.state.as_ref().map(serde_json::to_string).transpose().map_err(json)?,
-        kind: record.kind.as_ref().map(serde_json::to_string).transpose().map_err(json)?,
+        state: record
+            .state
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(json)?,
+        kind: record
+            .kind
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(json)?,
     };
     let mut tickets = wake.tickets;
     if wake.all {

@@ -61,6 +61,17 @@ impl Slot {
         lock(&self.tickets).entry(ticket).or_default().clone()
     }
 
+    /// Wakes the watchers a step's change concerns.
+    pub(crate) fn wake(&self, all: bool, tickets: &[u64]) {
+        if all {
+            self.wake_all();
+        } else {
+            for &t in tickets {
+                self.wake_ticket(t);
+            }
+        }
+    }
+
     fn wake_all(&self) {
         self.changed.notify(usize::MAX);
         for event in lock(&self.tickets).values() {
@@ -144,7 +155,10 @@ impl Hub {
             if self.up.load(Ordering::Acquire) {
                 return Ok(());
             }
-            if moved.wait_deadline(deadline).is_none() && Instant::now() >= deadline {
+            if tokio::time::timeout_at(deadline.into(), moved)
+                .await
+                .is_err()
+            {
                 return Err(Error::backend(
                     "timed out waiting for the PostgreSQL server to confirm LISTEN",
                 ));
@@ -428,7 +442,10 @@ impl Watch for PgWatch {
         Ok(())
     }
 
-    fn wait_async(mut self: Box<Self>, deadline: Option<Instant>) -> BoxFuture<'static, Result<()>> {
+    fn wait_async(
+        mut self: Box<Self>,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
             let (mut listener, until) = match self.plan(deadline) {
                 None => return Ok(()),
