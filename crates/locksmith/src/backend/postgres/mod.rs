@@ -44,6 +44,7 @@ mod step;
 mod watch;
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,9 @@ impl fmt::Debug for PgBackend {
 struct KeyInfo {
     name: Arc<str>,
     slot: Arc<Slot>,
+    /// Whether this process's last acquisition of the name was refused: newcomers then
+    /// peek before they lock (see `step::peek`).
+    busy: AtomicBool,
 }
 
 impl PgBackend {
@@ -133,6 +137,7 @@ impl PgBackend {
             Arc::new(KeyInfo {
                 name: key.name().into(),
                 slot: self.inner.hub.slot(&self.inner.channel, key.name()),
+                busy: AtomicBool::new(false),
             })
         })
     }
@@ -284,27 +289,33 @@ impl Inner {
             Wait::Until(Some(d)) => d.max(started + MIN_ATTEMPT),
             Wait::Until(None) => started + OUTAGE,
         };
+        let newcomer = matches!(&op, Op::Acquire(a) if a.ticket.is_none());
         let mut backoff = Duration::ZERO;
         loop {
             let left = give_up.saturating_duration_since(Instant::now());
             let budget = self.timeout.min(left.max(MIN_ATTEMPT));
-            let fault =
-                match step::attempt(&self.pool, &self.sql, &info.name, &op, WAITER_TTL, budget)
-                    .await
-                {
-                    Ok(Ok(Outcome {
-                        reply,
-                        all,
-                        tickets,
-                    })) => {
-                        // This process's watchers need not wait for the notification's
-                        // trip through the server.
-                        info.slot.wake(all, &tickets);
-                        return Ok(reply);
+            let peek = newcomer && info.busy.load(Ordering::Relaxed);
+            let attempt = step::attempt(
+                &self.pool, &self.sql, &info.name, &op, WAITER_TTL, budget, peek,
+            );
+            let fault = match attempt.await {
+                Ok(Ok(Outcome {
+                    reply,
+                    all,
+                    tickets,
+                })) => {
+                    // This process's watchers need not wait for the notification's
+                    // trip through the server.
+                    info.slot.wake(all, &tickets);
+                    if let Op::Acquire(_) = op {
+                        info.busy
+                            .store(matches!(reply, Reply::Blocked { .. }), Ordering::Relaxed);
                     }
-                    Ok(Err(e)) => return Err(e),
-                    Err(f) => f,
-                };
+                    return Ok(reply);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(f) => f,
+            };
             let now = Instant::now();
             if !fault.retryable() || now + backoff >= give_up {
                 return Err(fault.into_error(&self.url));

@@ -18,6 +18,7 @@ use crate::{Error, Result};
 /// The statements of one schema.
 pub(crate) struct Sql {
     pub select: String,
+    pub peek: String,
     pub clock: String,
     pub insert: String,
     pub update: String,
@@ -34,6 +35,13 @@ impl Sql {
         Sql {
             select: format!(
                 "SELECT token, tag, state, kind FROM {s}.prim WHERE name = $1 FOR UPDATE"
+            ),
+            // The row and the clock without a transaction or a lock: one snapshot.
+            peek: format!(
+                "SELECT p.token, p.tag, p.state, p.kind, \
+                     (extract(epoch FROM clock_timestamp()) * 1000)::bigint, \
+                     (SELECT value FROM {s}.meta WHERE key = 'token_floor') \
+                 FROM (SELECT 1) one LEFT JOIN {s}.prim p ON p.name = $1"
             ),
             // Read after the row lock is taken (the statements run in order), so a
             // step that waited for the lock sees the time it got it.
@@ -78,7 +86,9 @@ pub(crate) struct Outcome {
 }
 
 /// One attempt at `op` on `name`, within `budget`. `Ok(Err(_))`: the state machine
-/// refused the op (nothing changed); `Err(_)`: the server failed.
+/// refused the op (nothing changed); `Err(_)`: the server failed. With `peek`, the
+/// row is first read without a lock: if the op changes nothing on it, that is the
+/// answer (see [`peek`]).
 pub(crate) async fn attempt(
     pool: &Pool,
     sql: &Sql,
@@ -86,6 +96,7 @@ pub(crate) async fn attempt(
     op: &Op,
     waiter_ttl: Millis,
     budget: Duration,
+    peek: bool,
 ) -> std::result::Result<Result<Outcome>, Fault> {
     let committing = Arc::new(AtomicBool::new(false));
     let late = {
@@ -105,7 +116,14 @@ pub(crate) async fn attempt(
     let pooled = pool.get(urgent(op)).await?;
     let out = within(
         budget,
-        transact(&pooled.client, sql, name, op, waiter_ttl, &committing),
+        async {
+            if peek {
+                if let Some(out) = self::peek(&pooled.client, sql, name, op, waiter_ttl).await? {
+                    return Ok(out);
+                }
+            }
+            transact(&pooled.client, sql, name, op, waiter_ttl, &committing).await
+        },
         late,
     )
     .await;
@@ -116,6 +134,49 @@ pub(crate) async fn attempt(
         pool.put(pooled);
     }
     out
+}
+
+/// `op` on the row as one snapshot shows it, without a lock; `None` if the op would
+/// change the row (the caller then takes the locked path). An answer that changes
+/// nothing is as true at the snapshot as under the lock: a newcomer told the lock is
+/// busy was told so of a moment the lock was busy. It spares a crowd of newcomers
+/// queueing for the row's lock behind each other and the hand-offs they wait for.
+async fn peek(
+    client: &Client,
+    sql: &Sql,
+    name: &str,
+    op: &Op,
+    waiter_ttl: Millis,
+) -> std::result::Result<Option<Result<Outcome>>, Fault> {
+    let rows = client
+        .query_typed(&sql.peek, &[(&name, Type::TEXT)])
+        .await
+        .map_err(|e| Fault::before_commit(&e))?;
+    let Some(r) = rows.first() else {
+        return Err(Fault::Refused("the server's clock gave no row".into()));
+    };
+    let (token, tag, state, kind): (Option<i64>, Option<String>, Option<String>, Option<String>) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
+    let (now, floor): (i64, Option<i64>) = (r.get(4), r.get(5));
+    let token = token.unwrap_or(floor.unwrap_or(0));
+    match compute(
+        name,
+        op,
+        (token, &tag, &state, &kind),
+        now.max(0) as Millis,
+        waiter_ttl,
+    ) {
+        Ok((outcome, new)) => {
+            let unchanged = new.token == token
+                && new.tag == tag
+                && new.state == state
+                && new.kind == kind
+                && !outcome.all
+                && outcome.tickets.is_empty();
+            Ok(unchanged.then_some(Ok(outcome)))
+        }
+        Err(e) => Ok(Some(Err(e))),
+    }
 }
 
 async fn transact(
@@ -209,16 +270,42 @@ async fn transact(
             None => Ok(()),
         }
     };
+    let relaxed = relaxed(op, &outcome.reply) && new.token == old_token;
+    let relax = async {
+        if relaxed {
+            client
+                .batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+        } else {
+            Ok(())
+        }
+    };
     let commit = async {
         committing.store(true, Ordering::Release);
         client.batch_execute("COMMIT").await
     };
-    let (written, notified, committed) = futures_util::future::join3(write, notified, commit).await;
+    let (written, notified, relaxed, committed) =
+        futures_util::future::join4(write, notified, relax, commit).await;
     // A failed statement aborted the transaction, which COMMIT then rolled back.
     written.map_err(fail)?;
     notified.map_err(fail)?;
+    relaxed.map_err(fail)?;
     committed.map_err(|e| Fault::at_commit(&e))?;
     Ok(Ok(outcome))
+}
+
+/// Whether the commit of `op`, answered `reply`, may skip waiting for the server's
+/// WAL flush: steps whose loss in a server crash gives nothing away. A release lost
+/// that way comes back as a hold that lapses with its lease (every hold here has one),
+/// and a queue place lost is taken again by the waiter's next look; any later commit
+/// that waits for the flush (every grant does) makes them durable too. Grants, token
+/// changes, renewals and semaphore counts always wait.
+fn relaxed(op: &Op, reply: &Reply) -> bool {
+    match op {
+        Op::Release { .. } | Op::ReleaseAll { .. } | Op::Dequeue { .. } => true,
+        Op::Acquire(a) => a.ticket.is_some() && matches!(reply, Reply::Blocked { .. }),
+        _ => false,
+    }
 }
 
 /// Ends a transaction that changed nothing without waiting for the server's answer: the
