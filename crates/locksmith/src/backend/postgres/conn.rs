@@ -19,8 +19,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The process's PostgreSQL runtime: one thread driving every connection, whatever
-/// executor (if any) the callers use. A forked child starts its own (keyed by pid).
+/// The process's PostgreSQL runtime: two threads driving every connection and running
+/// the state machine, whatever executor (if any) the callers use (two, so that one
+/// space's crowd of steps does not hold up another's lease renewals). A forked child
+/// starts its own (keyed by pid).
 pub(crate) fn runtime() -> Result<tokio::runtime::Handle> {
     static RT: Mutex<Option<(u32, tokio::runtime::Handle)>> = Mutex::new(None);
     let mut rt = lock(&RT);
@@ -32,15 +34,15 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Handle> {
     }
     let fail =
         |e: std::io::Error| Error::backend(format!("cannot start the postgres runtime: {e}"));
-    let started = tokio::runtime::Builder::new_current_thread()
+    let started = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("locksmith-postgres")
         .enable_all()
         .build()
         .map_err(fail)?;
     let handle = started.handle().clone();
-    std::thread::Builder::new()
-        .name("locksmith-postgres".into())
-        .spawn(move || started.block_on(std::future::pending::<()>()))
-        .map_err(fail)?;
+    // The runtime lives as long as the process: its threads are never shut down.
+    std::mem::forget(started);
     *rt = Some((pid, handle.clone()));
     Ok(handle)
 }
