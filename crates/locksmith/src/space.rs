@@ -49,8 +49,11 @@ use crate::{Error, Result};
 /// On Redis, a hold taken without a lease gets a 30 s one that renews itself while the
 /// holder lives, so a holder that dies on another machine is recovered when it lapses.
 ///
-/// `postgres://` is named by the design and refused with [`Error::Unsupported`] until
-/// its backend lands.
+/// `postgres://[user[:password]@]host[:port]/db[?schema=S&timeout=MS]` (feature
+/// `postgres`) shares primitives with every process on any machine that opens the same
+/// database and schema (default schema `locksmith`, created on first use); the `PG*`
+/// environment variables fill in what the URL leaves out. As on Redis, a hold taken
+/// without a lease gets a 30 s one that renews itself while the holder lives.
 ///
 /// A `Space` is cheap to clone; clones share the store and the lease keeper. On
 /// `sqlite:` and Redis, the async forms of whole-store work and the leaving of dropped
@@ -236,9 +239,14 @@ impl Space {
                 )))
             }
 
+            #[cfg(feature = "postgres")]
+            Some(("postgres" | "postgresql", _)) => {
+                Arc::new(crate::backend::postgres::PgBackend::open(url)?)
+            }
+            #[cfg(not(feature = "postgres"))]
             Some((scheme @ ("postgres" | "postgresql"), _)) => {
                 return Err(Error::Unsupported(format!(
-                    "the {scheme} backend is not built yet (in '{url}')"
+                    "the {scheme} backend is not built in (in '{url}'): enable the postgres feature"
                 )))
             }
             Some((scheme, _)) => {

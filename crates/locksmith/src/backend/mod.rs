@@ -7,7 +7,7 @@
 //!
 //! The state machine behind the ops is written once, in [`model`], as a pure function
 //! over a serializable [`model::Record`]; stores that can load and save a record
-//! atomically (mem, sqlite) reuse it, stores that run their own code server-side
+//! atomically (mem, sqlite, postgres) reuse it, stores that run their own code server-side
 //! (redis) mirror it step for step.
 
 #[cfg(any(feature = "redis", all(unix, feature = "sqlite")))]
@@ -16,6 +16,8 @@ pub(crate) mod done;
 pub(crate) mod etcd;
 #[cfg(all(target_os = "linux", any(feature = "shm", feature = "sqlite")))]
 pub(crate) mod futex_async;
+#[cfg(any(all(unix, feature = "sqlite"), feature = "postgres"))]
+pub(crate) mod gates;
 pub(crate) mod mem;
 pub(crate) mod model;
 #[cfg(test)]
@@ -25,6 +27,8 @@ pub(crate) mod model_props;
     allow(dead_code)
 )]
 pub(crate) mod options;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 #[cfg(all(target_os = "linux", feature = "shm"))]

@@ -20,6 +20,8 @@ mod inputs;
 mod kinds;
 mod lease_loss;
 mod locks;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod processes;
 mod reclaim;
 #[cfg(feature = "redis")]
@@ -108,6 +110,13 @@ fn stores() -> Vec<Store> {
         Store {
             name: "etcd",
             fresh_url: etcd::fresh_url,
+            cross_process: true,
+            async_only: false,
+        },
+        #[cfg(feature = "postgres")]
+        Store {
+            name: "postgres",
+            fresh_url: postgres::fresh_url,
             cross_process: true,
             async_only: false,
         },
@@ -220,6 +229,10 @@ fn main() {
         if store.name == "redis-tls" {
             tests.extend(redis::tls_tests());
         }
+        #[cfg(feature = "postgres")]
+        if store.name == "postgres" {
+            tests.extend(postgres::tests());
+        }
         for (name, test) in tests {
             trials.push(Trial::test(
                 format!("{}::{}", store.name, name),
@@ -231,6 +244,8 @@ fn main() {
     remove_shm_regions();
     #[cfg(feature = "etcd")]
     etcd::remove_data();
+    #[cfg(feature = "postgres")]
+    postgres::drop_schemas();
     #[cfg(feature = "redis-tls")]
     redis::remove_tls_files();
     conclusion.exit();
