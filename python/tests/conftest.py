@@ -13,7 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-STORES = ["mem", "shm", "sqlite", "redis"]
+STORES = ["mem", "shm", "sqlite", "redis", "postgres"]
+
+# The PostgreSQL server of the postgres tests (scripts/test-deps makes sure it runs).
+POSTGRES = os.environ.get("LOCKSMITH_POSTGRES_URL") or "postgres://postgres@127.0.0.1:5432/test"
 
 
 def _free_port() -> int:
@@ -72,7 +75,23 @@ def make_url(kind: str, tmp_path, request) -> str:
     if kind == "redis":
         base = request.getfixturevalue("redis_url")
         return f"{base}?prefix=t{unique}:"
+    if kind == "postgres":
+        schema = f"lspy_{unique}"
+        request.addfinalizer(lambda: _drop_schema(schema))
+        sep = "&" if "?" in POSTGRES else "?"
+        return f"{POSTGRES}{sep}schema={schema}"
     raise AssertionError(kind)
+
+
+def _drop_schema(schema: str) -> None:
+    """Drops a test's PostgreSQL schema (psql comes with the server's packages)."""
+    subprocess.run(
+        ["psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", POSTGRES.split("?")[0],
+         "-c", f"DROP SCHEMA IF EXISTS {schema} CASCADE"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=60,
+    )
 
 
 def _unlink_shm(name: str) -> None:
@@ -85,11 +104,11 @@ def _unlink_shm(name: str) -> None:
 @pytest.fixture(params=STORES)
 def store(request, tmp_path) -> str:
     """The URL of a new, empty store: one of mem (named, so that it is shared by the
-    objects of this process), shm, sqlite and redis."""
+    objects of this process), shm, sqlite, redis and postgres."""
     return make_url(request.param, tmp_path, request)
 
 
-@pytest.fixture(params=["shm", "sqlite", "redis"])
+@pytest.fixture(params=["shm", "sqlite", "redis", "postgres"])
 def shared_store(request, tmp_path) -> str:
     """A new, empty store that several processes share."""
     return make_url(request.param, tmp_path, request)

@@ -370,7 +370,7 @@ HOLDER = textwrap.dedent(
 )
 
 
-@pytest.fixture(params=["sqlite", "shm", "redis"])
+@pytest.fixture(params=["sqlite", "shm", "redis", "postgres"])
 def process_store(request, tmp_path) -> str:
     from conftest import make_url
 

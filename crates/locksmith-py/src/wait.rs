@@ -95,7 +95,14 @@ pub(crate) fn sleep_sliced(
 /// short may or may not have happened, so its waits take longer slices (Ctrl-C is then
 /// seen within [`NETWORK_SLICE`]).
 pub(crate) fn slice_for(url: &str) -> Duration {
-    if url.starts_with("redis") {
+    let network = [
+        "redis://",
+        "rediss://",
+        "postgres://",
+        "postgresql://",
+        "etcd://",
+    ];
+    if network.iter().any(|scheme| url.starts_with(scheme)) {
         NETWORK_SLICE
     } else {
         SLICE
