@@ -65,7 +65,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
 
 use self::client::{block_on, runtime, Fault, Members, Session};
 use self::options::{redact, Options};
@@ -88,6 +88,10 @@ impl Keys {
 
     fn records(&self) -> Vec<u8> {
         format!("{}r/", self.prefix).into_bytes()
+    }
+
+    fn all_holds(&self) -> Vec<u8> {
+        format!("{}h/", self.prefix).into_bytes()
     }
 
     fn holds(&self, name: &str) -> Vec<u8> {
@@ -550,5 +554,25 @@ impl Backend for EtcdBackend {
 
     fn default_lease(&self) -> Option<Duration> {
         Some(self.inner.ttl)
+    }
+
+    fn destroy(&self) -> Result<Vec<std::path::PathBuf>> {
+        // The records, the liveness keys and the floor, in one transaction; only
+        // these, so that a longer prefix nested in this one (another space) stays.
+        let inner = self.inner.clone();
+        let keys = &inner.keys;
+        let txn = Txn::new().and_then(vec![
+            TxnOp::delete(keys.records(), Some(DeleteOptions::new().with_prefix())),
+            TxnOp::delete(keys.all_holds(), Some(DeleteOptions::new().with_prefix())),
+            TxnOp::delete(keys.floor(), None),
+        ]);
+        block_on(async move {
+            inner
+                .members
+                .with(|mut c| async move { c.txn(txn).await })
+                .await
+        })?
+        .map_err(|f| f.into_error(&self.inner.url))?;
+        Ok(Vec::new())
     }
 }
