@@ -123,7 +123,9 @@ pub(super) struct KeyState {
     /// other, and the record seen last is the one in the store unless another process
     /// wrote.
     turn: tokio::sync::Mutex<()>,
-    gate: gate::Gate,
+    /// Shared by every handle of the name in this process (and space), so that each
+    /// sees the others' waiters in line.
+    gate: Arc<gate::Gate>,
 }
 
 impl KeyState {
@@ -219,7 +221,7 @@ impl EtcdBackend {
                 seen: Mutex::new(None),
                 slot: self.inner.hub.slot(key.name()),
                 turn: tokio::sync::Mutex::new(()),
-                gate: gate::Gate::default(),
+                gate: self.inner.hub.gate(key.name()),
             })
         })
     }

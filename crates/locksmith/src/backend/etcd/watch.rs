@@ -20,6 +20,7 @@ use etcd_client::WatchOptions;
 use event_listener::{Event, EventListener, Listener};
 
 use super::client::{lock, runtime, Members};
+use super::gate::Gate;
 use super::Keys;
 use crate::backend::{BoxFuture, Watch};
 use crate::Result;
@@ -33,6 +34,9 @@ pub(super) struct Hub {
     keys: Keys,
     /// Local watchers, by name.
     slots: Mutex<HashMap<String, Weak<Slot>>>,
+    /// This process's waiters in line, by name: one line for every handle of a name
+    /// (see [`Gate`]), alive while a handle of it is.
+    gates: Mutex<HashMap<String, Weak<Gate>>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -75,6 +79,7 @@ impl Hub {
         let hub = Arc::new(Hub {
             keys: keys.clone(),
             slots: Mutex::default(),
+            gates: Mutex::default(),
             task: Mutex::new(None),
         });
         let task = runtime()?.spawn(stream(Arc::downgrade(&hub), members.clone(), after + 1));
@@ -94,6 +99,20 @@ impl Hub {
         let s = Arc::new(Slot::default());
         slots.insert(name.to_owned(), Arc::downgrade(&s));
         s
+    }
+
+    /// The line of `name`'s waiters in this process.
+    pub(super) fn gate(&self, name: &str) -> Arc<Gate> {
+        let mut gates = lock(&self.gates);
+        if let Some(g) = gates.get(name).and_then(Weak::upgrade) {
+            return g;
+        }
+        if gates.len() >= 1024 && gates.len().is_power_of_two() {
+            gates.retain(|_, w| w.strong_count() > 0);
+        }
+        let g = Arc::new(Gate::default());
+        gates.insert(name.to_owned(), Arc::downgrade(&g));
+        g
     }
 
     fn wake(&self, name: &str) {
