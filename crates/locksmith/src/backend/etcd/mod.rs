@@ -70,7 +70,7 @@ use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
 use self::client::{block_on, runtime, Fault, Members, Session};
 use self::options::{redact, Options};
 use self::steps::{retryable, Allow, Seen, Track};
-use self::watch::{EtcdWatch, Hub, Slot};
+use self::watch::{EtcdWatch, Hub};
 use super::model::{self, Op, Record, Reply};
 use super::{Backend, BoxFuture, Key, Watch};
 use crate::{Error, Result};
@@ -118,7 +118,6 @@ pub(super) struct KeyState {
     /// The prefix of the name's liveness keys.
     holds: Vec<u8>,
     seen: Mutex<Option<Seen>>,
-    slot: Arc<Slot>,
     /// This process's steps on the name, one at a time: they never conflict with each
     /// other, and the record seen last is the one in the store unless another process
     /// wrote.
@@ -146,6 +145,12 @@ pub(crate) struct EtcdBackend {
 
 pub(super) struct Inner {
     url: String,
+    /// The URL as given (credentials included), to open again in a forked child.
+    given: String,
+    /// The process that opened it.
+    pid: u32,
+    /// In a forked child, the space opened again for it (see [`EtcdBackend::here`]).
+    forked: Mutex<Option<Arc<EtcdBackend>>>,
     keys: Keys,
     members: Arc<Members>,
     session: Arc<Session>,
@@ -203,6 +208,9 @@ impl EtcdBackend {
         Ok(EtcdBackend {
             inner: Arc::new(Inner {
                 url: shown,
+                given: url.to_owned(),
+                pid: crate::owner::pid(),
+                forked: Mutex::new(None),
                 keys,
                 session: Session::new(members.clone(), opts.ttl),
                 members,
@@ -213,13 +221,35 @@ impl EtcdBackend {
         })
     }
 
+    /// In a forked child, the space opened again for it, the first time it is
+    /// needed: the parent's connections, watch stream and lease keeper live on the
+    /// parent's etcd runtime thread, which the child does not have. `None` in the
+    /// process that opened the space.
+    fn here(&self) -> Result<Option<Arc<EtcdBackend>>> {
+        let pid = crate::owner::pid();
+        if pid == self.inner.pid {
+            return Ok(None);
+        }
+        let mut forked = client::lock(&self.inner.forked);
+        if let Some(b) = &*forked {
+            if b.inner.pid == pid {
+                return Ok(Some(b.clone()));
+            }
+        }
+        let opened = Arc::new(EtcdBackend::open(&self.inner.given)?);
+        // A grandchild's copy of its parent's: left alone, as the inherited space is.
+        if let Some(stale) = forked.replace(opened.clone()) {
+            std::mem::forget(stale);
+        }
+        Ok(Some(opened))
+    }
+
     fn state(&self, key: &Key) -> Arc<KeyState> {
         key.cached(|| {
             Arc::new(KeyState {
                 record: self.inner.keys.record(key.name()),
                 holds: self.inner.keys.holds(key.name()),
                 seen: Mutex::new(None),
-                slot: self.inner.hub.slot(key.name()),
                 turn: tokio::sync::Mutex::new(()),
                 gate: self.inner.hub.gate(key.name()),
             })
@@ -425,6 +455,12 @@ impl EtcdBackend {
 
 impl Drop for EtcdBackend {
     fn drop(&mut self) {
+        if crate::owner::pid() != self.inner.pid {
+            // A forked child's copy: what it holds belongs to the parent's runtime
+            // thread and lease, which the child must not touch; it is left as is.
+            std::mem::forget(self.inner.clone());
+            return;
+        }
         if Arc::strong_count(&self.inner) == 1 {
             self.inner.session.revoke();
         }
@@ -433,16 +469,27 @@ impl Drop for EtcdBackend {
 
 impl Backend for EtcdBackend {
     fn step(&self, key: &Key, op: Op) -> Result<Reply> {
+        if let Some(b) = self.here()? {
+            return b.step(key, op);
+        }
         let allow = Self::allow(&op, None, false);
         block_on(self.run(key, op, allow))?
     }
 
     fn step_async<'a>(&'a self, key: &'a Key, op: Op) -> BoxFuture<'a, Result<Reply>> {
+        match self.here() {
+            Ok(None) => {}
+            Ok(Some(b)) => return Box::pin(async move { b.step_async(key, op).await }),
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        }
         let allow = Self::allow(&op, None, false);
         self.run_detached(key, op, allow)
     }
 
     fn wait_step(&self, key: &Key, op: Op, deadline: Option<Instant>) -> Result<Reply> {
+        if let Some(b) = self.here()? {
+            return b.wait_step(key, op, deadline);
+        }
         let allow = Self::allow(&op, deadline, true);
         block_on(self.run(key, op, allow))?
     }
@@ -453,23 +500,39 @@ impl Backend for EtcdBackend {
         op: Op,
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Reply>> {
+        match self.here() {
+            Ok(None) => {}
+            Ok(Some(b)) => {
+                return Box::pin(async move { b.wait_step_async(key, op, deadline).await })
+            }
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        }
         let allow = Self::allow(&op, deadline, true);
         self.run_detached(key, op, allow)
     }
 
     fn watch(&self, key: &Key, ticket: Option<u64>) -> Result<Box<dyn Watch>> {
+        if let Some(b) = self.here()? {
+            return b.watch(key, ticket);
+        }
         let ks = self.state(key);
         // A waiter in line behind another of this process waits for its turn.
         let gated = ticket.and_then(|t| ks.gate.listen(t));
+        // The slot of this process's stream (not cached with the key, which a forked
+        // child inherits).
+        let slot = self.inner.hub.slot(key.name());
         Ok(Box::new(EtcdWatch {
             // Only this process lets it through: no fallback check needed.
             poll: gated.is_none(),
-            listener: gated.unwrap_or_else(|| ks.slot.listen()),
-            _slot: ks.slot.clone(),
+            listener: gated.unwrap_or_else(|| slot.listen()),
+            _slot: slot,
         }))
     }
 
     fn names(&self) -> Result<Vec<String>> {
+        if let Some(b) = self.here()? {
+            return b.names();
+        }
         let (records, _) = self.scan()?;
         let mut names: Vec<String> = records.into_iter().map(|(n, _, _)| n).collect();
         names.sort();
@@ -477,6 +540,9 @@ impl Backend for EtcdBackend {
     }
 
     fn evict_tag(&self, tag: &str) -> Result<usize> {
+        if let Some(b) = self.here()? {
+            return b.evict_tag(tag);
+        }
         let (records, _) = self.scan()?;
         let mut evicted = 0;
         for (name, value, _) in records {
@@ -511,6 +577,9 @@ impl Backend for EtcdBackend {
     }
 
     fn reclaim_idle(&self) -> Result<usize> {
+        if let Some(b) = self.here()? {
+            return b.reclaim_idle();
+        }
         let (records, (mut floor, mut floor_rev)) = self.scan()?;
         let mut reclaimed = 0;
         for (name, value, rev) in records {
@@ -559,6 +628,9 @@ impl Backend for EtcdBackend {
     }
 
     fn destroy(&self) -> Result<Vec<std::path::PathBuf>> {
+        if let Some(b) = self.here()? {
+            return b.destroy();
+        }
         // The records, the liveness keys and the floor, in one transaction; only
         // these, so that a longer prefix nested in this one (another space) stays.
         let inner = self.inner.clone();

@@ -411,7 +411,7 @@ impl Inner {
                 let seen = if changed {
                     let rev = resp.header().map_or(0, |h| h.revision());
                     // Waiters of this process need not wait for the watch stream.
-                    ks.slot.wake();
+                    self.hub.wake(name);
                     Seen {
                         value: Some(value),
                         rev,
@@ -419,7 +419,7 @@ impl Inner {
                     }
                 } else {
                     if wrote {
-                        ks.slot.wake();
+                        self.hub.wake(name);
                     }
                     s
                 };

@@ -115,7 +115,7 @@ impl Hub {
         g
     }
 
-    fn wake(&self, name: &str) {
+    pub(super) fn wake(&self, name: &str) {
         let slot = lock(&self.slots).get(name).and_then(Weak::upgrade);
         if let Some(s) = slot {
             s.wake();
