@@ -80,6 +80,7 @@ pub(crate) struct PgBackend {
 
 struct Inner {
     url: String,
+    schema: String,
     timeout: Duration,
     pool: Pool,
     sql: Sql,
@@ -115,6 +116,7 @@ impl PgBackend {
         let hub = Hub::for_server(&opts.server_identity(), &opts.config)?;
         let inner = Arc::new(Inner {
             url: opts.display.clone(),
+            schema: opts.schema.clone(),
             timeout: opts.timeout,
             pool: Pool::new(opts.config.clone()),
             sql: Sql::new(&opts.schema, channel.clone()),
@@ -452,5 +454,18 @@ impl Backend for PgBackend {
 
     fn default_lease(&self) -> Option<Duration> {
         Some(DEFAULT_LEASE)
+    }
+
+    fn destroy(&self) -> Result<Vec<std::path::PathBuf>> {
+        let inner = self.inner.clone();
+        block_on(async move {
+            inner
+                .with_client(|c| {
+                    let schema = inner.schema.clone();
+                    Box::pin(async move { schema::remove(c, &schema).await })
+                })
+                .await
+        })??;
+        Ok(Vec::new())
     }
 }
