@@ -195,6 +195,7 @@ struct Taker {
     undo: Option<Undoer>,
 }
 
+/// What undoing a detached step's reply needs.
 struct Undoer {
     inner: Arc<Inner>,
     info: Arc<KeyInfo>,
