@@ -44,8 +44,11 @@ mod step;
 mod watch;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use self::conn::{block_on, runtime, Fault, Pool};
@@ -56,7 +59,7 @@ use self::watch::{Hub, LocalWatch, PgWatch, Slot};
 use super::gates::{Finished, Gates};
 use super::model::{Millis, Op, Reply};
 use super::{Backend, BoxFuture, Key, Watch};
-use crate::{Error, Result};
+use crate::{BrokenCause, Error, Result};
 
 /// The lease of a hold taken without one: renewed while the holder lives, it bounds
 /// how long a dead holder on another host blocks the others.
@@ -80,6 +83,7 @@ pub(crate) struct PgBackend {
 
 struct Inner {
     url: String,
+    schema: String,
     timeout: Duration,
     pool: Pool,
     sql: Sql,
@@ -115,6 +119,7 @@ impl PgBackend {
         let hub = Hub::for_server(&opts.server_identity(), &opts.config)?;
         let inner = Arc::new(Inner {
             url: opts.display.clone(),
+            schema: opts.schema.clone(),
             timeout: opts.timeout,
             pool: Pool::new(opts.config.clone()),
             sql: Sql::new(&opts.schema, channel.clone()),
@@ -149,8 +154,9 @@ impl PgBackend {
     }
 
     /// A step from an async caller, on any executor, safe to cancel: if the caller
-    /// goes away while it is on the wire, a grant it would have received is given back
-    /// and a queue place it would have kept is left.
+    /// goes away before it took the reply (while the step is on the wire, or after the
+    /// reply came but before the caller ran again), what the reply gave it is undone
+    /// (see [`undo_of`]).
     fn step_detached(
         &self,
         key: &Key,
@@ -160,26 +166,101 @@ impl PgBackend {
         let (inner, info) = (self.inner.clone(), self.info(key));
         Box::pin(async move {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            runtime()?.spawn(async move {
-                let ticket = match &op {
-                    Op::Acquire(a) => a.ticket,
-                    _ => None,
-                };
-                let out = inner.step(&info, op, deadline).await;
-                let undo = match tx.send(out) {
-                    Err(Ok(Reply::Granted(g))) => Some(Op::Release { token: g.token }),
-                    Err(Ok(Reply::Blocked { .. })) => ticket.map(|ticket| Op::Dequeue { ticket }),
-                    _ => None,
-                };
-                if let Some(op) = undo {
-                    if let Err(e) = inner.step(&info, op, Wait::Once).await {
-                        tracing::warn!(error = %e, "could not undo a cancelled acquisition");
-                    }
+            let runtime = runtime()?;
+            let taker = Taker {
+                rx,
+                undo: Some(Undoer {
+                    inner: inner.clone(),
+                    info: info.clone(),
+                    op: op.clone(),
+                    runtime: runtime.clone(),
+                }),
+            };
+            runtime.spawn(async move {
+                let out = inner.step(&info, op.clone(), deadline).await;
+                if let Err(out) = tx.send(out) {
+                    Undoer::run(&inner, &info, &op, out).await;
                 }
             });
-            rx.await
-                .map_err(|_| Error::backend("the postgres runtime stopped"))?
+            taker.await
         })
+    }
+}
+
+/// The receiving end of a detached step. Dropped before it took the reply, it undoes
+/// what a reply that arrived meanwhile gave; a reply still to come is undone by the
+/// step's task, which then finds nobody to send it to.
+struct Taker {
+    rx: tokio::sync::oneshot::Receiver<Result<Reply>>,
+    undo: Option<Undoer>,
+}
+
+/// What undoing a detached step's reply needs.
+struct Undoer {
+    inner: Arc<Inner>,
+    info: Arc<KeyInfo>,
+    op: Op,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Undoer {
+    async fn run(inner: &Inner, info: &KeyInfo, op: &Op, out: Result<Reply>) {
+        if let Some(undo) = undo_of(op, &out) {
+            if let Err(e) = inner.step(info, undo, Wait::Once).await {
+                tracing::warn!(error = %e, "could not undo a cancelled step");
+            }
+        }
+    }
+}
+
+impl Future for Taker {
+    type Output = Result<Reply>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Reply>> {
+        let out = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
+        self.undo = None;
+        Poll::Ready(out.map_err(|_| Error::backend("the postgres runtime stopped"))?)
+    }
+}
+
+impl Drop for Taker {
+    fn drop(&mut self) {
+        let Some(Undoer {
+            inner,
+            info,
+            op,
+            runtime,
+        }) = self.undo.take()
+        else {
+            return;
+        };
+        // Closed first: from here on the step's task cannot send, so exactly one of
+        // the two undoes a reply.
+        self.rx.close();
+        if let Ok(out) = self.rx.try_recv() {
+            runtime.spawn(async move { Undoer::run(&inner, &info, &op, out).await });
+        }
+    }
+}
+
+/// What undoes the reply `out` to `op` for a caller that went away without it: a grant
+/// is given back, a queue place is left, and a barrier arrival breaks its generation
+/// (as the caller would have on being dropped: the other parties must not wait for a
+/// party that is gone).
+fn undo_of(op: &Op, out: &Result<Reply>) -> Option<Op> {
+    match (op, out) {
+        (Op::Acquire(_), Ok(Reply::Granted(g))) => Some(Op::Release { token: g.token }),
+        (Op::Acquire(a), Ok(Reply::Blocked { .. })) => {
+            a.ticket.map(|ticket| Op::Dequeue { ticket })
+        }
+        (Op::BarrierArrive { parties, .. }, Ok(Reply::Arrived { generation, .. })) => {
+            Some(Op::BarrierAbort {
+                parties: *parties,
+                generation: Some(*generation),
+                cause: BrokenCause::Aborted,
+            })
+        }
+        _ => None,
     }
 }
 
@@ -452,5 +533,18 @@ impl Backend for PgBackend {
 
     fn default_lease(&self) -> Option<Duration> {
         Some(DEFAULT_LEASE)
+    }
+
+    fn destroy(&self) -> Result<Vec<std::path::PathBuf>> {
+        let inner = self.inner.clone();
+        block_on(async move {
+            inner
+                .with_client(|c| {
+                    let schema = inner.schema.clone();
+                    Box::pin(async move { schema::remove(c, &schema).await })
+                })
+                .await
+        })??;
+        Ok(Vec::new())
     }
 }

@@ -120,3 +120,47 @@ async fn check_or_create(client: &Client, schema: &str) -> std::result::Result<(
         )))),
     }
 }
+
+/// Removes the store in `schema`: its tables, then the schema itself, unless something
+/// else was put there or the schema is not ours to drop (made for the store by an
+/// administrator), in which case it is left, empty, for the next store. One
+/// transaction, under [`ensure`]'s advisory lock.
+pub(crate) async fn remove(client: &Client, schema: &str) -> std::result::Result<(), Fault> {
+    let fail = |e: tokio_postgres::Error| Fault::before_commit(&e);
+    client.batch_execute("BEGIN").await.map_err(fail)?;
+    let out = async {
+        client
+            .query_typed(
+                "SELECT pg_advisory_xact_lock(hashtext('locksmith schema ' || $1))",
+                &[(&schema, Type::TEXT)],
+            )
+            .await
+            .map_err(fail)?;
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS \"{schema}\".meta, \"{schema}\".prim; SAVEPOINT tables"
+            ))
+            .await
+            .map_err(fail)?;
+        if let Err(e) = client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" RESTRICT"))
+            .await
+        {
+            if e.as_db_error().is_none() || e.is_closed() {
+                return Err(fail(e));
+            }
+            tracing::debug!(error = %describe(&e), "the store's schema is kept");
+            client
+                .batch_execute("ROLLBACK TO SAVEPOINT tables")
+                .await
+                .map_err(fail)?;
+        }
+        Ok(())
+    }
+    .await;
+    let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    match (out, client.batch_execute(end).await) {
+        (Ok(()), Err(e)) => Err(Fault::at_commit(&e)),
+        (out, _) => out,
+    }
+}
