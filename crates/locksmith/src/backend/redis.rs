@@ -945,9 +945,10 @@ impl Inner {
     }
 
     /// [`Inner::eval_async`], from any executor, and safe to cancel: if the caller
-    /// goes away while the step is on the wire, a grant it would have received is
-    /// given back and a queue place it would have kept is left, by the Redis runtime
-    /// once the answer comes (the dropped caller never waits for it).
+    /// goes away while the step is on the wire, or after its answer came but before it
+    /// took it, a grant it would have received is given back, a queue place it would
+    /// have kept is left and a barrier arrival breaks its generation, by the Redis
+    /// runtime (the dropped caller never waits for it).
     async fn eval_detached(
         self: &Arc<Self>,
         resolved: &Arc<Resolved>,
@@ -957,8 +958,9 @@ impl Inner {
     ) -> Result<Vec<Value>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let inner = self.clone();
-        let resolved = resolved.clone();
+        let keys = resolved.clone();
         runtime()?.spawn(async move {
+            let resolved = keys;
             let out = {
                 let gone = || tx.is_closed();
                 inner.eval_async(&resolved.keys, &args, allow, &gone).await
@@ -967,8 +969,13 @@ impl Inner {
                 inner.undo(&resolved, undo, &values).await;
             }
         });
-        rx.await
-            .map_err(|_| backend_err("the redis runtime stopped"))?
+        let mut taker = Taker {
+            rx,
+            undo: Some((self.clone(), resolved.clone(), undo)),
+        };
+        let out = (&mut taker.rx).await;
+        taker.undo = None;
+        out.map_err(|_| backend_err("the redis runtime stopped"))?
     }
 
     async fn undo(&self, resolved: &Resolved, undo: Undo, values: &[Value]) {
@@ -980,6 +987,15 @@ impl Inner {
             (Undo::Acquire(Some(ticket)), Some(Ok(tag))) if tag == "blocked" => {
                 vec!["deq".to_owned(), ticket.to_string()]
             }
+            (Undo::Arrive(parties), Some(Ok(tag))) if tag == "arrived" => match values.get(1) {
+                Some(Value::Int(generation)) => vec![
+                    "abort".to_owned(),
+                    parties.to_string(),
+                    generation.to_string(),
+                    BrokenCause::Aborted.code().to_owned(),
+                ],
+                _ => return,
+            },
             _ => return,
         };
         let never = || false;
@@ -1000,6 +1016,32 @@ enum Undo {
     Nothing,
     /// An acquisition, with its ticket if it queued.
     Acquire(Option<u64>),
+    /// A barrier arrival (of a barrier of this many parties): a party that went away
+    /// breaks its generation, as its own wait would once it knew the generation.
+    Arrive(u32),
+}
+
+/// The receiving end of [`Inner::eval_detached`]. Dropped after the answer arrived but
+/// before the caller took it, it undoes that answer; an answer still to come is undone
+/// by the step's task, which finds the channel closed. Exactly one of the two does.
+struct Taker {
+    rx: tokio::sync::oneshot::Receiver<Result<Vec<Value>>>,
+    undo: Option<(Arc<Inner>, Arc<Resolved>, Undo)>,
+}
+
+impl Drop for Taker {
+    fn drop(&mut self) {
+        let Some((inner, resolved, undo)) = self.undo.take() else {
+            return;
+        };
+        // Closed first: from here on the step's task cannot send.
+        self.rx.close();
+        if let Ok(Ok(values)) = self.rx.try_recv() {
+            if let Ok(rt) = runtime() {
+                rt.spawn(async move { inner.undo(&resolved, undo, &values).await });
+            }
+        }
+    }
 }
 
 impl RedisBackend {
@@ -1028,6 +1070,7 @@ impl RedisBackend {
         Box::pin(async move {
             let undo = match &op {
                 Op::Acquire(a) => Undo::Acquire(a.ticket),
+                Op::BarrierArrive { parties, .. } => Undo::Arrive(*parties),
                 _ => Undo::Nothing,
             };
             let args = encode(&op);

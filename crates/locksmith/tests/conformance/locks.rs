@@ -246,10 +246,12 @@ fn lapsed_lease(store: &Store) {
 
 fn kept_alive_lease(store: &Store) {
     let space = store.open();
-    let lock = space.lock("renewed").lease(Duration::from_millis(300));
+    // Long enough that a renewal delayed by a loaded machine or a network store's
+    // round trip still comes in time; the keeper renews every third of it.
+    let lock = space.lock("renewed").lease(Duration::from_millis(1500));
     let guard = lock.acquire().unwrap();
-    // Time must pass for a lease to lapse; the keeper renews every 100 ms.
-    std::thread::sleep(Duration::from_millis(1000));
+    // Time must pass for a lease to lapse: more than twice its length.
+    std::thread::sleep(Duration::from_millis(3500));
     assert!(
         guard.is_held().unwrap(),
         "a kept-alive lease must not lapse while held"
